@@ -1,0 +1,270 @@
+//! The public HTTP surface: `POST /token`, discovery, `/api/whoami` and `/stats`,
+//! plus the routing table (admin routes live in `admin`).
+//!
+//! Handlers translate between HTTP and the state; they hold the state lock only inside
+//! `DevIdp::with_state` and do all their waiting outside it.
+
+use super::DevIdp;
+use super::admin;
+use super::faults::{self, Fault};
+use super::protocol::{self, Params, TokenError};
+use super::state::{Arrival, Issued};
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::{Value, json};
+use std::time::{Duration, SystemTime};
+
+/// Largest token request body read; a real one is a few hundred bytes.
+const MAX_FORM_BYTES: usize = 64 * 1024;
+
+/// The whole routing table.
+pub fn router(idp: DevIdp) -> Router {
+    Router::new()
+        .route("/token", post(token).fallback(token_wrong_method))
+        .route("/.well-known/openid-configuration", get(discovery))
+        .route("/api/whoami", get(whoami))
+        .route("/stats", get(stats))
+        .merge(admin::routes())
+        .fallback(not_found)
+        .with_state(idp)
+}
+
+/// Counts a token request as in flight for as long as it lives, including when its
+/// client hangs up and the work is dropped halfway.
+struct InFlight {
+    idp: DevIdp,
+}
+
+impl InFlight {
+    fn arrive(idp: &DevIdp) -> (InFlight, Arrival) {
+        let arrival = idp.with_state(|state| state.arrive());
+        (InFlight { idp: idp.clone() }, arrival)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.idp.with_state(|state| state.leave());
+    }
+}
+
+/// `POST /token`.
+async fn token(State(idp): State<DevIdp>, headers: HeaderMap, body: Body) -> Response {
+    let (in_flight, arrival) = InFlight::arrive(&idp);
+    let body = axum::body::to_bytes(body, MAX_FORM_BYTES).await.ok();
+    // The answer is computed in its own task: once a request has been read it runs to
+    // the end even if the client hangs up, as on a real IdP. A client that times out
+    // during a hang therefore loses the answer of a rotation that really happened.
+    let task = tokio::spawn(answer_token(idp, in_flight, arrival, headers, body));
+    task.await.unwrap_or_else(|_| {
+        let body = json!({"error": "server_error", "error_description": "internal error"});
+        no_store_json(StatusCode::INTERNAL_SERVER_ERROR, &body)
+    })
+}
+
+/// Waits out latency and any hang, then answers with the armed fault or for real.
+async fn answer_token(
+    idp: DevIdp,
+    in_flight: InFlight,
+    arrival: Arrival,
+    headers: HeaderMap,
+    body: Option<Bytes>,
+) -> Response {
+    let hang = match &arrival.fault {
+        Some(Fault::Hang(hang)) => *hang,
+        _ => Duration::ZERO,
+    };
+    let delay = arrival.latency.saturating_add(hang);
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    let response = match arrival.fault {
+        Some(Fault::Status {
+            status,
+            error,
+            retry_after,
+            shape,
+        }) => {
+            let grant = body
+                .as_deref()
+                .and_then(|b| Params::parse(b).ok())
+                .map_or("unknown", |p| protocol::grant_label(&p));
+            tracing::info!(grant, result = "injected_fault", status, "token request");
+            faults::response(status, &error, retry_after, shape)
+        }
+        _ => process_token(&idp, &headers, body.as_deref()),
+    };
+    drop(in_flight);
+    response
+}
+
+/// Runs a token request through the protocol and the state, logs it, renders it.
+fn process_token(idp: &DevIdp, headers: &HeaderMap, body: Option<&[u8]>) -> Response {
+    let (grant, result) = handle_token(idp, headers, body);
+    match &result {
+        Ok(issued) => {
+            tracing::info!(grant, result = "ok", outcome = ?issued.outcome, "token request");
+            token_success_response(issued)
+        }
+        Err(err) => {
+            tracing::info!(grant, result = err.code(), reason = %err, "token request");
+            token_error_response(err)
+        }
+    }
+}
+
+/// Returns the grant label for logs and the outcome.
+fn handle_token(
+    idp: &DevIdp,
+    headers: &HeaderMap,
+    body: Option<&[u8]>,
+) -> (&'static str, Result<Issued, TokenError>) {
+    let params = match form_params(headers, body) {
+        Ok(params) => params,
+        Err(err) => return ("unknown", Err(err)),
+    };
+    let grant = protocol::grant_label(&params);
+    let authorization = match headers.get(header::AUTHORIZATION).map(|v| v.to_str()) {
+        None => None,
+        Some(Ok(value)) => Some(value),
+        Some(Err(_)) => Some(""), // not visible ASCII: fails as malformed Basic
+    };
+    let client = protocol::client_credentials(authorization, &params);
+    let result = idp.with_state(|state| match client {
+        Ok(client) => state.token(SystemTime::now(), client.as_ref(), &params),
+        Err(err) => {
+            // Malformed credentials fail before the state sees them; count them alike.
+            state.count_error(&err);
+            Err(err)
+        }
+    });
+    (grant, result)
+}
+
+/// The form body, insisting on the content type RFC 6749 mandates.
+fn form_params(headers: &HeaderMap, body: Option<&[u8]>) -> Result<Params, TokenError> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let essence = content_type.split(';').next().unwrap_or("").trim();
+    if !essence.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
+        return Err(TokenError::InvalidRequest(
+            "content type must be application/x-www-form-urlencoded",
+        ));
+    }
+    let body = body.ok_or(TokenError::InvalidRequest("body unreadable or too large"))?;
+    Params::parse(body)
+}
+
+/// A JSON answer that no cache may keep (RFC 6749 5.1).
+fn no_store_json(status: StatusCode, body: &Value) -> Response {
+    let mut response = (status, axum::Json(body)).into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    response
+}
+
+fn token_success_response(issued: &Issued) -> Response {
+    let mut body = json!({"access_token": issued.access_token, "token_type": "Bearer"});
+    if let Some(expires_in) = issued.expires_in {
+        body["expires_in"] = json!(expires_in);
+    }
+    if let Some(refresh_token) = &issued.refresh_token {
+        body["refresh_token"] = json!(refresh_token);
+    }
+    if let Some(scope) = &issued.scope {
+        body["scope"] = json!(scope);
+    }
+    no_store_json(StatusCode::OK, &body)
+}
+
+/// An RFC 6749 5.2 error; `invalid_client` also gets the challenge RFC 6749 asks for.
+pub(super) fn token_error_response(err: &TokenError) -> Response {
+    let status = StatusCode::from_u16(err.status()).unwrap_or(StatusCode::BAD_REQUEST);
+    let body = json!({"error": err.code(), "error_description": err.to_string()});
+    let mut response = no_store_json(status, &body);
+    if status == StatusCode::UNAUTHORIZED {
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"dev-idp\""),
+        );
+    }
+    response
+}
+
+/// Anything but POST on `/token`: still a JSON, non-cacheable answer.
+async fn token_wrong_method() -> Response {
+    let err = TokenError::InvalidRequest("the token endpoint only accepts POST");
+    let mut response = token_error_response(&err);
+    *response.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+    response
+        .headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static("POST"));
+    response
+}
+
+/// `GET /.well-known/openid-configuration`: enough metadata to find the token endpoint.
+async fn discovery(State(idp): State<DevIdp>, headers: HeaderMap) -> Response {
+    let host = request_host(&headers)
+        .map(str::to_owned)
+        .or_else(|| idp.with_state(|state| state.listen_addr().map(str::to_owned)))
+        .unwrap_or_else(|| "localhost".to_owned());
+    let issuer = format!("http://{host}");
+    axum::Json(json!({
+        "issuer": issuer,
+        "token_endpoint": format!("{issuer}/token"),
+        "grant_types_supported": ["refresh_token", "client_credentials"],
+        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+    }))
+    .into_response()
+}
+
+/// The `Host` header, if it looks like a host and port; anything else is ignored rather
+/// than reflected into URLs.
+fn request_host(headers: &HeaderMap) -> Option<&str> {
+    let host = headers.get(header::HOST)?.to_str().ok()?;
+    let plausible = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']');
+    (!host.is_empty() && host.len() <= 255 && host.chars().all(plausible)).then_some(host)
+}
+
+/// `GET /api/whoami`: a protected resource, to check that access tokens still work.
+async fn whoami(State(idp): State<DevIdp>, headers: HeaderMap) -> Response {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim());
+    let who = token.and_then(|t| idp.with_state(|state| state.whoami(SystemTime::now(), t)));
+    match who {
+        Some(who) => no_store_json(StatusCode::OK, &json!(who)),
+        None => {
+            let body = json!({
+                "error": "invalid_token",
+                "error_description": "missing, unknown, expired or revoked access token",
+            });
+            let mut response = no_store_json(StatusCode::UNAUTHORIZED, &body);
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer error=\"invalid_token\""),
+            );
+            response
+        }
+    }
+}
+
+/// `GET /stats`.
+async fn stats(State(idp): State<DevIdp>) -> Response {
+    no_store_json(StatusCode::OK, &json!(idp.stats()))
+}
+
+async fn not_found() -> Response {
+    let body = json!({"error": "not_found", "error_description": "no such endpoint"});
+    no_store_json(StatusCode::NOT_FOUND, &body)
+}

@@ -1,0 +1,172 @@
+//! Command-line arguments of `token-broker dev-idp`, and the same options for
+//! in-process use by tests. Parsing only; the behaviour lives in the state.
+
+use super::state::Config;
+use std::fmt;
+use std::time::Duration;
+
+/// Run a strict OAuth2 token server for development and tests only, never production.
+///
+/// It issues unsigned tokens to one client, keeps everything in memory, and exposes
+/// unauthenticated admin endpoints to inject faults and revoke credentials. Development
+/// and tests only: never run it in production or expose it beyond localhost.
+#[derive(clap::Args, Debug, Clone)]
+#[command(
+    about = "Run a strict OAuth2 token server for development and tests only, never production"
+)]
+pub struct DevIdpArgs {
+    /// Address to listen on; keep it on loopback, the admin endpoints have no auth.
+    #[arg(long, default_value = "127.0.0.1:8657")]
+    pub listen: String,
+    /// How the IdP behaves.
+    #[command(flatten)]
+    pub options: DevIdpOptions,
+}
+
+/// How the dev IdP behaves: its one client, token lifetimes, and the strictness knobs
+/// that let tests model real IdPs.
+#[derive(clap::Args, Clone)]
+pub struct DevIdpOptions {
+    /// The only client id accepted at /token.
+    #[arg(long, default_value = "dev-client")]
+    pub client_id: String,
+    /// That client's secret.
+    #[arg(long, default_value = "dev-secret")]
+    pub client_secret: String,
+    /// Lifetime of issued access tokens (e.g. 300s, 5m).
+    #[arg(long, value_name = "DUR", default_value = "300s", value_parser = crate::duration::parse)]
+    pub access_ttl: Duration,
+    /// Delay before every /token answer, to make overlapping requests observable.
+    #[arg(long, value_name = "DUR", default_value = "0", value_parser = crate::duration::parse)]
+    pub latency: Duration,
+    /// First refresh token to accept; a random one is generated when absent.
+    #[arg(long, value_name = "VALUE")]
+    pub initial_refresh_token: Option<String>,
+    /// How long after its first use a refresh token may be replayed and get the same
+    /// successor; past it, a replay revokes the whole family. 0 forgives nothing.
+    #[arg(long, value_name = "DUR", default_value = "0", value_parser = crate::duration::parse)]
+    pub reuse_grace: Duration,
+    /// Behave like a non-rotating IdP: refresh answers carry no new refresh token and
+    /// the old one stays valid forever.
+    #[arg(long)]
+    pub no_rotation: bool,
+    /// Leave expires_in out of token answers; the access token's JWT exp still tells
+    /// the truth.
+    #[arg(long)]
+    pub omit_expires_in: bool,
+}
+
+impl Default for DevIdpOptions {
+    fn default() -> Self {
+        DevIdpOptions {
+            client_id: "dev-client".to_owned(),
+            client_secret: "dev-secret".to_owned(),
+            access_ttl: Duration::from_secs(300),
+            latency: Duration::ZERO,
+            initial_refresh_token: None,
+            reuse_grace: Duration::ZERO,
+            no_rotation: false,
+            omit_expires_in: false,
+        }
+    }
+}
+
+// Hand-written so that the secret and the initial refresh token can never reach a log
+// through `{:?}`.
+impl fmt::Debug for DevIdpOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let redacted = |set: bool| if set { "<redacted>" } else { "<none>" };
+        f.debug_struct("DevIdpOptions")
+            .field("client_id", &self.client_id)
+            .field("client_secret", &redacted(true))
+            .field("access_ttl", &self.access_ttl)
+            .field("latency", &self.latency)
+            .field(
+                "initial_refresh_token",
+                &redacted(self.initial_refresh_token.is_some()),
+            )
+            .field("reuse_grace", &self.reuse_grace)
+            .field("no_rotation", &self.no_rotation)
+            .field("omit_expires_in", &self.omit_expires_in)
+            .finish()
+    }
+}
+
+impl DevIdpOptions {
+    /// The fixed rules the state enforces.
+    pub(super) fn config(&self) -> Config {
+        Config {
+            client_id: self.client_id.clone(),
+            client_secret: self.client_secret.clone(),
+            access_ttl: self.access_ttl,
+            reuse_grace: self.reuse_grace,
+            rotation: !self.no_rotation,
+            omit_expires_in: self.omit_expires_in,
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use clap::{CommandFactory, Parser, Subcommand};
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(subcommand)]
+        command: Command,
+    }
+
+    #[derive(Subcommand)]
+    enum Command {
+        DevIdp(DevIdpArgs),
+    }
+
+    fn parse(args: &[&str]) -> DevIdpArgs {
+        let argv = ["token-broker", "dev-idp"].iter().chain(args);
+        match Cli::try_parse_from(argv).unwrap().command {
+            Command::DevIdp(args) => args,
+        }
+    }
+
+    #[test]
+    fn defaults_match_default_impl() {
+        let args = parse(&[]);
+        assert_eq!(args.listen, "127.0.0.1:8657");
+        assert_eq!(
+            format!("{:?}", args.options),
+            format!("{:?}", DevIdpOptions::default())
+        );
+    }
+
+    #[test]
+    fn durations_and_flags_parse() {
+        let args = parse(&[
+            "--access-ttl=1m",
+            "--latency=250ms",
+            "--reuse-grace=2",
+            "--no-rotation",
+            "--omit-expires-in",
+            "--initial-refresh-token=abc",
+        ]);
+        let o = args.options;
+        assert_eq!(o.access_ttl, Duration::from_secs(60));
+        assert_eq!(o.latency, Duration::from_millis(250));
+        assert_eq!(o.reuse_grace, Duration::from_secs(2));
+        assert!(o.no_rotation && o.omit_expires_in);
+        assert_eq!(o.initial_refresh_token.as_deref(), Some("abc"));
+        assert!(!format!("{o:?}").contains("abc"));
+        assert!(Cli::try_parse_from(["tb", "dev-idp", "--latency=soon"]).is_err());
+    }
+
+    #[test]
+    fn help_says_development_only() {
+        let mut cli = Cli::command();
+        let sub = cli.find_subcommand_mut("dev-idp").unwrap();
+        let help = sub.render_help().to_string();
+        assert!(help.contains("never production"), "{help}");
+        let long = sub.render_long_help().to_string();
+        assert!(long.contains("never production"), "{long}");
+    }
+}

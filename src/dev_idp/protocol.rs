@@ -1,0 +1,308 @@
+//! The OAuth2 token request as RFC 6749 defines it: form parameters, client
+//! authentication (section 2.3.1), grant selection, and the error codes of section 5.2.
+//!
+//! Pure parsing, no state and no HTTP types: the handler hands in the raw body and the
+//! `Authorization` header value, and the state decides whether the parsed request is
+//! allowed. Everything here is strict on purpose, since the dev IdP exists to catch
+//! clients that are sloppy.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use std::collections::HashMap;
+use std::fmt;
+
+/// A token endpoint error, carrying the RFC 6749 5.2 code and a fixed description.
+///
+/// Descriptions are static strings so an error can never echo a token or a secret back.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    /// The request is malformed (bad body, repeated or missing parameters).
+    #[error("{0}")]
+    InvalidRequest(&'static str),
+    /// Client authentication failed or was missing.
+    #[error("{0}")]
+    InvalidClient(&'static str),
+    /// The refresh token is unknown, used up, or of a revoked family.
+    #[error("{0}")]
+    InvalidGrant(&'static str),
+    /// The requested scope exceeds the one originally granted.
+    #[error("{0}")]
+    InvalidScope(&'static str),
+    /// A `grant_type` this IdP does not implement.
+    #[error("grant_type is not supported; use refresh_token or client_credentials")]
+    UnsupportedGrantType,
+}
+
+impl TokenError {
+    /// The `error` code of the JSON body.
+    pub fn code(&self) -> &'static str {
+        match self {
+            TokenError::InvalidRequest(_) => "invalid_request",
+            TokenError::InvalidClient(_) => "invalid_client",
+            TokenError::InvalidGrant(_) => "invalid_grant",
+            TokenError::InvalidScope(_) => "invalid_scope",
+            TokenError::UnsupportedGrantType => "unsupported_grant_type",
+        }
+    }
+
+    /// The HTTP status: 401 for client authentication failures, 400 otherwise.
+    pub fn status(&self) -> u16 {
+        match self {
+            TokenError::InvalidClient(_) => 401,
+            _ => 400,
+        }
+    }
+}
+
+/// The form parameters of a token request, with empty values dropped as RFC 6749 3.1
+/// requires ("parameters sent without a value MUST be treated as if they were omitted").
+#[derive(Default)]
+pub struct Params(HashMap<String, String>);
+
+impl Params {
+    /// Parses an `application/x-www-form-urlencoded` body. Repeated parameters are an
+    /// `invalid_request` (RFC 6749 3.2), as is a body that is not UTF-8.
+    pub fn parse(body: &[u8]) -> Result<Params, TokenError> {
+        let malformed = TokenError::InvalidRequest("the body is not a valid form");
+        std::str::from_utf8(body).map_err(|_| malformed.clone())?;
+        let pairs: Vec<(String, String)> =
+            serde_urlencoded::from_bytes(body).map_err(|_| malformed)?;
+        let mut map = HashMap::new();
+        for (key, value) in pairs {
+            if value.is_empty() {
+                continue;
+            }
+            if map.insert(key, value).is_some() {
+                return Err(TokenError::InvalidRequest("a parameter is repeated"));
+            }
+        }
+        Ok(Params(map))
+    }
+
+    /// The value of one parameter, if present and non-empty.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).map(String::as_str)
+    }
+}
+
+/// Client credentials as presented, whichever way they came.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClientCredentials {
+    /// The client id.
+    pub id: String,
+    /// The client secret; kept out of `Debug` so it cannot reach a log.
+    pub secret: String,
+}
+
+impl fmt::Debug for ClientCredentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientCredentials")
+            .field("id", &self.id)
+            .field("secret", &"<redacted>")
+            .finish()
+    }
+}
+
+/// Extracts the client credentials from the `Authorization` header or the body.
+///
+/// `Ok(None)` means none were presented; the state turns that into `invalid_client`
+/// so it is counted like any other authentication failure. Presenting credentials in
+/// both places is an `invalid_request`: RFC 6749 2.3 allows one method per request.
+pub fn client_credentials(
+    authorization: Option<&str>,
+    params: &Params,
+) -> Result<Option<ClientCredentials>, TokenError> {
+    let body_id = params.get("client_id");
+    let body_secret = params.get("client_secret");
+    match authorization {
+        Some(_) if body_id.is_some() || body_secret.is_some() => Err(TokenError::InvalidRequest(
+            "use one client authentication method, not both",
+        )),
+        Some(header) => parse_basic(header).map(Some),
+        None => Ok(body_id
+            .zip(body_secret)
+            .map(|(id, secret)| ClientCredentials {
+                id: id.to_owned(),
+                secret: secret.to_owned(),
+            })),
+    }
+}
+
+/// Decodes `Basic base64(urlencode(id) ":" urlencode(secret))` (RFC 6749 2.3.1).
+fn parse_basic(header: &str) -> Result<ClientCredentials, TokenError> {
+    let bad = TokenError::InvalidClient("malformed Basic credentials");
+    let (scheme, encoded) = header.trim().split_once(' ').ok_or(bad.clone())?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return Err(TokenError::InvalidClient(
+            "unsupported authentication scheme; use Basic",
+        ));
+    }
+    let decoded = STANDARD.decode(encoded.trim()).map_err(|_| bad.clone())?;
+    let text = String::from_utf8(decoded).map_err(|_| bad.clone())?;
+    let (id, secret) = text.split_once(':').ok_or(bad.clone())?;
+    Ok(ClientCredentials {
+        id: form_decode(id).ok_or(bad.clone())?,
+        secret: form_decode(secret).ok_or(bad)?,
+    })
+}
+
+/// Reverses `application/x-www-form-urlencoded` encoding of one value: `+` is a space
+/// and `%XX` a byte. A truncated or non-hex escape, or non-UTF-8 bytes, give `None`.
+fn form_decode(text: &str) -> Option<String> {
+    let mut out = Vec::with_capacity(text.len());
+    let mut bytes = text.bytes();
+    while let Some(byte) = bytes.next() {
+        match byte {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hi = char::from(bytes.next()?).to_digit(16)?;
+                let lo = char::from(bytes.next()?).to_digit(16)?;
+                out.push(u8::try_from(hi * 16 + lo).ok()?);
+            }
+            other => out.push(other),
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// The grants this IdP implements, with the parameters each needs.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Grant {
+    /// `grant_type=refresh_token` (RFC 6749 6).
+    Refresh {
+        /// The presented refresh token.
+        refresh_token: String,
+        /// A narrower scope, if the client asked for one.
+        scope: Option<String>,
+    },
+    /// `grant_type=client_credentials` (RFC 6749 4.4).
+    ClientCredentials {
+        /// The requested scope, echoed back.
+        scope: Option<String>,
+    },
+}
+
+impl fmt::Debug for Grant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The refresh token stays out of Debug output so it cannot reach a log.
+        f.write_str(self.label())
+    }
+}
+
+impl Grant {
+    /// Reads the grant from the parameters.
+    pub fn parse(params: &Params) -> Result<Grant, TokenError> {
+        let scope = params.get("scope").map(str::to_owned);
+        match params.get("grant_type") {
+            None => Err(TokenError::InvalidRequest("grant_type is required")),
+            Some("refresh_token") => match params.get("refresh_token") {
+                Some(token) => Ok(Grant::Refresh {
+                    refresh_token: token.to_owned(),
+                    scope,
+                }),
+                None => Err(TokenError::InvalidRequest("refresh_token is required")),
+            },
+            Some("client_credentials") => Ok(Grant::ClientCredentials { scope }),
+            Some(_) => Err(TokenError::UnsupportedGrantType),
+        }
+    }
+
+    /// A fixed name for logs.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Grant::Refresh { .. } => "refresh_token",
+            Grant::ClientCredentials { .. } => "client_credentials",
+        }
+    }
+}
+
+/// A fixed name for the requested grant type, for logs: the raw parameter is client
+/// input and is not echoed.
+pub fn grant_label(params: &Params) -> &'static str {
+    match params.get("grant_type") {
+        Some("refresh_token") => "refresh_token",
+        Some("client_credentials") => "client_credentials",
+        Some(_) => "other",
+        None => "missing",
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn basic(raw: &str) -> String {
+        format!("Basic {}", STANDARD.encode(raw))
+    }
+
+    #[test]
+    fn basic_credentials_are_form_decoded() {
+        let params = Params::default();
+        let creds = client_credentials(Some(&basic("my%3Aid:s+e%25c")), &params)
+            .unwrap()
+            .unwrap();
+        assert_eq!(creds.id, "my:id");
+        assert_eq!(creds.secret, "s e%c");
+        assert!(!format!("{creds:?}").contains("s e%c"));
+    }
+
+    #[test]
+    fn malformed_basic_is_invalid_client() {
+        let params = Params::default();
+        for header in [
+            "Basic !!!",
+            "Basic",
+            "Bearer abc",
+            &basic("nocolon"),
+            &basic("a:%zz"),
+        ] {
+            let err = client_credentials(Some(header), &params).unwrap_err();
+            assert_eq!(err.code(), "invalid_client", "{header}");
+        }
+    }
+
+    #[test]
+    fn both_methods_at_once_is_invalid_request() {
+        let params = Params::parse(b"client_id=a&client_secret=b").unwrap();
+        let err = client_credentials(Some(&basic("a:b")), &params).unwrap_err();
+        assert_eq!(err.code(), "invalid_request");
+    }
+
+    #[test]
+    fn body_credentials_need_both_halves() {
+        let params = Params::parse(b"client_id=a").unwrap();
+        assert_eq!(client_credentials(None, &params).unwrap(), None);
+        let params = Params::parse(b"client_id=a&client_secret=b").unwrap();
+        assert!(client_credentials(None, &params).unwrap().is_some());
+    }
+
+    #[test]
+    fn form_rules() {
+        assert!(Params::parse(b"a=1&a=2").is_err());
+        assert!(Params::parse(b"a=\xff").is_err());
+        let params = Params::parse(b"a=&b=2").unwrap();
+        assert_eq!(params.get("a"), None);
+        assert_eq!(params.get("b"), Some("2"));
+    }
+
+    #[test]
+    fn grant_selection() {
+        let parse = |body: &[u8]| Grant::parse(&Params::parse(body).unwrap());
+        assert_eq!(parse(b"").unwrap_err().code(), "invalid_request");
+        assert_eq!(
+            parse(b"grant_type=refresh_token").unwrap_err().code(),
+            "invalid_request"
+        );
+        assert_eq!(
+            parse(b"grant_type=password").unwrap_err().code(),
+            "unsupported_grant_type"
+        );
+        assert_eq!(
+            parse(b"grant_type=client_credentials&scope=a+b").unwrap(),
+            Grant::ClientCredentials {
+                scope: Some("a b".to_owned())
+            }
+        );
+    }
+}

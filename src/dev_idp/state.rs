@@ -1,0 +1,375 @@
+//! The dev IdP's pure logic: authenticating the client, granting tokens, remembering
+//! issued access tokens, armed faults and the counters. The refresh token lineage rules
+//! live in `families`.
+//!
+//! No HTTP and no clock here: every operation where time matters takes `now`, so the
+//! rules can be unit tested exactly. The HTTP layer owns the one lock around `State`
+//! and the sleeping; this file never waits.
+
+use super::families::{Families, FamilyId, Policy, RefreshKind, Refusal};
+use super::faults::{Fault, PendingFault};
+use super::protocol::{ClientCredentials, Grant, Params, TokenError};
+use super::stats::Stats;
+use super::tokens::Claims;
+use serde::Serialize;
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime};
+
+/// The subject of tokens minted from refresh families: one pretend user is enough.
+const DEV_USER: &str = "dev-user";
+
+/// Above this many remembered access tokens, expired ones are forgotten on the next
+/// issue, so a long soak does not grow memory without bound.
+const ACCESS_TOKEN_PRUNE_AT: usize = 4096;
+
+/// The fixed rules of one IdP instance, taken from its options.
+#[derive(Clone)]
+pub struct Config {
+    /// The only client this IdP knows.
+    pub client_id: String,
+    /// That client's secret.
+    pub client_secret: String,
+    /// Lifetime of every access token.
+    pub access_ttl: Duration,
+    /// How long after its first use a refresh token may be replayed harmlessly.
+    pub reuse_grace: Duration,
+    /// Strict rotation (true) or a non-rotating IdP whose refresh tokens never wear out.
+    pub rotation: bool,
+    /// Leave `expires_in` out of token responses, to test clients that read `exp`.
+    pub omit_expires_in: bool,
+}
+
+/// What the IdP remembers of one access token, to answer `/api/whoami`.
+struct AccessRecord {
+    /// The issuing family; `None` for `client_credentials`, which has no family.
+    family: Option<FamilyId>,
+    sub: String,
+    client_id: String,
+    /// Exact expiry; the JWT's `exp` is this rounded down to seconds.
+    expires: SystemTime,
+}
+
+/// Why a successful grant succeeded, for logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// A refresh token was used up and a successor issued.
+    Rotated,
+    /// A used refresh token replayed within grace got its original successor again.
+    GraceReplay,
+    /// A non-rotating IdP refreshed without issuing a successor.
+    NotRotated,
+    /// A `client_credentials` grant.
+    ClientCredentials,
+}
+
+/// A successful token response, before rendering (RFC 6749 5.1).
+#[derive(Debug)]
+pub struct Issued {
+    /// The new access token.
+    pub access_token: String,
+    /// Seconds until expiry, or `None` when configured to omit it.
+    pub expires_in: Option<u64>,
+    /// The successor refresh token, when rotation issued one.
+    pub refresh_token: Option<String>,
+    /// The scope granted, if any is known.
+    pub scope: Option<String>,
+    /// What kind of success this was.
+    pub outcome: Outcome,
+}
+
+/// The answer of `/api/whoami` for a valid access token.
+#[derive(Serialize, Debug, Clone, PartialEq, Eq)]
+pub struct WhoAmI {
+    /// The token's subject.
+    pub sub: String,
+    /// The client it was issued to.
+    pub client_id: String,
+    /// Whole seconds of validity left.
+    pub expires_in: u64,
+}
+
+/// What a token request learns on arrival, before any waiting.
+#[derive(Debug)]
+pub struct Arrival {
+    /// The fault this request consumed, if one was armed.
+    pub fault: Option<Fault>,
+    /// The latency to sleep before answering.
+    pub latency: Duration,
+}
+
+/// All mutable IdP state. The HTTP layer wraps it in one mutex.
+pub struct State {
+    config: Config,
+    /// Runtime-adjustable through `/admin/latency`.
+    latency: Duration,
+    /// Fallback host for discovery when a request carries no usable `Host`.
+    listen_addr: Option<String>,
+    families: Families,
+    access_tokens: HashMap<String, AccessRecord>,
+    fault: Option<PendingFault>,
+    stats: Stats,
+}
+
+impl State {
+    /// An IdP with no families yet.
+    pub fn new(config: Config, latency: Duration) -> State {
+        State {
+            config,
+            latency,
+            listen_addr: None,
+            families: Families::default(),
+            access_tokens: HashMap::new(),
+            fault: None,
+            stats: Stats::default(),
+        }
+    }
+
+    /// Starts a new family with the given first refresh token (or a random one) and
+    /// returns that token.
+    pub fn mint_family(&mut self, scope: Option<String>, token: Option<String>) -> String {
+        self.families.mint(scope, token)
+    }
+
+    /// Counts a token request in and hands it the next armed fault, in arrival order.
+    pub fn arrive(&mut self) -> Arrival {
+        self.stats.enter();
+        let fault = self.take_fault();
+        if fault.is_some() {
+            self.stats.errors_injected += 1;
+        }
+        Arrival {
+            fault,
+            latency: self.latency,
+        }
+    }
+
+    /// Counts a token request out.
+    pub fn leave(&mut self) {
+        self.stats.leave();
+    }
+
+    fn take_fault(&mut self) -> Option<Fault> {
+        let pending = self.fault.as_mut()?;
+        let fault = pending.fault.clone();
+        pending.remaining = pending.remaining.saturating_sub(1);
+        if pending.remaining == 0 {
+            self.fault = None;
+        }
+        Some(fault)
+    }
+
+    /// Handles a parsed token request. Client authentication comes first, so a wrong
+    /// secret never touches (or uses up) the refresh token it came with.
+    pub fn token(
+        &mut self,
+        now: SystemTime,
+        client: Option<&ClientCredentials>,
+        params: &Params,
+    ) -> Result<Issued, TokenError> {
+        let result = self
+            .authenticate(client)
+            .and_then(|()| Grant::parse(params))
+            .and_then(|grant| self.grant(now, &grant));
+        if let Err(err) = &result {
+            self.count_error(err);
+        }
+        result
+    }
+
+    /// Counts an error answer in the counters that track its kind.
+    pub fn count_error(&mut self, err: &TokenError) {
+        match err {
+            TokenError::InvalidClient(_) => self.stats.invalid_client += 1,
+            TokenError::InvalidGrant(_) => self.stats.invalid_grant += 1,
+            _ => {}
+        }
+    }
+
+    fn authenticate(&self, client: Option<&ClientCredentials>) -> Result<(), TokenError> {
+        let client = client.ok_or(TokenError::InvalidClient(
+            "client authentication is required",
+        ))?;
+        let id_ok = constant_time_eq(&client.id, &self.config.client_id);
+        let secret_ok = constant_time_eq(&client.secret, &self.config.client_secret);
+        if id_ok && secret_ok {
+            Ok(())
+        } else {
+            Err(TokenError::InvalidClient("unknown client or wrong secret"))
+        }
+    }
+
+    fn grant(&mut self, now: SystemTime, grant: &Grant) -> Result<Issued, TokenError> {
+        match grant {
+            Grant::Refresh {
+                refresh_token,
+                scope,
+            } => self.refresh(now, refresh_token, scope.as_deref()),
+            Grant::ClientCredentials { scope } => {
+                self.stats.client_credentials_grants += 1;
+                let sub = self.config.client_id.clone();
+                Ok(self.issue(
+                    now,
+                    None,
+                    &sub,
+                    scope.clone(),
+                    None,
+                    Outcome::ClientCredentials,
+                ))
+            }
+        }
+    }
+
+    /// The refresh grant: the families judge the token, this counts and issues.
+    fn refresh(
+        &mut self,
+        now: SystemTime,
+        presented: &str,
+        scope: Option<&str>,
+    ) -> Result<Issued, TokenError> {
+        let policy = Policy {
+            rotation: self.config.rotation,
+            reuse_grace: self.config.reuse_grace,
+        };
+        let refreshed = match self.families.refresh(now, presented, scope, policy) {
+            Ok(refreshed) => refreshed,
+            Err(refusal) => return Err(self.refused(refusal)),
+        };
+        let outcome = match refreshed.kind {
+            RefreshKind::Rotated => Outcome::Rotated,
+            RefreshKind::GraceReplay => Outcome::GraceReplay,
+            RefreshKind::NotRotated => Outcome::NotRotated,
+        };
+        if outcome == Outcome::GraceReplay {
+            self.stats.reuse_grace_hits += 1;
+        } else {
+            self.stats.refresh_grants += 1;
+        }
+        let (family, successor) = (Some(refreshed.family), refreshed.successor);
+        Ok(self.issue(now, family, DEV_USER, refreshed.scope, successor, outcome))
+    }
+
+    /// Counts a refused refresh and turns it into the protocol error.
+    fn refused(&mut self, refusal: Refusal) -> TokenError {
+        match refusal {
+            Refusal::Unknown => TokenError::InvalidGrant("unknown refresh token"),
+            Refusal::Revoked => TokenError::InvalidGrant("refresh token revoked"),
+            Refusal::Reused => {
+                self.stats.reuse_detected += 1;
+                self.stats.families_revoked += 1;
+                TokenError::InvalidGrant("refresh token reused; its family is revoked")
+            }
+            Refusal::ScopeExceeded => {
+                TokenError::InvalidScope("requested scope exceeds the original grant")
+            }
+        }
+    }
+
+    /// Mints and remembers an access token.
+    fn issue(
+        &mut self,
+        now: SystemTime,
+        family: Option<FamilyId>,
+        sub: &str,
+        scope: Option<String>,
+        refresh_token: Option<String>,
+        outcome: Outcome,
+    ) -> Issued {
+        let ttl = self.config.access_ttl;
+        let claims = Claims::new(sub, &self.config.client_id, now, ttl);
+        let access_token = claims.encode();
+        if self.access_tokens.len() >= ACCESS_TOKEN_PRUNE_AT {
+            self.access_tokens.retain(|_, record| record.expires > now);
+        }
+        self.access_tokens.insert(
+            access_token.clone(),
+            AccessRecord {
+                family,
+                sub: claims.sub,
+                client_id: claims.client_id,
+                expires: now + ttl,
+            },
+        );
+        Issued {
+            access_token,
+            expires_in: (!self.config.omit_expires_in).then_some(ttl.as_secs()),
+            refresh_token,
+            scope,
+            outcome,
+        }
+    }
+
+    /// Revokes every live family and returns how many that was.
+    pub fn revoke_all(&mut self) -> u64 {
+        let revoked = self.families.revoke_all();
+        self.stats.families_revoked += revoked;
+        revoked
+    }
+
+    /// Who a bearer token speaks for, if it is issued, unexpired and not revoked.
+    pub fn whoami(&self, now: SystemTime, token: &str) -> Option<WhoAmI> {
+        let record = self.access_tokens.get(token)?;
+        let left = record.expires.duration_since(now).ok()?;
+        if left.is_zero() {
+            return None;
+        }
+        let revoked = record
+            .family
+            .is_some_and(|family| self.families.is_revoked(family));
+        (!revoked).then(|| WhoAmI {
+            sub: record.sub.clone(),
+            client_id: record.client_id.clone(),
+            expires_in: left.as_secs(),
+        })
+    }
+
+    /// The counters, with the live-family gauge filled in.
+    pub fn stats(&self) -> Stats {
+        Stats {
+            active_families: self.families.active(),
+            ..self.stats
+        }
+    }
+
+    /// Zeroes the counters (see `Stats::reset`).
+    pub fn reset_stats(&mut self) {
+        self.stats.reset();
+    }
+
+    /// Arms (or with `None`, clears) the fault for the next token requests.
+    pub fn set_fault(&mut self, fault: Option<PendingFault>) {
+        self.fault = fault;
+    }
+
+    /// The armed fault, if any.
+    pub fn fault(&self) -> Option<&PendingFault> {
+        self.fault.as_ref()
+    }
+
+    /// Changes the latency of later token requests.
+    pub fn set_latency(&mut self, latency: Duration) {
+        self.latency = latency;
+    }
+
+    /// Records the address the server listens on, the discovery fallback.
+    pub fn set_listen_addr(&mut self, addr: String) {
+        self.listen_addr = Some(addr);
+    }
+
+    /// The address the server listens on, once known.
+    pub fn listen_addr(&self) -> Option<&str> {
+        self.listen_addr.as_deref()
+    }
+}
+
+/// Compares secrets without an early exit, so timing does not reveal a prefix match.
+fn constant_time_eq(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
+#[cfg(test)]
+#[path = "state_tests.rs"]
+mod tests;

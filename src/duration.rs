@@ -1,0 +1,79 @@
+//! Durations as users write them: `30s`, `5m`, `1h`, `250ms`, `1h30m`, or a plain
+//! integer meaning seconds. One parser for the config file, the CLI and query strings,
+//! so every surface accepts the same spellings.
+
+use std::time::Duration;
+
+/// Parses `30s`, `5m`, `1h`, `250ms`, `1h 30m` or a plain number of seconds.
+pub fn parse(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Err("empty duration".to_owned());
+    }
+    if let Ok(secs) = text.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    humantime::parse_duration(text)
+        .map_err(|e| format!("`{text}` is not a duration ({e}); write e.g. 30s, 5m, 1h"))
+}
+
+/// Formats a duration the way `parse` reads it back (`1m 30s`, `250ms`).
+pub fn format(duration: Duration) -> String {
+    // Whole milliseconds keep the output short; nothing here needs more.
+    let rounded = Duration::from_millis(duration.as_millis().min(u64::MAX as u128) as u64);
+    humantime::format_duration(rounded).to_string()
+}
+
+/// Serde helper: accepts a duration string or an integer number of seconds.
+pub mod serde_opt {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Secs(u64),
+        Text(String),
+    }
+
+    /// Deserializes an optional duration (`"30s"` or `30`).
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        match Option::<Raw>::deserialize(d)? {
+            None => Ok(None),
+            Some(Raw::Secs(s)) => Ok(Some(Duration::from_secs(s))),
+            Some(Raw::Text(t)) => super::parse(&t).map(Some).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_the_documented_spellings() {
+        assert_eq!(parse("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse("45"), Ok(Duration::from_secs(45)));
+        assert_eq!(parse(" 1h 30m "), Ok(Duration::from_secs(5400)));
+    }
+
+    #[test]
+    fn rejects_garbage_with_a_hint() {
+        for bad in ["", "abc", "-5s", "5 parsecs"] {
+            let err = parse(bad).unwrap_err();
+            assert!(!err.is_empty(), "{bad}");
+        }
+        assert!(parse("abc").unwrap_err().contains("30s"));
+    }
+
+    #[test]
+    fn format_round_trips() {
+        for d in [Duration::from_secs(90), Duration::from_millis(250)] {
+            assert_eq!(parse(&format(d)), Ok(d));
+        }
+    }
+}
