@@ -1,0 +1,262 @@
+//! One credential: its published token, and the single-flight gate in front of its IdP.
+//!
+//! A credential is always in exactly one of three situations: a token is cached (and
+//! served from `current` without any lock), a refresh is in flight (and everyone who
+//! needs a new token waits on that one flight's result), or neither. Every path that
+//! wants a new token — the proactive timer, `min_ttl`, a rejected-token report, a
+//! forced refresh — goes through `get`, which decides under the `inner` lock whether to
+//! serve, join or start, so no two calls to the IdP for one credential can overlap.
+//! The refresh itself runs in a spawned task: a client that hangs up cancels nothing.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwapOption;
+use secrecy::SecretString;
+use tokio::sync::{Notify, watch};
+
+use super::Shared;
+use super::token::Token;
+use crate::config::CredentialSpec;
+use crate::error::Error;
+use crate::metrics::CredentialMetrics;
+
+/// The one result of a refresh, handed to every waiter.
+pub type Outcome = Result<Arc<Token>, Error>;
+
+/// What a caller needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Want {
+    /// A token with more than this much lifetime left (zero: any valid token).
+    Fresh(Duration),
+    /// The caller's API rejected this token: refresh only if it is still the current one.
+    Rejected(String),
+    /// A refresh regardless of the current token (rate-limited per credential).
+    Forced,
+    /// The proactive timer fired.
+    Timer,
+}
+
+impl Want {
+    /// The metric label of what started a refresh.
+    pub fn trigger(&self) -> &'static str {
+        match self {
+            Want::Fresh(ttl) if ttl.is_zero() => "request",
+            Want::Fresh(_) => "min_ttl",
+            Want::Rejected(_) => "rejected",
+            Want::Forced => "forced",
+            Want::Timer => "timer",
+        }
+    }
+}
+
+/// One credential.
+pub struct Credential {
+    pub spec: CredentialSpec,
+    /// The published token: read lock-free by every request.
+    pub(super) current: ArcSwapOption<Token>,
+    /// Everything a refresh decision reads or writes. A std mutex, held only for short
+    /// bookkeeping and never across an `.await`, so it cannot stall the runtime.
+    pub(super) inner: Mutex<Inner>,
+    /// Wakes the timer when the schedule may have changed.
+    pub(super) wake: Notify,
+    pub(super) shared: Arc<Shared>,
+    pub(super) metrics: CredentialMetrics,
+}
+
+/// The mutable part of a credential.
+#[derive(Default)]
+pub(super) struct Inner {
+    /// The refresh in flight, if any; joining means cloning this receiver.
+    pub flight: Option<watch::Receiver<Option<Outcome>>>,
+    /// The refresh token to send next (rotated ones replace it as they arrive).
+    pub refresh_token: Option<SecretString>,
+    /// Fingerprint of the bootstrap token the current chain started from.
+    pub bootstrap: Option<String>,
+    /// A token the IdP issued that is not yet durable; it is saved before anything else.
+    pub unsaved: Option<Arc<Token>>,
+    /// Consecutive failed refreshes.
+    pub failures: u32,
+    /// The last refresh error, kept for status and for requests during backoff.
+    pub last_error: Option<(Error, SystemTime)>,
+    /// No refresh starts before this after a failure (the timer retries then).
+    pub retry_at: Option<SystemTime>,
+    /// Set when the IdP refused the chain; no IdP calls until the bootstrap changes.
+    pub reauth: Option<String>,
+    pub last_refresh_at: Option<SystemTime>,
+    pub refreshes_ok: u64,
+    pub refreshes_failed: u64,
+    /// Whether the stored state was loaded; the first flight does that before anything.
+    pub restored: bool,
+}
+
+/// What `decide` concluded under the lock.
+enum Decision {
+    Serve(Arc<Token>),
+    Fail(Error),
+    Wait(watch::Receiver<Option<Outcome>>),
+}
+
+impl Credential {
+    pub(super) fn lock(&self) -> MutexGuard<'_, Inner> {
+        // Every critical section leaves `Inner` consistent, so a poisoned lock is usable.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The name from the config.
+    pub fn name(&self) -> &str {
+        &self.spec.name
+    }
+
+    /// Counts a request answered with a token.
+    pub fn count_served(&self) {
+        self.metrics.served();
+    }
+
+    /// Counts a request answered with an error code.
+    pub fn count_failed(&self, code: &str) {
+        self.metrics.failed(code);
+    }
+
+    /// The published token, if any (valid or not).
+    pub fn current(&self) -> Option<Arc<Token>> {
+        self.current.load_full()
+    }
+
+    /// A token satisfying `want`, joining or starting the single refresh if needed.
+    pub async fn get(self: &Arc<Self>, want: Want) -> Outcome {
+        let now = SystemTime::now();
+        if let Want::Fresh(min_ttl) = want {
+            // The hot path: one atomic load, no lock.
+            if let Some(token) = self.current.load_full()
+                && token.is_valid(now)
+                && token.ttl(now) > min_ttl
+            {
+                return Ok(token);
+            }
+        }
+        let rx = match self.decide(&want, now) {
+            Decision::Serve(token) => return Ok(token),
+            Decision::Fail(error) => return Err(error),
+            Decision::Wait(rx) => rx,
+        };
+        let waited = tokio::time::timeout(self.shared.request_timeout, wait(rx)).await;
+        let outcome = waited.unwrap_or_else(|_| {
+            Err(Error::UpstreamUnavailable {
+                reason: format!(
+                    "the refresh did not finish within request_timeout ({})",
+                    crate::duration::format(self.shared.request_timeout)
+                ),
+                retry_after: Duration::from_secs(1),
+            })
+        });
+        outcome.or_else(|error| self.stale_while_valid(&want, error))
+    }
+
+    /// After a failed or slow refresh, a plain request still gets a token that has not
+    /// expired; a rejected-token report does not get its rejected token back.
+    fn stale_while_valid(&self, want: &Want, error: Error) -> Outcome {
+        let now = SystemTime::now();
+        match (want, self.current.load_full()) {
+            (Want::Fresh(_) | Want::Timer, Some(token)) if token.is_valid(now) => Ok(token),
+            _ => Err(error),
+        }
+    }
+
+    fn decide(self: &Arc<Self>, want: &Want, now: SystemTime) -> Decision {
+        let mut inner = self.lock();
+        let valid = self.current.load_full().filter(|t| t.is_valid(now));
+        if let Some(token) = &valid {
+            let satisfied = match want {
+                Want::Fresh(min_ttl) => token.ttl(now) > *min_ttl,
+                Want::Rejected(rejected) => !token.is(rejected),
+                Want::Forced => false,
+                Want::Timer => now < token.refresh_at,
+            };
+            // Forced refreshes are rate-limited. Rejected-token reports are not: they can
+            // cause at most one refresh per token version, and answering one with the
+            // token it rejected would only make the client fail.
+            let rate_limited = *want == Want::Forced
+                && inner
+                    .last_refresh_at
+                    .is_some_and(|at| now < at + self.spec.min_refresh_interval);
+            if satisfied || rate_limited {
+                return Decision::Serve(token.clone());
+            }
+        }
+        if let Some(flight) = &inner.flight {
+            self.metrics.joined.inc();
+            return Decision::Wait(flight.clone());
+        }
+        if let Some(reason) = &inner.reauth {
+            return Decision::Fail(Error::ReauthRequired {
+                reason: reason.clone(),
+            });
+        }
+        if self.shared.shutdown.is_cancelled() {
+            return valid.map_or(Decision::Fail(Error::ShuttingDown), Decision::Serve);
+        }
+        let backing_off = inner.retry_at.is_some_and(|at| now < at);
+        if backing_off && *want != Want::Timer {
+            return match (want, valid) {
+                (Want::Fresh(_), Some(token)) => Decision::Serve(token),
+                _ => Decision::Fail(self.backoff_error(&inner, now)),
+            };
+        }
+        Decision::Wait(self.start_flight(&mut inner, want))
+    }
+
+    /// The error a request gets while refreshes are backing off.
+    fn backoff_error(&self, inner: &Inner, now: SystemTime) -> Error {
+        let retry_after = inner
+            .retry_at
+            .and_then(|at| at.duration_since(now).ok())
+            .unwrap_or_default()
+            .max(Duration::from_secs(1));
+        match &inner.last_error {
+            Some((Error::UpstreamUnavailable { reason, .. }, _)) => Error::UpstreamUnavailable {
+                reason: reason.clone(),
+                retry_after,
+            },
+            Some((other, _)) => other.clone(),
+            None => Error::UpstreamUnavailable {
+                reason: "retrying".into(),
+                retry_after,
+            },
+        }
+    }
+
+    fn start_flight(
+        self: &Arc<Self>,
+        inner: &mut Inner,
+        want: &Want,
+    ) -> watch::Receiver<Option<Outcome>> {
+        let (tx, rx) = watch::channel(None);
+        inner.flight = Some(rx.clone());
+        self.metrics.in_flight.set(1);
+        let me = Arc::clone(self);
+        let trigger = if inner.restored {
+            want.trigger()
+        } else {
+            "startup"
+        };
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let outcome = me.refresh().await;
+            me.finish(outcome, tx, trigger, started.elapsed());
+        });
+        rx
+    }
+}
+
+/// Waits for a flight's result. A dropped sender (the task panicked) is an error, not
+/// a hang.
+async fn wait(mut rx: watch::Receiver<Option<Outcome>>) -> Outcome {
+    match rx.wait_for(Option::is_some).await {
+        Ok(value) => value.clone().unwrap_or_else(|| Err(Error::ShuttingDown)),
+        Err(_) => Err(Error::UpstreamUnavailable {
+            reason: "the refresh task ended without a result".into(),
+            retry_after: Duration::from_secs(1),
+        }),
+    }
+}

@@ -1,0 +1,269 @@
+//! The work of one refresh, run inside the single flight: call the IdP, make the rotated
+//! refresh token durable, and only then publish the new access token.
+//!
+//! Ordering is the whole point. The moment the IdP answers, the old refresh token is dead,
+//! so the new one replaces it in memory at once (a later attempt must never resend the
+//! old one). The new access token is published only after the store confirms the write;
+//! if the write fails, the token waits in `unsaved` and the next attempt saves it before
+//! it would ever call the IdP again.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use secrecy::SecretString;
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+use super::credential::{Credential, Outcome};
+use super::schedule;
+use super::token::{Token, rfc3339};
+use crate::config::Grant;
+use crate::error::Error;
+use crate::idp::{IdpError, TokenRequest, TokenResponse};
+use crate::secret::ExposeSecret;
+use crate::store::Saved;
+
+impl Credential {
+    /// One refresh attempt. Runs in its own task, inside the flight.
+    pub(super) async fn refresh(self: &Arc<Self>) -> Outcome {
+        if !self.lock().restored {
+            self.restore().await;
+            let now = SystemTime::now();
+            if let Some(token) = self
+                .current()
+                .filter(|t| t.is_valid(now) && now < t.refresh_at)
+            {
+                return Ok(token);
+            }
+            if let Some(reason) = self.lock().reauth.clone() {
+                return Err(Error::ReauthRequired { reason });
+            }
+        }
+        let (unsaved, refresh_token) = {
+            let inner = self.lock();
+            (inner.unsaved.clone(), inner.refresh_token.clone())
+        };
+        if let Some(token) = unsaved {
+            self.persist(&token).await?;
+            self.lock().unsaved = None;
+            return Ok(token);
+        }
+        if self.spec.grant == Grant::RefreshToken && refresh_token.is_none() {
+            return Err(Error::ReauthRequired {
+                reason: "no refresh token".into(),
+            });
+        }
+        let client_secret = match &self.spec.client_secret {
+            Some(source) => Some(source.read().map_err(|reason| Error::UpstreamUnavailable {
+                reason: format!("client_secret: {reason}"),
+                retry_after: Duration::from_secs(1),
+            })?),
+            None => None,
+        };
+        let request = TokenRequest {
+            endpoint: &self.spec.endpoint,
+            grant: self.spec.grant,
+            client_id: &self.spec.client_id,
+            client_secret: client_secret.as_ref(),
+            client_auth: self.spec.client_auth,
+            refresh_token: refresh_token.as_ref(),
+            scope: self.spec.scope.as_deref(),
+            audience: self.spec.audience.as_deref(),
+        };
+        let started = Instant::now();
+        let answer = self.shared.idp.request_token(&request).await;
+        self.shared
+            .metrics
+            .observe_idp(started.elapsed().as_secs_f64());
+        match answer {
+            Ok(response) => self.accept(response, refresh_token).await,
+            Err(error) => Err(self.refused(error).await),
+        }
+    }
+
+    /// Takes a successful answer: rotate in memory, persist, then hand back for publishing.
+    async fn accept(&self, response: TokenResponse, old: Option<SecretString>) -> Outcome {
+        let now = SystemTime::now();
+        let expires_at = response
+            .expires_at
+            .unwrap_or(now + self.spec.default_lifetime);
+        let refresh_at = schedule::refresh_at(
+            now,
+            expires_at,
+            self.spec.refresh_ratio,
+            self.spec.refresh_jitter,
+            rand::random::<f64>(),
+        );
+        let token = Arc::new(Token::new(
+            response.access_token.expose_secret(),
+            response.token_type,
+            response.scope.or_else(|| self.spec.scope.clone()),
+            now,
+            expires_at,
+            refresh_at,
+        ));
+        {
+            let mut inner = self.lock();
+            // A non-rotating IdP sends no new refresh token: the old one stays live.
+            inner.refresh_token = response.refresh_token.or(old);
+            inner.unsaved = Some(token.clone());
+        }
+        self.persist(&token).await?;
+        self.lock().unsaved = None;
+        Ok(token)
+    }
+
+    /// Maps an IdP failure; a refusal ends the chain until a new bootstrap arrives.
+    async fn refused(&self, error: IdpError) -> Error {
+        match error {
+            IdpError::Rejected { .. } => {
+                let reason = error.to_string();
+                let saved = {
+                    let mut inner = self.lock();
+                    inner.refresh_token = None;
+                    inner.reauth = Some(reason.clone());
+                    self.saved(&inner, None)
+                };
+                // Best effort: remembering the refusal only saves a doomed call after a restart.
+                if let Err(e) = self.write(saved).await {
+                    warn!(credential = self.name(), error = %e, "could not record the refusal in the state store");
+                }
+                Error::ReauthRequired { reason }
+            }
+            IdpError::Unavailable {
+                reason,
+                retry_after,
+            } => Error::UpstreamUnavailable {
+                reason,
+                retry_after: retry_after.unwrap_or(Duration::from_secs(1)),
+            },
+            // The IdP may have rotated the token; resending it is safe only within the
+            // IdP's reuse grace, which the retry backoff stays well inside by default.
+            IdpError::LostAnswer { .. } => Error::UpstreamUnavailable {
+                reason: error.to_string(),
+                retry_after: Duration::from_secs(1),
+            },
+        }
+    }
+
+    async fn persist(&self, token: &Arc<Token>) -> Result<(), Error> {
+        let saved = self.saved(&self.lock(), Some(token));
+        self.write(saved).await.map_err(Error::Store)
+    }
+
+    /// The record to store: the chain's refresh token plus, if given, the new access token.
+    pub(super) fn saved(
+        &self,
+        inner: &super::credential::Inner,
+        token: Option<&Arc<Token>>,
+    ) -> Saved {
+        let now = SystemTime::now();
+        Saved {
+            refresh_token: inner.refresh_token.clone(),
+            access_token: token.map(|t| SecretString::from(t.secret().to_owned())),
+            token_type: token.map_or_else(|| "Bearer".to_owned(), |t| t.token_type.clone()),
+            scope: token.and_then(|t| t.scope.clone()),
+            issued_at: token.map_or(now, |t| t.issued_at),
+            expires_at: token.map_or(now, |t| t.expires_at),
+            bootstrap: inner.bootstrap.clone(),
+            reauth_reason: inner.reauth.clone(),
+        }
+    }
+
+    async fn write(&self, saved: Saved) -> Result<(), String> {
+        let store = self.shared.store.clone();
+        let name = self.spec.name.clone();
+        let started = Instant::now();
+        let result = tokio::task::spawn_blocking(move || store.save(&name, &saved))
+            .await
+            .unwrap_or_else(|e| Err(format!("store task failed: {e}")));
+        self.shared
+            .metrics
+            .observe_store(started.elapsed().as_secs_f64());
+        result
+    }
+
+    /// Publishes the outcome, ends the flight and wakes every waiter.
+    pub(super) fn finish(
+        &self,
+        mut outcome: Outcome,
+        tx: watch::Sender<Option<Outcome>>,
+        trigger: &'static str,
+        took: Duration,
+    ) {
+        let now = SystemTime::now();
+        let mut inner = self.lock();
+        match &mut outcome {
+            Ok(token) => {
+                self.current.store(Some(token.clone()));
+                inner.failures = 0;
+                inner.retry_at = None;
+                inner.last_error = None;
+                inner.last_refresh_at = Some(now);
+                inner.refreshes_ok += 1;
+                self.metrics.expiry.set(unix(token.expires_at));
+                info!(
+                    credential = self.name(),
+                    trigger,
+                    took_ms = took.as_millis() as u64,
+                    result = "ok",
+                    expires_at = %rfc3339(token.expires_at),
+                    next_refresh_at = %rfc3339(token.refresh_at),
+                    "refreshed"
+                );
+            }
+            Err(error) => {
+                inner.failures += 1;
+                inner.refreshes_failed += 1;
+                let delay = schedule::backoff(
+                    inner.failures,
+                    self.spec.backoff_initial,
+                    self.spec.backoff_max,
+                    error.retry_after(),
+                    rand::random::<f64>(),
+                );
+                if let Error::UpstreamUnavailable { retry_after, .. } = error {
+                    *retry_after = delay;
+                }
+                inner.retry_at = Some(now + delay);
+                inner.last_error = Some((error.clone(), now));
+                self.log_failure(error, trigger, took, delay);
+            }
+        }
+        let result = if outcome.is_ok() { "ok" } else { "error" };
+        self.metrics.refreshed(trigger, result);
+        inner.flight = None;
+        self.metrics.in_flight.set(0);
+        drop(inner);
+        // Waiters may all have gone; the outcome is published either way.
+        let _ = tx.send(Some(outcome));
+        self.wake.notify_one();
+    }
+
+    fn log_failure(&self, error: &Error, trigger: &str, took: Duration, delay: Duration) {
+        if let Error::ReauthRequired { .. } = error {
+            error!(
+                credential = self.name(),
+                trigger,
+                error = %error,
+                "the identity provider refused the credential; no further calls until a new bootstrap token appears"
+            );
+        } else {
+            warn!(
+                credential = self.name(),
+                trigger,
+                took_ms = took.as_millis() as u64,
+                result = "error",
+                error = %error,
+                retry_in_ms = delay.as_millis() as u64,
+                "refresh failed"
+            );
+        }
+    }
+}
+
+fn unix(t: SystemTime) -> i64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or_default()
+}

@@ -1,0 +1,149 @@
+//! Where a credential's chain starts after a (re)start: the stored state, or the
+//! bootstrap token, decided by which bootstrap the stored chain came from.
+//!
+//! The rule that keeps rotation safe across restarts (also after `kill -9`): if the
+//! bootstrap source still holds the token the stored chain started from, the stored
+//! (rotated) refresh token wins, because the bootstrap one is already spent. Only a
+//! bootstrap with different content — an operator supplying a new token — restarts
+//! the chain from the bootstrap.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use secrecy::SecretString;
+use tracing::{error, info, warn};
+
+use super::credential::{Credential, Inner};
+use super::token::Token;
+use crate::config::Grant;
+use crate::secret::{ExposeSecret, fingerprint};
+use crate::store::{Loaded, Saved};
+
+impl Credential {
+    /// Loads the stored state into `inner` and publishes a still-valid stored token.
+    pub(super) async fn restore(&self) {
+        let store = self.shared.store.clone();
+        let name = self.spec.name.clone();
+        let loaded = tokio::task::spawn_blocking(move || store.load(&name))
+            .await
+            .unwrap_or_else(|e| Loaded::Corrupt(vec![format!("load task failed: {e}")]));
+        let bootstrap = self.read_bootstrap();
+        let mut inner = self.lock();
+        inner.restored = true;
+        match loaded {
+            Loaded::Empty => self.start_chain(&mut inner, bootstrap),
+            Loaded::Found { saved, skipped } => {
+                for file in skipped {
+                    warn!(
+                        credential = self.name(),
+                        file, "skipped an unreadable state generation"
+                    );
+                }
+                let new_bootstrap =
+                    matches!(&bootstrap, Some(Ok((_, fp))) if saved.bootstrap.as_ref() != Some(fp));
+                if new_bootstrap && self.spec.grant == Grant::RefreshToken {
+                    info!(
+                        credential = self.name(),
+                        "the bootstrap token changed since the stored chain began; starting from it"
+                    );
+                    self.start_chain(&mut inner, bootstrap);
+                } else {
+                    self.adopt(&mut inner, saved);
+                }
+            }
+            Loaded::Corrupt(problems) => {
+                error!(
+                    credential = self.name(),
+                    ?problems,
+                    "no readable state; waiting for a new bootstrap token rather than reusing a spent one"
+                );
+                inner.bootstrap = bootstrap.and_then(|b| b.ok()).map(|(_, fp)| fp);
+                inner.reauth =
+                    Some("stored state unreadable; supply a new bootstrap refresh token".into());
+            }
+        }
+    }
+
+    /// The bootstrap value and its fingerprint; `None` when the grant has none.
+    pub(super) fn read_bootstrap(&self) -> Option<Result<(SecretString, String), String>> {
+        let source = self.spec.refresh_token.as_ref()?;
+        Some(source.read().map(|value| {
+            let fp = fingerprint(&value);
+            (value, fp)
+        }))
+    }
+
+    /// Starts a fresh chain from the bootstrap token.
+    pub(super) fn start_chain(
+        &self,
+        inner: &mut Inner,
+        bootstrap: Option<Result<(SecretString, String), String>>,
+    ) {
+        match bootstrap {
+            None => {}
+            Some(Ok((value, fp))) => {
+                inner.refresh_token = Some(value);
+                inner.bootstrap = Some(fp);
+                inner.reauth = None;
+                inner.failures = 0;
+                inner.retry_at = None;
+                inner.last_error = None;
+            }
+            Some(Err(reason)) => {
+                error!(
+                    credential = self.name(),
+                    reason, "cannot read the bootstrap refresh token"
+                );
+                inner.reauth = Some(format!("bootstrap refresh token unreadable: {reason}"));
+            }
+        }
+    }
+
+    fn adopt(&self, inner: &mut Inner, saved: Saved) {
+        inner.refresh_token = saved.refresh_token;
+        inner.bootstrap = saved.bootstrap;
+        inner.reauth = saved.reauth_reason;
+        if self.spec.grant == Grant::RefreshToken
+            && inner.refresh_token.is_none()
+            && inner.reauth.is_none()
+        {
+            inner.reauth = Some("no refresh token stored".into());
+        }
+        let now = SystemTime::now();
+        if let Some(access) = saved.access_token.filter(|_| saved.expires_at > now) {
+            let refresh_at = super::schedule::refresh_at(
+                saved.issued_at,
+                saved.expires_at,
+                self.spec.refresh_ratio,
+                self.spec.refresh_jitter,
+                rand::random::<f64>(),
+            );
+            let token = Token::new(
+                access.expose_secret(),
+                saved.token_type,
+                saved.scope,
+                saved.issued_at,
+                saved.expires_at,
+                refresh_at,
+            );
+            self.current.store(Some(Arc::new(token)));
+        }
+    }
+
+    /// In `reauth_required`: resume if the bootstrap source now holds a new token.
+    pub(super) fn check_bootstrap(&self) -> bool {
+        let Some(Ok((value, fp))) = self.read_bootstrap() else {
+            return false;
+        };
+        let mut inner = self.lock();
+        if inner.reauth.is_none() || inner.bootstrap.as_deref() == Some(fp.as_str()) {
+            return false;
+        }
+        info!(
+            credential = self.name(),
+            "a new bootstrap token appeared; resuming"
+        );
+        self.start_chain(&mut inner, Some(Ok((value, fp))));
+        true
+    }
+}

@@ -1,0 +1,113 @@
+//! What an operator sees of a credential: its state, times, counts and last error.
+//! Built from the same fields the single flight uses, never from a token.
+
+use std::time::SystemTime;
+
+use serde::Serialize;
+
+use super::credential::Credential;
+use super::token::rfc3339;
+
+/// Every state a credential can be in, for the one-hot metric.
+pub const STATES: &[&str] = &[
+    "starting",
+    "valid",
+    "refreshing",
+    "stale",
+    "expired",
+    "reauth_required",
+];
+
+/// One row of `/v1/credentials`.
+#[derive(Debug, Serialize)]
+pub struct CredentialStatus {
+    pub name: String,
+    pub grant: &'static str,
+    /// starting | valid | refreshing | stale (valid token, refresh failing) | expired | reauth_required
+    pub state: &'static str,
+    /// Whether `/readyz` waits for this credential.
+    pub required: bool,
+    /// Whether a valid token can be served right now.
+    pub ready: bool,
+    pub expires_at: Option<String>,
+    pub expires_in: Option<u64>,
+    pub last_refresh_at: Option<String>,
+    pub next_refresh_at: Option<String>,
+    pub refreshes: Counts,
+    pub last_error: Option<LastError>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Counts {
+    pub ok: u64,
+    pub failed: u64,
+    /// Requests that joined a refresh in flight instead of starting one.
+    pub joined: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LastError {
+    pub message: String,
+    pub at: String,
+}
+
+impl Credential {
+    /// A snapshot for status endpoints.
+    pub fn status(&self) -> CredentialStatus {
+        let now = SystemTime::now();
+        let token = self.current();
+        let inner = self.lock();
+        let valid = token.as_ref().is_some_and(|t| t.is_valid(now));
+        let state = if inner.reauth.is_some() {
+            "reauth_required"
+        } else if inner.flight.is_some() {
+            if inner.restored || valid {
+                "refreshing"
+            } else {
+                "starting"
+            }
+        } else if valid {
+            if inner.failures > 0 { "stale" } else { "valid" }
+        } else if inner.failures > 0 || token.is_some() {
+            "expired"
+        } else {
+            "starting"
+        };
+        let next = match (inner.retry_at, &token) {
+            _ if inner.reauth.is_some() => None,
+            (Some(at), _) if at > now => Some(at),
+            (_, Some(t)) => Some(t.refresh_at.max(now)),
+            _ => None,
+        };
+        CredentialStatus {
+            name: self.spec.name.clone(),
+            grant: self.spec.grant.as_str(),
+            state,
+            required: self.spec.required,
+            ready: valid,
+            expires_at: token.as_ref().map(|t| rfc3339(t.expires_at)),
+            expires_in: token.as_ref().map(|t| t.ttl(now).as_secs()),
+            last_refresh_at: inner.last_refresh_at.map(rfc3339),
+            next_refresh_at: next.map(rfc3339),
+            refreshes: Counts {
+                ok: inner.refreshes_ok,
+                failed: inner.refreshes_failed,
+                joined: self.metrics.joined.get(),
+            },
+            last_error: match (&inner.reauth, &inner.last_error) {
+                (Some(reason), _) => Some(LastError {
+                    message: format!("reauth required: {reason}"),
+                    at: inner
+                        .last_error
+                        .as_ref()
+                        .map_or_else(|| rfc3339(now), |(_, at)| rfc3339(*at)),
+                }),
+                (None, Some((error, at))) => Some(LastError {
+                    message: error.to_string(),
+                    at: rfc3339(*at),
+                }),
+                _ => None,
+            },
+        }
+    }
+}

@@ -1,0 +1,166 @@
+//! One published version of a credential's access token.
+//!
+//! A `Token` is immutable and shared by `Arc`: the read path loads the current one from
+//! an `ArcSwap` and answers from bytes encoded once per version. Only `expires_in` changes
+//! from second to second, so the JSON body is stored without it and completed per request.
+//! The token bytes are zeroized when the last copy is dropped.
+
+use std::fmt;
+use std::time::{Duration, SystemTime};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use serde::Serialize;
+
+/// An access token as served.
+pub struct Token {
+    /// The bare token, for `format=raw`; the buffer is wiped when the last copy drops.
+    raw: Bytes,
+    /// `{"access_token":...,"expires_at":...` without `expires_in` and the closing brace.
+    json_head: Bytes,
+    pub token_type: String,
+    pub scope: Option<String>,
+    pub issued_at: SystemTime,
+    pub expires_at: SystemTime,
+    /// When the proactive refresh is due (jitter drawn once per version).
+    pub refresh_at: SystemTime,
+}
+
+#[derive(Serialize)]
+struct Head<'a> {
+    access_token: &'a str,
+    token_type: &'a str,
+    expires_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    scope: Option<&'a str>,
+}
+
+/// Owner of token bytes that wipes them on drop.
+struct Wiped(Vec<u8>);
+
+impl AsRef<[u8]> for Wiped {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl Drop for Wiped {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
+    }
+}
+
+impl Token {
+    /// Builds a version and encodes its response bytes.
+    pub fn new(
+        access_token: &str,
+        token_type: String,
+        scope: Option<String>,
+        issued_at: SystemTime,
+        expires_at: SystemTime,
+        refresh_at: SystemTime,
+    ) -> Token {
+        let head = Head {
+            access_token,
+            token_type: &token_type,
+            expires_at: rfc3339(expires_at),
+            scope: scope.as_deref(),
+        };
+        // Serializing a struct of strings cannot fail.
+        let mut json = serde_json::to_vec(&head).unwrap_or_default();
+        json.pop();
+        json.extend_from_slice(br#","expires_in":"#);
+        Token {
+            raw: Bytes::from_owner(Wiped(access_token.as_bytes().to_vec())),
+            json_head: Bytes::from_owner(Wiped(json)),
+            token_type,
+            scope,
+            issued_at,
+            expires_at,
+            refresh_at,
+        }
+    }
+
+    /// Time left before expiry (zero once expired).
+    pub fn ttl(&self, now: SystemTime) -> Duration {
+        self.expires_at.duration_since(now).unwrap_or_default()
+    }
+
+    /// Whether the token has any lifetime left.
+    pub fn is_valid(&self, now: SystemTime) -> bool {
+        self.expires_at > now
+    }
+
+    /// The bare token bytes.
+    pub fn raw(&self) -> Bytes {
+        self.raw.clone()
+    }
+
+    /// The access token as text (for persisting).
+    pub fn secret(&self) -> &str {
+        std::str::from_utf8(&self.raw).unwrap_or_default()
+    }
+
+    /// Whether `candidate` is this token, compared in constant time.
+    pub fn is(&self, candidate: &str) -> bool {
+        let (a, b) = (self.raw.as_ref(), candidate.as_bytes());
+        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    }
+
+    /// The JSON body with `expires_in` as of `now`.
+    pub fn json_body(&self, now: SystemTime) -> Bytes {
+        let mut out = BytesMut::with_capacity(self.json_head.len() + 24);
+        out.put_slice(&self.json_head);
+        let mut digits = itoa_buf(self.ttl(now).as_secs());
+        digits.push(b'}');
+        out.put_slice(&digits);
+        out.freeze()
+    }
+}
+
+fn itoa_buf(n: u64) -> Vec<u8> {
+    n.to_string().into_bytes()
+}
+
+/// RFC 3339 in UTC with whole seconds.
+pub fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Token")
+            .field("access_token", &"[redacted]")
+            .field("expires_at", &rfc3339(self.expires_at))
+            .field("scope", &self.scope)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_body_is_valid_json_with_a_live_expires_in() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let t = Token::new(
+            "s3cr\"et",
+            "Bearer".into(),
+            Some("a b".into()),
+            now,
+            now + Duration::from_secs(90),
+            now + Duration::from_secs(72),
+        );
+        let body: serde_json::Value = serde_json::from_slice(&t.json_body(now)).unwrap();
+        assert_eq!(body["access_token"], "s3cr\"et");
+        assert_eq!(body["expires_in"], 90);
+        assert_eq!(body["expires_at"], "1970-01-12T13:48:10Z");
+        assert_eq!(body["scope"], "a b");
+        let later: serde_json::Value =
+            serde_json::from_slice(&t.json_body(now + Duration::from_secs(100))).unwrap();
+        assert_eq!(later["expires_in"], 0);
+        assert!(t.is("s3cr\"et") && !t.is("s3cr") && !t.is("s3cr\"eT"));
+        assert!(!format!("{t:?}").contains("s3cr"));
+    }
+}

@@ -1,0 +1,173 @@
+//! The command line. Each sub-command is a thin shell over a library module; this file
+//! parses arguments, sets up logging and maps outcomes to exit codes.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::config::{self, DEFAULT_LISTEN};
+
+const DEFAULT_URL: &str = "http://127.0.0.1:8656";
+
+/// A local OAuth2 token broker: one refresh per rotation, tokens served on localhost.
+#[derive(Parser)]
+#[command(name = "token-broker", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Log format (default: json when stderr is not a terminal, text otherwise).
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<LogFormat>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Json,
+    Text,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the broker daemon.
+    Run {
+        /// Config file (TOML).
+        #[arg(long, env = "TOKEN_BROKER_CONFIG")]
+        config: PathBuf,
+    },
+    /// Try it now: the broker plus an in-process dev IdP and a `demo` credential.
+    Dev {
+        /// Where the broker listens.
+        #[arg(long, default_value = DEFAULT_LISTEN)]
+        listen: String,
+    },
+    /// A strict OAuth2 token server for development and tests only. Never for production.
+    DevIdp(crate::dev_idp::DevIdpArgs),
+    /// Print a credential's bare access token (exit 0), or a message on stderr
+    /// (exit 1: the broker answered an error; 3: the broker cannot be reached).
+    Get {
+        /// The credential (default: the broker's default credential).
+        name: Option<String>,
+        /// The broker's URL.
+        #[arg(long, env = "TOKEN_BROKER_URL", default_value = DEFAULT_URL)]
+        url: String,
+        /// Demand at least this much lifetime left (e.g. 5m).
+        #[arg(long)]
+        min_ttl: Option<String>,
+    },
+    /// Show every credential's state, expiry, last refresh and last error.
+    Status {
+        /// The broker's URL.
+        #[arg(long, env = "TOKEN_BROKER_URL", default_value = DEFAULT_URL)]
+        url: String,
+        /// Print the raw JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Validate a config file: exit 0, or print every problem and exit 1.
+    CheckConfig {
+        /// Config file (TOML).
+        #[arg(long, env = "TOKEN_BROKER_CONFIG")]
+        config: PathBuf,
+        /// Also read every secret source (files and variables must exist here).
+        #[arg(long)]
+        check_secrets: bool,
+    },
+}
+
+/// Parses the command line and runs it.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("token-broker: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(dispatch(cli))
+}
+
+async fn dispatch(cli: Cli) -> ExitCode {
+    match cli.command {
+        Command::Get { name, url, min_ttl } => {
+            crate::client::get(&url, name.as_deref(), min_ttl.as_deref()).await
+        }
+        Command::Status { url, json } => crate::client::status(&url, json).await,
+        Command::CheckConfig {
+            config,
+            check_secrets,
+        } => check_config(&config, check_secrets),
+        Command::Run { config } => {
+            init_logging(cli.log_format);
+            outcome(run(&config).await)
+        }
+        Command::Dev { listen } => {
+            init_logging(cli.log_format);
+            outcome(crate::dev::run(&listen).await)
+        }
+        Command::DevIdp(args) => {
+            init_logging(cli.log_format);
+            outcome(crate::dev_idp::run(args).await)
+        }
+    }
+}
+
+async fn run(path: &std::path::Path) -> anyhow::Result<()> {
+    let config = config::load(path)
+        .map_err(|p| anyhow::anyhow!("invalid config {}:\n{p}", path.display()))?;
+    let listeners = crate::daemon::bind_all(&config).await?;
+    crate::daemon::run(config, listeners).await
+}
+
+fn outcome(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("token-broker: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check_config(path: &std::path::Path, check_secrets: bool) -> ExitCode {
+    let problems = match config::load(path) {
+        Ok(config) if check_secrets => config::check_sources(&config),
+        Ok(_) => Vec::new(),
+        Err(problems) => problems.0,
+    };
+    if problems.is_empty() {
+        println!("{}: ok", path.display());
+        return ExitCode::SUCCESS;
+    }
+    eprintln!("{}: {} problem(s)", path.display(), problems.len());
+    for problem in problems {
+        eprintln!("  {problem}");
+    }
+    ExitCode::FAILURE
+}
+
+fn init_logging(format: Option<LogFormat>) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let format = format.unwrap_or(if std::io::stderr().is_terminal() {
+        LogFormat::Text
+    } else {
+        LogFormat::Json
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
+}

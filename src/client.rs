@@ -1,0 +1,184 @@
+//! `token-broker get` and `token-broker status`: small HTTP clients of a running broker,
+//! for shell scripts and humans.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Exit code when the broker answered with an error.
+pub const EXIT_BROKER_ERROR: u8 = 1;
+/// Exit code when the broker could not be reached.
+pub const EXIT_UNREACHABLE: u8 = 3;
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    error: String,
+    message: String,
+}
+
+fn http() -> Result<reqwest::Client, ExitCode> {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .map_err(|e| {
+            fail(
+                EXIT_UNREACHABLE,
+                &format!("cannot build an HTTP client: {e}"),
+            )
+        })
+}
+
+fn fail(code: u8, message: &str) -> ExitCode {
+    eprintln!("token-broker: {message}");
+    ExitCode::from(code)
+}
+
+async fn fetch(request: reqwest::RequestBuilder, url: &str) -> Result<(u16, String), ExitCode> {
+    let response = request.send().await.map_err(|e| {
+        fail(
+            EXIT_UNREACHABLE,
+            &format!("cannot reach the broker at {url}: {e}"),
+        )
+    })?;
+    let status = response.status().as_u16();
+    let body = response.text().await.map_err(|e| {
+        fail(
+            EXIT_UNREACHABLE,
+            &format!("reading the broker's answer failed: {e}"),
+        )
+    })?;
+    Ok((status, body))
+}
+
+fn broker_error(status: u16, body: &str) -> ExitCode {
+    let message = match serde_json::from_str::<ErrorBody>(body) {
+        Ok(e) => format!("{}: {}", e.error, e.message),
+        Err(_) => format!("the broker answered HTTP {status}"),
+    };
+    fail(EXIT_BROKER_ERROR, &message)
+}
+
+/// Prints the bare access token on stdout.
+pub async fn get(url: &str, name: Option<&str>, min_ttl: Option<&str>) -> ExitCode {
+    let base = url.trim_end_matches('/');
+    let path = match name {
+        Some(name) => format!("{base}/token/{}", urlencode(name)),
+        None => format!("{base}/token"),
+    };
+    let mut query = vec![("format", "raw")];
+    if let Some(ttl) = min_ttl {
+        query.push(("min_ttl", ttl));
+    }
+    let client = match http() {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let request = client.get(&path).query(&query).header("Token-Broker", "1");
+    match fetch(request, base).await {
+        Ok((200, token)) => {
+            println!("{token}");
+            ExitCode::SUCCESS
+        }
+        Ok((status, body)) => broker_error(status, &body),
+        Err(code) => code,
+    }
+}
+
+fn urlencode(text: &str) -> String {
+    url::form_urlencoded::byte_serialize(text.as_bytes()).collect()
+}
+
+#[derive(Deserialize)]
+struct Listing {
+    credentials: Vec<Row>,
+}
+
+#[derive(Deserialize)]
+struct Row {
+    name: String,
+    state: String,
+    expires_in: Option<u64>,
+    last_refresh_at: Option<String>,
+    next_refresh_at: Option<String>,
+    last_error: Option<LastError>,
+}
+
+#[derive(Deserialize)]
+struct LastError {
+    message: String,
+}
+
+/// Prints a table of credentials (or the raw JSON).
+pub async fn status(url: &str, json: bool) -> ExitCode {
+    let base = url.trim_end_matches('/');
+    let client = match http() {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let (status, body) = match fetch(client.get(format!("{base}/v1/credentials")), base).await {
+        Ok(answer) => answer,
+        Err(code) => return code,
+    };
+    if status != 200 {
+        return broker_error(status, &body);
+    }
+    if json {
+        println!("{body}");
+        return ExitCode::SUCCESS;
+    }
+    match serde_json::from_str::<Listing>(&body) {
+        Ok(listing) => {
+            print!("{}", table(&listing.credentials));
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(EXIT_BROKER_ERROR, &format!("unexpected status answer: {e}")),
+    }
+}
+
+fn table(rows: &[Row]) -> String {
+    let header = [
+        "NAME",
+        "STATE",
+        "EXPIRES IN",
+        "LAST REFRESH",
+        "NEXT REFRESH",
+        "LAST ERROR",
+    ];
+    let cells: Vec<[String; 6]> = rows
+        .iter()
+        .map(|r| {
+            [
+                r.name.clone(),
+                r.state.clone(),
+                r.expires_in.map_or("-".into(), |s| {
+                    crate::duration::format(Duration::from_secs(s))
+                }),
+                r.last_refresh_at.clone().unwrap_or_else(|| "-".into()),
+                r.next_refresh_at.clone().unwrap_or_else(|| "-".into()),
+                r.last_error
+                    .as_ref()
+                    .map_or("-".into(), |e| e.message.clone()),
+            ]
+        })
+        .collect();
+    let mut widths = header.map(str::len);
+    for row in &cells {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cols: Vec<&str>| {
+        let padded: Vec<String> = cols
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        format!("{}\n", padded.join("  ").trim_end())
+    };
+    let mut out = line(header.to_vec());
+    for row in &cells {
+        out.push_str(&line(row.iter().map(String::as_str).collect()));
+    }
+    out
+}

@@ -1,0 +1,238 @@
+//! Loading and validating the configuration.
+//!
+//! Layering (lowest first): built-in defaults, the TOML file, then environment variables
+//! `TOKEN_BROKER__SECTION__KEY`. The raw shape lives in `raw`; `validate` checks every key
+//! and returns either a `Config` whose values are all usable, or every problem at once,
+//! each naming its key, so `check-config` can report them together.
+
+mod raw;
+mod validate;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use reqwest::Url;
+
+pub use raw::RawConfig;
+pub use validate::{checked_url, parse_listen, validate};
+
+use crate::secret::SecretSource;
+
+/// Default address of the HTTP API.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8656";
+
+/// One problem found in a config: the dotted key and why it is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+/// Every problem with a config, reported together.
+#[derive(Debug, Clone)]
+pub struct Problems(pub Vec<Problem>);
+
+impl fmt::Display for Problems {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Problems {}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub state: StateConfig,
+    pub idp: IdpConfig,
+    /// Sorted by name.
+    pub credentials: Vec<CredentialSpec>,
+}
+
+/// Where and how the HTTP API listens.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// One or more listeners (TCP addresses or `unix:` paths).
+    pub listen: Vec<Listen>,
+    /// Token endpoints demand `Token-Broker: 1` (request-forgery protection).
+    pub require_header: bool,
+    /// How long a request may wait for a refresh before it gets 503.
+    pub request_timeout: Duration,
+    /// How long shutdown waits for refreshes in flight.
+    pub shutdown_grace: Duration,
+    /// Cap on requests waiting for a refresh at once; more get 503 instead of queueing.
+    pub max_waiting_requests: usize,
+}
+
+/// A listener address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Listen {
+    Tcp(std::net::SocketAddr),
+    Unix(PathBuf),
+}
+
+impl fmt::Display for Listen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Listen::Tcp(addr) => write!(f, "{addr}"),
+            Listen::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
+}
+
+/// Where rotated refresh tokens are persisted.
+#[derive(Debug, Clone)]
+pub struct StateConfig {
+    pub dir: PathBuf,
+}
+
+/// Settings for every call to an identity provider.
+#[derive(Debug, Clone)]
+pub struct IdpConfig {
+    pub connect_timeout: Duration,
+    /// Total time for one token request, including reading the answer.
+    pub timeout: Duration,
+    /// Global cap on concurrent IdP calls, so a start with thousands of credentials
+    /// does not open thousands of connections at once.
+    pub max_concurrent: usize,
+}
+
+/// The OAuth2 grant a credential uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Grant {
+    RefreshToken,
+    ClientCredentials,
+}
+
+impl Grant {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Grant::RefreshToken => "refresh_token",
+            Grant::ClientCredentials => "client_credentials",
+        }
+    }
+}
+
+/// How the client authenticates at the token endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// HTTP Basic (RFC 6749 2.3.1), the default.
+    Basic,
+    /// `client_id` and `client_secret` in the form body.
+    Post,
+}
+
+/// Where the token endpoint is found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    TokenUrl(Url),
+    /// OIDC discovery: `{issuer}/.well-known/openid-configuration`, fetched once.
+    Issuer(Url),
+}
+
+/// One credential, validated.
+#[derive(Debug, Clone)]
+pub struct CredentialSpec {
+    pub name: String,
+    pub grant: Grant,
+    pub endpoint: Endpoint,
+    pub client_id: String,
+    pub client_secret: Option<SecretSource>,
+    pub client_auth: ClientAuth,
+    /// The bootstrap refresh token; rotated successors live in the state store.
+    pub refresh_token: Option<SecretSource>,
+    pub scope: Option<String>,
+    pub audience: Option<String>,
+    /// Served by `GET /token` when several credentials exist.
+    pub default: bool,
+    /// Gates `/readyz`.
+    pub required: bool,
+    /// Fraction of the lifetime after which the proactive refresh runs.
+    pub refresh_ratio: f64,
+    /// Up to this fraction of the lifetime is taken off the refresh point at random, so
+    /// credentials issued together do not refresh together.
+    pub refresh_jitter: f64,
+    /// Lifetime assumed when the IdP gives neither `expires_in` nor a JWT `exp`.
+    pub default_lifetime: Duration,
+    /// A forced refresh within this long of the last refresh returns the current token.
+    pub min_refresh_interval: Duration,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    /// How often a credential awaiting re-authentication re-reads its bootstrap source.
+    pub bootstrap_poll: Duration,
+}
+
+/// Builds the layered raw config from a file plus the environment.
+pub fn load_raw(path: &Path) -> Result<RawConfig, Problems> {
+    let file = config::File::from(path).required(true);
+    let file = match path.extension().and_then(|e| e.to_str()) {
+        Some("json") => file.format(config::FileFormat::Json),
+        _ => file.format(config::FileFormat::Toml),
+    };
+    build(config::Config::builder().add_source(file))
+}
+
+/// A config from TOML text plus the environment (used by `dev`, which embeds its config).
+pub fn load_str(toml: &str) -> Result<Config, Problems> {
+    let source = config::File::from_str(toml, config::FileFormat::Toml);
+    validate(build(config::Config::builder().add_source(source))?)
+}
+
+fn build(
+    builder: config::ConfigBuilder<config::builder::DefaultState>,
+) -> Result<RawConfig, Problems> {
+    let env = config::Environment::with_prefix("TOKEN_BROKER")
+        .prefix_separator("__")
+        .separator("__");
+    let built = builder.add_source(env).build().map_err(problem)?;
+    built.try_deserialize().map_err(problem)
+}
+
+fn problem(error: config::ConfigError) -> Problems {
+    let (key, message) = match &error {
+        config::ConfigError::Type { key: Some(key), .. } => (key.clone(), error.to_string()),
+        config::ConfigError::At { key: Some(key), .. } => (key.clone(), error.to_string()),
+        config::ConfigError::NotFound(key) => (key.clone(), "not found".to_owned()),
+        _ => ("config".to_owned(), error.to_string()),
+    };
+    Problems(vec![Problem { key, message }])
+}
+
+/// Loads and validates a config file.
+pub fn load(path: &Path) -> Result<Config, Problems> {
+    validate(load_raw(path)?)
+}
+
+/// Reads every secret source once, reporting the ones that cannot be read (for
+/// `check-config --check-secrets`, on the machine that will run the broker).
+pub fn check_sources(config: &Config) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    for c in &config.credentials {
+        for (field, source) in [
+            ("client_secret", &c.client_secret),
+            ("refresh_token", &c.refresh_token),
+        ] {
+            if let Some(Err(message)) = source.as_ref().map(SecretSource::read) {
+                problems.push(Problem {
+                    key: format!("credentials.{}.{field}", c.name),
+                    message,
+                });
+            }
+        }
+    }
+    problems
+}

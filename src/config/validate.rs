@@ -1,0 +1,308 @@
+//! From `RawConfig` to `Config`: defaults filled in, every value checked, every problem
+//! collected with the key it belongs to.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use reqwest::Url;
+
+use super::raw::{OneOrMany, RawConfig, RawCredential, RawIdp, RawServer};
+use super::*;
+
+/// Collects problems while building a value.
+#[derive(Default)]
+struct Check {
+    problems: Vec<Problem>,
+}
+
+impl Check {
+    fn fail(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        self.problems.push(Problem {
+            key: key.into(),
+            message: message.into(),
+        });
+    }
+}
+
+/// Validates a raw config; returns every problem found, not just the first.
+pub fn validate(raw: RawConfig) -> Result<Config, Problems> {
+    let mut check = Check::default();
+    let server = server(&mut check, raw.server.unwrap_or_default());
+    let idp = idp(&mut check, raw.idp.unwrap_or_default());
+    let state_dir = raw.state.as_ref().and_then(|s| s.dir.clone());
+    if let Some(backend) = raw.state.as_ref().and_then(|s| s.backend.as_deref())
+        && backend != "file"
+    {
+        let message = format!("unknown backend `{backend}`; expected `file`");
+        check.fail("state.backend", message);
+    }
+    let state = StateConfig {
+        dir: PathBuf::from(state_dir.unwrap_or_else(|| "/var/lib/token-broker".to_owned())),
+    };
+    if state.dir.as_os_str().is_empty() {
+        check.fail("state.dir", "must not be empty");
+    }
+    let raw_credentials = raw.credentials.unwrap_or_default();
+    if raw_credentials.is_empty() {
+        check.fail(
+            "credentials",
+            "no credentials configured; add a [credentials.NAME] table",
+        );
+    }
+    let credentials: Vec<CredentialSpec> = raw_credentials
+        .into_iter()
+        .filter_map(|(name, c)| credential(&mut check, name, c))
+        .collect();
+    let defaults: Vec<&str> = credentials
+        .iter()
+        .filter(|c| c.default)
+        .map(|c| c.name.as_str())
+        .collect();
+    if defaults.len() > 1 {
+        check.fail(
+            "credentials",
+            format!(
+                "more than one credential has default = true: {}",
+                defaults.join(", ")
+            ),
+        );
+    }
+    if check.problems.is_empty() {
+        Ok(Config {
+            server,
+            state,
+            idp,
+            credentials,
+        })
+    } else {
+        Err(Problems(check.problems))
+    }
+}
+
+fn server(check: &mut Check, raw: RawServer) -> ServerConfig {
+    let addresses = match raw.listen {
+        None => vec![DEFAULT_LISTEN.to_owned()],
+        Some(OneOrMany::One(one)) => vec![one],
+        Some(OneOrMany::Many(many)) => many,
+    };
+    if addresses.is_empty() {
+        check.fail("server.listen", "needs at least one address");
+    }
+    let listen = addresses
+        .iter()
+        .filter_map(|a| match parse_listen(a) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                check.fail("server.listen", e);
+                None
+            }
+        })
+        .collect();
+    let request_timeout = raw.request_timeout.unwrap_or(Duration::from_secs(10));
+    if request_timeout.is_zero() {
+        check.fail("server.request_timeout", "must be more than 0s");
+    }
+    ServerConfig {
+        listen,
+        require_header: raw.require_header.unwrap_or(true),
+        request_timeout,
+        shutdown_grace: raw.shutdown_grace.unwrap_or(Duration::from_secs(10)),
+        max_waiting_requests: raw.max_waiting_requests.unwrap_or(100_000),
+    }
+}
+
+/// Parses `HOST:PORT` or `unix:/path`.
+pub fn parse_listen(text: &str) -> Result<Listen, String> {
+    if let Some(path) = text.strip_prefix("unix:") {
+        if !path.starts_with('/') {
+            return Err(format!("`{text}`: a unix socket path must be absolute"));
+        }
+        return Ok(Listen::Unix(PathBuf::from(path)));
+    }
+    let text = text.replace("localhost:", "127.0.0.1:");
+    text.parse::<SocketAddr>()
+        .map(Listen::Tcp)
+        .map_err(|_| format!("`{text}` is not IP:PORT or unix:/path"))
+}
+
+fn idp(check: &mut Check, raw: RawIdp) -> IdpConfig {
+    let config = IdpConfig {
+        connect_timeout: raw.connect_timeout.unwrap_or(Duration::from_secs(5)),
+        timeout: raw.timeout.unwrap_or(Duration::from_secs(15)),
+        max_concurrent: raw.max_concurrent.unwrap_or(64),
+    };
+    if config.timeout.is_zero() {
+        check.fail("idp.timeout", "must be more than 0s");
+    }
+    if config.max_concurrent == 0 {
+        check.fail("idp.max_concurrent", "must be at least 1");
+    }
+    config
+}
+
+fn credential(check: &mut Check, name: String, raw: RawCredential) -> Option<CredentialSpec> {
+    let key = |field: &str| format!("credentials.{name}.{field}");
+    let before = check.problems.len();
+    if !valid_name(&name) {
+        check.fail(
+            format!("credentials.{name}"),
+            "a name is 1-64 letters, digits, `-`, `_` or `.` (it appears in URLs and file names)",
+        );
+    }
+    let grant = match raw.grant.as_deref() {
+        None | Some("refresh_token") => Grant::RefreshToken,
+        Some("client_credentials") => Grant::ClientCredentials,
+        Some(other) => {
+            check.fail(
+                key("grant"),
+                format!("unknown grant `{other}`; expected refresh_token or client_credentials"),
+            );
+            Grant::RefreshToken
+        }
+    };
+    let endpoint = endpoint(check, &name, &raw);
+    let client_id = raw.client_id.clone().unwrap_or_default();
+    if client_id.is_empty() {
+        check.fail(key("client_id"), "is required");
+    }
+    let client_auth = match raw.client_auth.as_deref() {
+        None | Some("client_secret_basic") => ClientAuth::Basic,
+        Some("client_secret_post") => ClientAuth::Post,
+        Some(other) => {
+            check.fail(
+                key("client_auth"),
+                format!(
+                    "unknown method `{other}`; expected client_secret_basic or client_secret_post"
+                ),
+            );
+            ClientAuth::Basic
+        }
+    };
+    if grant == Grant::RefreshToken && raw.refresh_token.is_none() {
+        check.fail(
+            key("refresh_token"),
+            "is required for grant = \"refresh_token\"",
+        );
+    }
+    if grant == Grant::ClientCredentials && raw.refresh_token.is_some() {
+        check.fail(
+            key("refresh_token"),
+            "is not used by grant = \"client_credentials\"; remove it",
+        );
+    }
+    if grant == Grant::ClientCredentials && raw.client_secret.is_none() {
+        check.fail(
+            key("client_secret"),
+            "is required for grant = \"client_credentials\"",
+        );
+    }
+    let refresh_ratio = raw.refresh_ratio.unwrap_or(0.8);
+    if !(0.1..=0.95).contains(&refresh_ratio) {
+        check.fail(key("refresh_ratio"), "must be between 0.1 and 0.95");
+    }
+    let refresh_jitter = raw.refresh_jitter.unwrap_or(0.05);
+    if !(0.0..=0.5).contains(&refresh_jitter) || refresh_jitter >= refresh_ratio {
+        check.fail(
+            key("refresh_jitter"),
+            "must be between 0 and 0.5 and below refresh_ratio",
+        );
+    }
+    let backoff_initial = raw.backoff_initial.unwrap_or(Duration::from_secs(1));
+    let backoff_max = raw.backoff_max.unwrap_or(Duration::from_secs(300));
+    if backoff_initial.is_zero() || backoff_max < backoff_initial {
+        check.fail(
+            key("backoff_max"),
+            "backoff_initial must be > 0 and <= backoff_max",
+        );
+    }
+    let default_lifetime = raw.default_lifetime.unwrap_or(Duration::from_secs(3600));
+    if default_lifetime < Duration::from_secs(1) {
+        check.fail(key("default_lifetime"), "must be at least 1s");
+    }
+    if check.problems.len() > before {
+        return None;
+    }
+    Some(CredentialSpec {
+        grant,
+        endpoint: endpoint?,
+        client_id,
+        client_secret: raw.client_secret,
+        client_auth,
+        refresh_token: raw.refresh_token,
+        scope: raw.scope.filter(|s| !s.is_empty()),
+        audience: raw.audience,
+        default: raw.default.unwrap_or(false),
+        required: raw.required.unwrap_or(true),
+        refresh_ratio,
+        refresh_jitter,
+        default_lifetime,
+        min_refresh_interval: raw.min_refresh_interval.unwrap_or(Duration::from_secs(5)),
+        backoff_initial,
+        backoff_max,
+        bootstrap_poll: raw.bootstrap_poll.unwrap_or(Duration::from_secs(5)),
+        name,
+    })
+}
+
+fn valid_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name != "."
+        && name != ".."
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+fn endpoint(check: &mut Check, name: &str, raw: &RawCredential) -> Option<Endpoint> {
+    let (field, text) = match (&raw.token_url, &raw.issuer) {
+        (Some(_), Some(_)) => {
+            check.fail(
+                format!("credentials.{name}"),
+                "set token_url or issuer, not both",
+            );
+            return None;
+        }
+        (None, None) => {
+            check.fail(
+                format!("credentials.{name}.token_url"),
+                "is required (or set issuer)",
+            );
+            return None;
+        }
+        (Some(url), None) => ("token_url", url),
+        (None, Some(url)) => ("issuer", url),
+    };
+    let key = format!("credentials.{name}.{field}");
+    match checked_url(text) {
+        Ok(url) if field == "token_url" => Some(Endpoint::TokenUrl(url)),
+        Ok(url) => Some(Endpoint::Issuer(url)),
+        Err(e) => {
+            check.fail(key, e);
+            None
+        }
+    }
+}
+
+/// An http(s) URL; plain http only for loopback hosts, since the token endpoint carries
+/// the client secret and the refresh token.
+pub fn checked_url(text: &str) -> Result<Url, String> {
+    let url = Url::parse(text).map_err(|e| format!("`{text}` is not a URL ({e})"))?;
+    match url.scheme() {
+        "https" => Ok(url),
+        "http" if is_loopback(&url) => Ok(url),
+        "http" => Err(format!(
+            "`{text}` uses plain http to a non-loopback host; use https"
+        )),
+        other => Err(format!("`{text}`: scheme `{other}` is not http or https")),
+    }
+}
+
+fn is_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(d)) => d == "localhost" || d.ends_with(".localhost"),
+        Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
+        Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip).is_loopback(),
+        None => false,
+    }
+}

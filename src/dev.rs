@@ -1,0 +1,97 @@
+//! `token-broker dev`: the broker and a dev IdP in one process, with a `demo` credential
+//! whose access tokens live 20 seconds, so a newcomer sees proactive refresh within a
+//! minute. State goes to a fresh private temporary directory removed at exit.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+
+use crate::dev_idp::{self, DevIdp, DevIdpOptions};
+
+/// Access-token lifetime of the demo credential.
+const DEMO_TTL: Duration = Duration::from_secs(20);
+
+/// Runs until SIGTERM/SIGINT.
+pub async fn run(listen: &str) -> anyhow::Result<()> {
+    let options = DevIdpOptions {
+        access_ttl: DEMO_TTL,
+        ..DevIdpOptions::default()
+    };
+    let idp = DevIdp::new(options.clone());
+    let idp_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .context("binding the dev IdP")?;
+    let idp_addr = idp_listener.local_addr()?;
+    let stop = CancellationToken::new();
+    tokio::spawn(dev_idp::serve(
+        idp_listener,
+        idp.clone(),
+        stop.clone().cancelled_owned(),
+    ));
+
+    let state = tempfile::Builder::new()
+        .prefix("token-broker-dev-")
+        .tempdir()
+        .context("creating a state directory")?;
+    let config = crate::config::load_str(&demo_config(
+        listen,
+        &idp_addr.to_string(),
+        &idp,
+        &options,
+        state.path(),
+    ))
+    .map_err(|p| anyhow::anyhow!("the embedded dev config is invalid:\n{p}"))?;
+    let listeners = crate::daemon::bind_all(&config).await?;
+    let broker_url = listeners
+        .first()
+        .map(|l| format!("http://{}", l.describe()))
+        .unwrap_or_default();
+    println!("{}", banner(&broker_url, &format!("http://{idp_addr}")));
+    let result = crate::daemon::run(config, listeners).await;
+    stop.cancel();
+    result
+}
+
+fn demo_config(
+    listen: &str,
+    idp_addr: &str,
+    idp: &DevIdp,
+    options: &DevIdpOptions,
+    state: &std::path::Path,
+) -> String {
+    format!(
+        r#"
+[server]
+listen = "{listen}"
+
+[state]
+dir = "{state}"
+
+[credentials.demo]
+token_url = "http://{idp_addr}/token"
+client_id = "{client_id}"
+client_secret = "{client_secret}"
+refresh_token = "{refresh_token}"
+"#,
+        state = state.display(),
+        client_id = options.client_id,
+        client_secret = options.client_secret,
+        refresh_token = idp.initial_refresh_token(),
+    )
+}
+
+fn banner(broker: &str, idp: &str) -> String {
+    format!(
+        r#"token-broker dev: the broker on {broker}, a dev IdP on {idp}.
+The `demo` credential's access tokens live {ttl}s; watch the log refresh them before they expire.
+
+  curl -H 'Token-Broker: 1' {broker}/token/demo
+  curl -H "Authorization: Bearer $(curl -s -H 'Token-Broker: 1' '{broker}/token/demo?format=raw')" {idp}/api/whoami
+  curl {broker}/v1/credentials
+  curl {idp}/stats
+
+Ctrl-C stops both. For development only: the dev IdP is not an identity provider."#,
+        ttl = DEMO_TTL.as_secs()
+    )
+}

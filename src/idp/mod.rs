@@ -1,0 +1,264 @@
+//! The client side of OAuth2: one token request to an identity provider, and nothing else.
+//!
+//! This module knows RFC 6749 (grants, client authentication, success and error bodies)
+//! and OIDC discovery. It knows nothing of caching, scheduling or single flight (that is
+//! `broker`), and nothing of HTTP status codes served to our own clients (`server`).
+//! Every failure is classified so the broker can decide whether a retry is safe:
+//! `Rejected` (the IdP said no; retrying the same refresh token is pointless or harmful),
+//! `Unavailable` (the request did not take effect; retry later), and `LostAnswer` (the
+//! request may have rotated the refresh token, but its answer never arrived).
+
+mod response;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine;
+use reqwest::Url;
+use secrecy::SecretString;
+use tokio::sync::Semaphore;
+
+use crate::config::{ClientAuth, Endpoint, Grant, IdpConfig};
+use crate::secret::ExposeSecret;
+
+pub use response::{TokenResponse, parse_retry_after};
+
+/// Largest answer read from an IdP; a token response is a few KiB at most.
+pub const MAX_RESPONSE_BYTES: usize = 1 << 20;
+
+/// Why a token request failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdpError {
+    /// The IdP refused: `invalid_grant`, `invalid_client` and the like.
+    #[error("{code}{}", .description.as_deref().map(|d| format!(": {d}")).unwrap_or_default())]
+    Rejected {
+        /// The RFC 6749 error code, or `http_NNN` when the body carried none.
+        code: String,
+        description: Option<String>,
+    },
+    /// The request did not take effect (connect failure, 5xx, 429, discovery failure).
+    #[error("{reason}")]
+    Unavailable {
+        reason: String,
+        /// The IdP's `Retry-After`, if it sent one.
+        retry_after: Option<Duration>,
+    },
+    /// The request was sent but no usable answer came back; the IdP may have rotated
+    /// the refresh token anyway.
+    #[error("request sent but no usable answer: {reason}")]
+    LostAnswer { reason: String },
+}
+
+/// What to ask the token endpoint for.
+pub struct TokenRequest<'a> {
+    pub endpoint: &'a Endpoint,
+    pub grant: Grant,
+    pub client_id: &'a str,
+    pub client_secret: Option<&'a SecretString>,
+    pub client_auth: ClientAuth,
+    pub refresh_token: Option<&'a SecretString>,
+    pub scope: Option<&'a str>,
+    pub audience: Option<&'a str>,
+}
+
+/// A shared HTTP client for every credential, with a global cap on calls in flight.
+#[derive(Clone)]
+pub struct IdpClient {
+    http: reqwest::Client,
+    /// Bounds concurrent IdP calls across all credentials.
+    permits: Arc<Semaphore>,
+    /// Discovered token endpoints by issuer; fetched once, kept for the process' life.
+    discovered: Arc<Mutex<HashMap<Url, Url>>>,
+}
+
+impl IdpClient {
+    /// Builds the client. Redirects are not followed: a token request carries secrets.
+    pub fn new(config: &IdpConfig) -> Result<IdpClient, String> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(config.connect_timeout)
+            .timeout(config.timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("token-broker/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        Ok(IdpClient {
+            http,
+            permits: Arc::new(Semaphore::new(config.max_concurrent)),
+            discovered: Arc::default(),
+        })
+    }
+
+    /// Performs one token request.
+    pub async fn request_token(&self, req: &TokenRequest<'_>) -> Result<TokenResponse, IdpError> {
+        let token_url = self.token_url(req.endpoint).await?;
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| IdpError::Unavailable {
+                reason: "shutting down".into(),
+                retry_after: None,
+            })?;
+        let mut builder = self
+            .http
+            .post(token_url)
+            .header(reqwest::header::ACCEPT, "application/json")
+            .header(
+                reqwest::header::CONTENT_TYPE,
+                "application/x-www-form-urlencoded",
+            );
+        if let (ClientAuth::Basic, Some(secret)) = (req.client_auth, req.client_secret) {
+            builder = builder.header(
+                reqwest::header::AUTHORIZATION,
+                basic_auth(req.client_id, secret),
+            );
+        }
+        let response = builder
+            .body(form_body(req))
+            .send()
+            .await
+            .map_err(send_error)?;
+        response::read(response).await
+    }
+
+    async fn token_url(&self, endpoint: &Endpoint) -> Result<Url, IdpError> {
+        let issuer = match endpoint {
+            Endpoint::TokenUrl(url) => return Ok(url.clone()),
+            Endpoint::Issuer(issuer) => issuer,
+        };
+        if let Some(url) = self.lock_discovered().get(issuer) {
+            return Ok(url.clone());
+        }
+        let url = response::discover(&self.http, issuer).await?;
+        self.lock_discovered().insert(issuer.clone(), url.clone());
+        Ok(url)
+    }
+
+    fn lock_discovered(&self) -> std::sync::MutexGuard<'_, HashMap<Url, Url>> {
+        // A panic elsewhere cannot leave this map inconsistent: inserts are single calls.
+        self.discovered.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// RFC 6749 2.3.1: id and secret are form-encoded before they are joined and base64'd.
+fn basic_auth(client_id: &str, secret: &SecretString) -> String {
+    let pair = format!(
+        "{}:{}",
+        form_encode(client_id),
+        form_encode(secret.expose_secret())
+    );
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(pair)
+    )
+}
+
+fn form_encode(text: &str) -> String {
+    url::form_urlencoded::byte_serialize(text.as_bytes()).collect()
+}
+
+fn form_body(req: &TokenRequest<'_>) -> String {
+    let mut form = url::form_urlencoded::Serializer::new(String::new());
+    form.append_pair("grant_type", req.grant.as_str());
+    if let Some(rt) = req.refresh_token {
+        form.append_pair("refresh_token", rt.expose_secret());
+    }
+    if let Some(scope) = req.scope {
+        form.append_pair("scope", scope);
+    }
+    if let Some(audience) = req.audience {
+        form.append_pair("audience", audience);
+    }
+    // Public clients (no secret) and client_secret_post both name themselves in the body.
+    if req.client_auth == ClientAuth::Post || req.client_secret.is_none() {
+        form.append_pair("client_id", req.client_id);
+    }
+    if let (ClientAuth::Post, Some(secret)) = (req.client_auth, req.client_secret) {
+        form.append_pair("client_secret", secret.expose_secret());
+    }
+    form.finish()
+}
+
+/// A failure before any answer. A connect failure means the IdP never saw the request;
+/// anything later (timeout, reset) may have reached it.
+fn send_error(error: reqwest::Error) -> IdpError {
+    let reason = describe(&error);
+    if error.is_connect() || error.is_builder() {
+        IdpError::Unavailable {
+            reason,
+            retry_after: None,
+        }
+    } else {
+        IdpError::LostAnswer { reason }
+    }
+}
+
+/// A short description of a transport error without URLs' query strings or bodies.
+fn describe(error: &reqwest::Error) -> String {
+    let kind = if error.is_timeout() {
+        "timed out"
+    } else if error.is_connect() {
+        "connection failed"
+    } else if error.is_body() || error.is_decode() {
+        "reading the answer failed"
+    } else {
+        "request failed"
+    };
+    let mut source = std::error::Error::source(error);
+    let mut detail = String::new();
+    while let Some(s) = source {
+        detail = s.to_string();
+        source = s.source();
+    }
+    if detail.is_empty() {
+        kind.to_owned()
+    } else {
+        format!("{kind}: {detail}")
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn basic_auth_form_encodes_before_base64() {
+        let header = basic_auth("my client", &SecretString::from("p@ss:word".to_owned()));
+        let encoded = header.strip_prefix("Basic ").unwrap();
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .unwrap();
+        assert_eq!(
+            String::from_utf8(decoded).unwrap(),
+            "my+client:p%40ss%3Aword"
+        );
+    }
+
+    #[test]
+    fn post_auth_puts_the_client_in_the_body() {
+        let endpoint = Endpoint::TokenUrl(Url::parse("http://127.0.0.1/t").unwrap());
+        let secret = SecretString::from("s".to_owned());
+        let rt = SecretString::from("r t".to_owned());
+        let req = TokenRequest {
+            endpoint: &endpoint,
+            grant: Grant::RefreshToken,
+            client_id: "c",
+            client_secret: Some(&secret),
+            client_auth: ClientAuth::Post,
+            refresh_token: Some(&rt),
+            scope: Some("a b"),
+            audience: None,
+        };
+        assert_eq!(
+            form_body(&req),
+            "grant_type=refresh_token&refresh_token=r+t&scope=a+b&client_id=c&client_secret=s"
+        );
+        let basic = TokenRequest {
+            client_auth: ClientAuth::Basic,
+            ..req
+        };
+        assert!(!form_body(&basic).contains("client_secret"));
+    }
+}

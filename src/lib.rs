@@ -1,0 +1,33 @@
+//! token-broker: a local daemon that owns OAuth2 credentials, refreshes each exactly once
+//! per rotation, and serves the current access token on localhost.
+//!
+//! # Layout
+//! - `cli`: the command line; `main` only maps its outcome to an exit code.
+//! - `config`: raw config (as written) and validated config (as used), layered from a
+//!   TOML file and `TOKEN_BROKER__...` variables.
+//! - `secret`: secret sources (`"..."`, `{ file }`, `{ env }`) and redaction.
+//! - `idp`: one token request to an identity provider, with every failure classified.
+//! - `broker`: per-credential state, the single flight, proactive timers.
+//! - `store`: durable, crash-safe persistence of rotated refresh tokens.
+//! - `server`: the HTTP API (routes, guards, listeners, error mapping).
+//! - `metrics`: Prometheus metrics.
+//! - `daemon`: `run` wiring (store, broker, server, signals, drain).
+//! - `dev` and `dev_idp`: the try-it-now mode and the strict development IdP.
+//! - `client`: `get` and `status`, clients of a running broker.
+//! - `signal`, `duration`, `error`: small shared pieces.
+
+pub mod broker;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod daemon;
+pub mod dev;
+pub mod dev_idp;
+pub mod duration;
+pub mod error;
+pub mod idp;
+pub mod metrics;
+pub mod secret;
+pub mod server;
+pub mod signal;
+pub mod store;

@@ -1,0 +1,113 @@
+//! How errors look on the wire: `{"error": CODE, "message": "...", "credential": NAME?}`
+//! with the contract's status codes. The one place that maps an error to HTTP.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use crate::error::Error;
+
+/// An error answer, optionally about one credential.
+#[derive(Debug)]
+pub enum ApiError {
+    Broker {
+        error: Error,
+        credential: Option<String>,
+    },
+    MissingHeader,
+    ForwardedRequest,
+    NotFound,
+}
+
+impl ApiError {
+    pub fn about(error: Error, credential: &str) -> ApiError {
+        ApiError::Broker {
+            error,
+            credential: Some(credential.to_owned()),
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::Broker {
+            error: Error::BadRequest(message.into()),
+            credential: None,
+        }
+    }
+
+    /// The contract's error code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::MissingHeader => "missing_header",
+            ApiError::ForwardedRequest => "forwarded_request",
+            ApiError::NotFound => "not_found",
+            ApiError::Broker { error, .. } => match error {
+                Error::UnknownCredential(_) => "unknown_credential",
+                Error::NoDefaultCredential { .. } | Error::BadRequest(_) => "bad_request",
+                Error::ReauthRequired { .. } => "reauth_required",
+                Error::UpstreamUnavailable { .. } => "upstream_unavailable",
+                Error::Store(_) => "store_unavailable",
+                Error::ShuttingDown => "shutting_down",
+            },
+        }
+    }
+
+    fn status(&self) -> StatusCode {
+        match self {
+            ApiError::MissingHeader | ApiError::ForwardedRequest => StatusCode::FORBIDDEN,
+            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::Broker { error, .. } => match error {
+                Error::UnknownCredential(_) => StatusCode::NOT_FOUND,
+                Error::NoDefaultCredential { .. } | Error::BadRequest(_) => StatusCode::BAD_REQUEST,
+                Error::ReauthRequired { .. }
+                | Error::UpstreamUnavailable { .. }
+                | Error::Store(_)
+                | Error::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            },
+        }
+    }
+
+    fn message(&self) -> String {
+        match self {
+            ApiError::MissingHeader => {
+                "token endpoints need the header `Token-Broker: 1` (protection against request forgery)".into()
+            }
+            ApiError::ForwardedRequest => {
+                "forwarded requests (Forwarded or X-Forwarded-For) are refused: tokens are for local clients".into()
+            }
+            ApiError::NotFound => "no such endpoint".into(),
+            ApiError::Broker { error, .. } => error.to_string(),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    error: &'a str,
+    message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    credential: Option<&'a str>,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let credential = match &self {
+            ApiError::Broker { credential, .. } => credential.as_deref(),
+            _ => None,
+        };
+        let body = Body {
+            error: self.code(),
+            message: self.message(),
+            credential,
+        };
+        let mut response = (self.status(), axum::Json(body)).into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if let ApiError::Broker { error, .. } = &self
+            && let Some(after) = error.retry_after()
+        {
+            let secs = after.as_secs_f64().ceil().max(1.0) as u64;
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response
+    }
+}

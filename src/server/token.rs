@@ -1,0 +1,225 @@
+//! The token endpoints: `GET /token[/{name}]` and `POST /token[/{name}]/refresh`.
+//! Parsing and answering only; every decision about refreshing is the broker's.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+
+use super::App;
+use super::error::ApiError;
+use crate::broker::{Credential, Token, Want};
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct TokenQuery {
+    min_ttl: Option<String>,
+    format: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RefreshBody {
+    rejected_token: Option<String>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Format {
+    Json,
+    Raw,
+}
+
+/// `GET /token/{name}`.
+pub async fn get_named(
+    State(app): State<App>,
+    path: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let name = match path {
+        Ok(Path(name)) => name,
+        Err(_) => {
+            return ApiError::bad_request("the credential name is not valid UTF-8").into_response();
+        }
+    };
+    match app.broker.credential(&name) {
+        Ok(credential) => get(credential.clone(), query, &headers).await,
+        Err(error) => ApiError::about(error, &name).into_response(),
+    }
+}
+
+/// `GET /token`: the default credential.
+pub async fn get_default(
+    State(app): State<App>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    match app.broker.default_credential() {
+        Ok(credential) => get(credential.clone(), query, &headers).await,
+        Err(error) => ApiError::Broker {
+            error,
+            credential: None,
+        }
+        .into_response(),
+    }
+}
+
+async fn get(credential: Arc<Credential>, query: Option<String>, headers: &HeaderMap) -> Response {
+    let name = credential.name().to_owned();
+    let parsed = parse_query(query.as_deref(), headers);
+    let (min_ttl, format) = match parsed {
+        Ok(parsed) => parsed,
+        Err(e) => return e.into_response(),
+    };
+    answer(
+        &credential,
+        credential.get(Want::Fresh(min_ttl)).await,
+        format,
+        &name,
+    )
+}
+
+/// `POST /token/{name}/refresh`.
+pub async fn refresh_named(
+    State(app): State<App>,
+    path: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let name = match path {
+        Ok(Path(name)) => name,
+        Err(_) => {
+            return ApiError::bad_request("the credential name is not valid UTF-8").into_response();
+        }
+    };
+    match app.broker.credential(&name) {
+        Ok(credential) => refresh(credential.clone(), &headers, &body).await,
+        Err(error) => ApiError::about(error, &name).into_response(),
+    }
+}
+
+/// `POST /token/refresh`: the default credential.
+pub async fn refresh_default(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Response {
+    match app.broker.default_credential() {
+        Ok(credential) => refresh(credential.clone(), &headers, &body).await,
+        Err(error) => ApiError::Broker {
+            error,
+            credential: None,
+        }
+        .into_response(),
+    }
+}
+
+async fn refresh(credential: Arc<Credential>, headers: &HeaderMap, body: &[u8]) -> Response {
+    let name = credential.name().to_owned();
+    let want = match parse_refresh_body(headers, body) {
+        Ok(Some(rejected)) => Want::Rejected(rejected),
+        Ok(None) => Want::Forced,
+        Err(e) => return e.into_response(),
+    };
+    let format = if wants_text(headers) {
+        Format::Raw
+    } else {
+        Format::Json
+    };
+    answer(&credential, credential.get(want).await, format, &name)
+}
+
+fn answer(
+    credential: &Credential,
+    outcome: crate::broker::Outcome,
+    format: Format,
+    name: &str,
+) -> Response {
+    match outcome {
+        Ok(token) => {
+            credential.count_served();
+            token_response(&token, format)
+        }
+        Err(error) => {
+            let e = ApiError::about(error, name);
+            credential.count_failed(e.code());
+            e.into_response()
+        }
+    }
+}
+
+fn token_response(token: &Token, format: Format) -> Response {
+    let (body, content_type) = match format {
+        Format::Json => (token.json_body(SystemTime::now()), "application/json"),
+        Format::Raw => (token.raw(), "text/plain; charset=utf-8"),
+    };
+    let mut response = Response::new(Body::from(body));
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    *response.status_mut() = StatusCode::OK;
+    response
+}
+
+fn parse_query(
+    query: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<(std::time::Duration, Format), ApiError> {
+    let parsed: TokenQuery = serde_urlencoded::from_str(query.unwrap_or("")).map_err(|e| {
+        ApiError::bad_request(format!(
+            "bad query string: {e}; known parameters: min_ttl, format"
+        ))
+    })?;
+    let min_ttl = match parsed.min_ttl.as_deref() {
+        None => std::time::Duration::ZERO,
+        Some(text) => crate::duration::parse(text)
+            .map_err(|e| ApiError::bad_request(format!("min_ttl: {e}")))?,
+    };
+    let format = match parsed.format.as_deref() {
+        None if wants_text(headers) => Format::Raw,
+        None | Some("json") => Format::Json,
+        Some("raw") => Format::Raw,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "format: `{other}` is not json or raw"
+            )));
+        }
+    };
+    Ok((min_ttl, format))
+}
+
+/// `Accept: text/plain` (as the first choice) asks for the bare token.
+fn wants_text(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').next())
+        .is_some_and(|first| first.trim().starts_with("text/plain"))
+}
+
+/// The optional `rejected_token`, from JSON or a form; an empty body is a forced refresh.
+fn parse_refresh_body(headers: &HeaderMap, body: &[u8]) -> Result<Option<String>, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let parsed: RefreshBody = if content_type.starts_with("application/x-www-form-urlencoded") {
+        serde_urlencoded::from_bytes(body)
+            .map_err(|e| ApiError::bad_request(format!("bad form body: {e}")))?
+    } else {
+        serde_json::from_slice(body).map_err(|e| {
+            ApiError::bad_request(format!(
+                "bad JSON body ({e}); send {{\"rejected_token\": \"...\"}} or nothing"
+            ))
+        })?
+    };
+    match parsed.rejected_token {
+        Some(token) if token.trim().is_empty() => {
+            Err(ApiError::bad_request("rejected_token is empty"))
+        }
+        other => Ok(other),
+    }
+}

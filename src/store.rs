@@ -1,0 +1,408 @@
+//! Durable per-credential state in `state.dir`: the live refresh token (rotated ones
+//! included), the last access token and its expiry, and which bootstrap token the chain
+//! started from.
+//!
+//! Each save writes a new generation file `NAME.GEN.state` (temp file, fsync, rename,
+//! fsync of the directory, mode 0600) and keeps the previous generation, so a torn or
+//! corrupt newest file falls back to the one before instead of to a stale bootstrap.
+//! Every file starts with a header carrying a SHA-256 of its body. An exclusive lock on
+//! `state.dir/.lock` keeps a second broker out. The calls block: the broker runs them on
+//! the blocking pool.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
+
+use crate::secret::{ExposeSecret, hex};
+
+const MAGIC: &str = "token-broker-state 1";
+
+/// What is persisted for one credential.
+#[derive(Clone)]
+pub struct Saved {
+    /// The refresh token to use next; `None` once the IdP has refused the chain.
+    pub refresh_token: Option<SecretString>,
+    pub access_token: Option<SecretString>,
+    pub token_type: String,
+    pub scope: Option<String>,
+    pub issued_at: SystemTime,
+    pub expires_at: SystemTime,
+    /// Fingerprint of the bootstrap token this chain started from: a different bootstrap
+    /// at start-up means an operator supplied a new one on purpose.
+    pub bootstrap: Option<String>,
+    /// Why the chain stopped, when it did (`reauth_required`).
+    pub reauth_reason: Option<String>,
+}
+
+impl fmt::Debug for Saved {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Saved")
+            .field("has_refresh_token", &self.refresh_token.is_some())
+            .field("has_access_token", &self.access_token.is_some())
+            .field("expires_at", &self.expires_at)
+            .field("reauth_reason", &self.reauth_reason)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The on-disk body. Plain strings, only ever held inside `Zeroizing` buffers.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Body {
+    credential: String,
+    generation: u64,
+    refresh_token: Option<String>,
+    access_token: Option<String>,
+    token_type: String,
+    scope: Option<String>,
+    issued_at: u64,
+    expires_at: u64,
+    bootstrap: Option<String>,
+    reauth_reason: Option<String>,
+}
+
+/// What loading found.
+#[derive(Debug)]
+pub enum Loaded {
+    /// Nothing stored yet.
+    Empty,
+    /// The newest readable generation, and a warning per newer unreadable one skipped.
+    Found { saved: Saved, skipped: Vec<String> },
+    /// Files exist but none is readable.
+    Corrupt(Vec<String>),
+}
+
+/// The state directory, locked for this process.
+pub struct Store {
+    dir: PathBuf,
+    /// Held for the process' life: the OS lock is what keeps a second broker out.
+    _lock: File,
+    /// Newest generation written per credential, so a save needs no directory listing.
+    generations: Mutex<HashMap<String, u64>>,
+}
+
+impl Store {
+    /// Opens (creating with mode 0700 if missing) and locks the directory.
+    pub fn open(dir: &Path) -> Result<Store, String> {
+        let shown = dir.display();
+        if !dir.exists() {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| format!("state.dir {shown}: cannot create: {e}"))?;
+        }
+        let meta = fs::metadata(dir).map_err(|e| format!("state.dir {shown}: {e}"))?;
+        if !meta.is_dir() {
+            return Err(format!("state.dir {shown}: not a directory"));
+        }
+        if meta.permissions().mode() & 0o002 != 0 {
+            return Err(format!(
+                "state.dir {shown}: writable by every user (mode {:o}); use a private \
+                 directory (0700), e.g. a subdirectory the broker creates",
+                meta.permissions().mode() & 0o777
+            ));
+        }
+        let lock = lock_dir(dir)?;
+        Ok(Store {
+            dir: dir.to_owned(),
+            _lock: lock,
+            generations: Mutex::default(),
+        })
+    }
+
+    /// Loads the newest readable generation for a credential.
+    pub fn load(&self, name: &str) -> Loaded {
+        let mut generations = self.list(name);
+        generations.sort_unstable_by(|a, b| b.cmp(a));
+        if let Some(newest) = generations.first() {
+            self.lock_generations().insert(name.to_owned(), *newest);
+        }
+        let mut skipped = Vec::new();
+        for generation in &generations {
+            let path = self.path(name, *generation);
+            match read_file(&path, name) {
+                Ok(saved) => return Loaded::Found { saved, skipped },
+                Err(e) => skipped.push(format!("{}: {e}", path.display())),
+            }
+        }
+        if skipped.is_empty() {
+            Loaded::Empty
+        } else {
+            Loaded::Corrupt(skipped)
+        }
+    }
+
+    /// Durably saves a new generation: on `Ok`, the data survives a crash.
+    pub fn save(&self, name: &str, saved: &Saved) -> Result<(), String> {
+        let generation = self.lock_generations().get(name).copied().unwrap_or(0) + 1;
+        let bytes = encode(name, generation, saved)?;
+        let path = self.path(name, generation);
+        let temp = self.dir.join(format!(".{name}.{generation}.tmp"));
+        write_synced(&temp, &bytes).map_err(|e| format!("writing {}: {e}", temp.display()))?;
+        fs::rename(&temp, &path).map_err(|e| format!("renaming to {}: {e}", path.display()))?;
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| format!("syncing {}: {e}", self.dir.display()))?;
+        self.lock_generations().insert(name.to_owned(), generation);
+        // Keep one older generation as the fallback; older ones are only clutter.
+        for old in self.list(name).into_iter().filter(|g| *g + 1 < generation) {
+            let _ = fs::remove_file(self.path(name, old));
+        }
+        Ok(())
+    }
+
+    fn path(&self, name: &str, generation: u64) -> PathBuf {
+        self.dir.join(format!("{name}.{generation}.state"))
+    }
+
+    fn list(&self, name: &str) -> Vec<u64> {
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let file = e.file_name().into_string().ok()?;
+                let (stem, generation) = file.strip_suffix(".state")?.rsplit_once('.')?;
+                (stem == name).then(|| generation.parse().ok()).flatten()
+            })
+            .collect()
+    }
+
+    fn lock_generations(&self) -> std::sync::MutexGuard<'_, HashMap<String, u64>> {
+        self.generations.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn lock_dir(dir: &Path) -> Result<File, String> {
+    let path = dir.join(".lock");
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| format!("state.dir {}: cannot open lock file: {e}", dir.display()))?;
+    if file.try_lock().is_err() {
+        let mut holder = String::new();
+        let _ = file.read_to_string(&mut holder);
+        let holder = holder.trim();
+        let holder = if holder.is_empty() { "unknown" } else { holder };
+        return Err(format!(
+            "state.dir {} is in use by another token-broker (pid {holder}); \
+             each broker needs its own state directory",
+            dir.display()
+        ));
+    }
+    file.set_len(0)
+        .and_then(|_| file.write_all(std::process::id().to_string().as_bytes()))
+        .and_then(|_| file.sync_all())
+        .map_err(|e| format!("state.dir {}: cannot write lock file: {e}", dir.display()))?;
+    Ok(file)
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
+}
+
+fn unix(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
+}
+
+fn encode(name: &str, generation: u64, saved: &Saved) -> Result<Zeroizing<Vec<u8>>, String> {
+    let body = Body {
+        credential: name.to_owned(),
+        generation,
+        refresh_token: saved
+            .refresh_token
+            .as_ref()
+            .map(|s| s.expose_secret().to_owned()),
+        access_token: saved
+            .access_token
+            .as_ref()
+            .map(|s| s.expose_secret().to_owned()),
+        token_type: saved.token_type.clone(),
+        scope: saved.scope.clone(),
+        issued_at: unix(saved.issued_at),
+        expires_at: unix(saved.expires_at),
+        bootstrap: saved.bootstrap.clone(),
+        reauth_reason: saved.reauth_reason.clone(),
+    };
+    let json = Zeroizing::new(serde_json::to_vec(&body).map_err(|e| e.to_string())?);
+    let mut body = body;
+    body.refresh_token.zeroize_opt();
+    body.access_token.zeroize_opt();
+    let digest = hex(&Sha256::digest(json.as_slice()));
+    let mut out = Zeroizing::new(Vec::with_capacity(json.len() + 100));
+    out.extend_from_slice(format!("{MAGIC} sha256={digest}\n").as_bytes());
+    out.extend_from_slice(&json);
+    Ok(out)
+}
+
+fn read_file(path: &Path, name: &str) -> Result<Saved, String> {
+    let bytes = Zeroizing::new(fs::read(path).map_err(|e| e.to_string())?);
+    let newline = bytes
+        .iter()
+        .position(|b| *b == b'\n')
+        .ok_or("no header line")?;
+    let header = std::str::from_utf8(&bytes[..newline]).map_err(|_| "header is not text")?;
+    let expected = header
+        .strip_prefix(MAGIC)
+        .and_then(|rest| rest.trim().strip_prefix("sha256="))
+        .ok_or("not a token-broker state file")?;
+    let json = &bytes[newline + 1..];
+    if hex(&Sha256::digest(json)) != expected {
+        return Err("checksum mismatch (truncated or corrupt)".to_owned());
+    }
+    let body: Body = serde_json::from_slice(json).map_err(|e| format!("bad body: {e}"))?;
+    if body.credential != name {
+        return Err(format!("belongs to credential `{}`", body.credential));
+    }
+    let at = |secs| SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
+    Ok(Saved {
+        refresh_token: body.refresh_token.map(SecretString::from),
+        access_token: body.access_token.map(SecretString::from),
+        token_type: body.token_type,
+        scope: body.scope,
+        issued_at: at(body.issued_at),
+        expires_at: at(body.expires_at),
+        bootstrap: body.bootstrap,
+        reauth_reason: body.reauth_reason,
+    })
+}
+
+/// Wipes an owned secret string in place.
+trait ZeroizeOpt {
+    fn zeroize_opt(&mut self);
+}
+
+impl ZeroizeOpt for Option<String> {
+    fn zeroize_opt(&mut self) {
+        if let Some(s) = self.as_mut() {
+            zeroize::Zeroize::zeroize(s);
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn saved(rt: &str) -> Saved {
+        Saved {
+            refresh_token: Some(SecretString::from(rt.to_owned())),
+            access_token: Some(SecretString::from("at".to_owned())),
+            token_type: "Bearer".into(),
+            scope: None,
+            issued_at: SystemTime::now(),
+            expires_at: SystemTime::now() + Duration::from_secs(60),
+            bootstrap: Some("fp".into()),
+            reauth_reason: None,
+        }
+    }
+
+    fn refresh_token(loaded: Loaded) -> String {
+        match loaded {
+            Loaded::Found { saved, .. } => saved.refresh_token.unwrap().expose_secret().to_owned(),
+            other => panic!("expected Found, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn saves_are_private_durable_and_reloaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let store = Store::open(&state).unwrap();
+        assert_eq!(
+            fs::metadata(&state).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        assert!(matches!(store.load("a"), Loaded::Empty));
+        for n in 1..=4 {
+            store.save("a", &saved(&format!("rt{n}"))).unwrap();
+        }
+        let file = state.join("a.4.state");
+        assert_eq!(
+            fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        // Only the newest and one fallback generation are kept.
+        let mut left = store.list("a");
+        left.sort_unstable();
+        assert_eq!(left, vec![3, 4]);
+        drop(store);
+        let store = Store::open(&state).unwrap();
+        assert_eq!(refresh_token(store.load("a")), "rt4");
+    }
+
+    #[test]
+    fn a_corrupt_newest_generation_falls_back_to_the_previous_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.save("a", &saved("rt1")).unwrap();
+        store.save("a", &saved("rt2")).unwrap();
+        let newest = dir.path().join("a.2.state");
+        let text = fs::read(&newest).unwrap();
+        fs::write(&newest, &text[..text.len() - 5]).unwrap();
+        match store.load("a") {
+            Loaded::Found { saved, skipped } => {
+                assert_eq!(saved.refresh_token.unwrap().expose_secret(), "rt1");
+                assert!(skipped[0].contains("checksum mismatch"), "{skipped:?}");
+            }
+            other => panic!("{other:?}"),
+        }
+        fs::write(dir.path().join("a.1.state"), "garbage").unwrap();
+        assert!(matches!(store.load("a"), Loaded::Corrupt(_)));
+    }
+
+    #[test]
+    fn a_second_store_on_the_same_dir_is_refused_naming_the_pid() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = Store::open(dir.path()).unwrap();
+        let err = Store::open(dir.path()).err().unwrap();
+        assert!(
+            err.contains(&format!("pid {}", std::process::id())),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_world_writable_dir_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o777)).unwrap();
+        let err = Store::open(dir.path()).err().unwrap();
+        assert!(err.contains("writable by every user"), "{err}");
+    }
+
+    #[test]
+    fn names_with_dots_do_not_collide() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.save("a.b", &saved("x")).unwrap();
+        store.save("a", &saved("y")).unwrap();
+        assert_eq!(refresh_token(store.load("a.b")), "x");
+        assert_eq!(refresh_token(store.load("a")), "y");
+    }
+}

@@ -1,0 +1,218 @@
+//! The sub-commands: `check-config`, `get`, `status`, `dev`.
+
+use std::process::Command;
+
+use crate::harness::*;
+
+fn check_config(text: &str) -> (bool, String) {
+    let dir = tempdir();
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, text).unwrap();
+    let output = Command::new(bin())
+        .args(["check-config", "--config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+const GOOD: &str = r#"
+[credentials.a]
+token_url = "https://idp.example.com/token"
+client_id = "c"
+refresh_token = "r"
+"#;
+
+#[test]
+fn check_config_accepts_the_shipped_examples() {
+    for example in ["config/example.toml", "config/dev.toml"] {
+        let path = format!("{}/{example}", env!("CARGO_MANIFEST_DIR"));
+        let output = Command::new(bin())
+            .args(["check-config", "--config", &path])
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{example}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    assert!(check_config(GOOD).0);
+}
+
+#[test]
+fn check_config_names_the_key_of_every_problem() {
+    let cases: &[(&str, &str)] = &[
+        ("[server]\nlisten = \"nowhere\"\n", "server.listen"),
+        (
+            "[server]\nlisten = \"unix:relative.sock\"\n",
+            "server.listen",
+        ),
+        ("[server]\nrequest_timeout = \"soon\"\n", "request_timeout"),
+        ("[server]\nbogus = 1\n", "bogus"),
+        ("[state]\nbackend = \"floppy\"\n", "state.backend"),
+        (
+            "[credentials.a]\nclient_id = \"c\"\nrefresh_token = \"r\"\n",
+            "credentials.a.token_url",
+        ),
+        (
+            "[credentials.a]\ntoken_url = \"http://idp.example.com/t\"\nclient_id = \"c\"\nrefresh_token = \"r\"\n",
+            "credentials.a.token_url",
+        ),
+        (
+            "[credentials.a]\ntoken_url = \"not a url\"\nclient_id = \"c\"\nrefresh_token = \"r\"\n",
+            "credentials.a.token_url",
+        ),
+        (
+            "[credentials.a]\ntoken_url = \"https://i/t\"\nrefresh_token = \"r\"\n",
+            "credentials.a.client_id",
+        ),
+        (
+            "[credentials.a]\ntoken_url = \"https://i/t\"\nclient_id = \"c\"\n",
+            "credentials.a.refresh_token",
+        ),
+        (
+            "[credentials.a]\ngrant = \"password\"\ntoken_url = \"https://i/t\"\nclient_id = \"c\"\n",
+            "credentials.a.grant",
+        ),
+        (
+            "[credentials.a]\ngrant = \"client_credentials\"\ntoken_url = \"https://i/t\"\nclient_id = \"c\"\n",
+            "credentials.a.client_secret",
+        ),
+        (
+            "[credentials.a]\ntoken_url = \"https://i/t\"\nclient_id = \"c\"\nrefresh_token = { vault = \"x\" }\n",
+            "refresh_token",
+        ),
+        (
+            "[credentials.a]\ntoken_url = \"https://i/t\"\nclient_id = \"c\"\nrefresh_token = \"r\"\nrefresh_ratio = 2.0\n",
+            "credentials.a.refresh_ratio",
+        ),
+        (
+            "[credentials.a]\ntoken_url = \"https://i/t\"\nclient_id = \"c\"\nrefresh_token = \"r\"\nclient_auth = \"magic\"\n",
+            "credentials.a.client_auth",
+        ),
+        (
+            "[credentials.a]\ntoken_url = \"https://i/t\"\nissuer = \"https://i\"\nclient_id = \"c\"\nrefresh_token = \"r\"\n",
+            "credentials.a",
+        ),
+        (
+            "[credentials.\"a/b\"]\ntoken_url = \"https://i/t\"\nclient_id = \"c\"\nrefresh_token = \"r\"\n",
+            "credentials.a/b",
+        ),
+        (
+            "[credentials.a]\ntoken_url = \"https://i/t\"\nclient_id = \"c\"\nrefresh_token = \"r\"\ncolour = \"blue\"\n",
+            "colour",
+        ),
+        ("", "credentials"),
+        ("this is not toml", "config"),
+    ];
+    for (text, key) in cases {
+        let (ok, stderr) = check_config(text);
+        assert!(!ok, "accepted:\n{text}");
+        assert!(
+            stderr.contains(key),
+            "for\n{text}\nexpected `{key}` in:\n{stderr}"
+        );
+    }
+}
+
+#[test]
+fn check_config_reports_every_problem_at_once() {
+    let (ok, stderr) = check_config(
+        "[credentials.a]\ntoken_url = \"http://example.com/t\"\nrefresh_ratio = 3.0\n",
+    );
+    assert!(!ok);
+    for key in [
+        "credentials.a.token_url",
+        "credentials.a.client_id",
+        "credentials.a.refresh_token",
+        "credentials.a.refresh_ratio",
+    ] {
+        assert!(stderr.contains(key), "{key} missing from:\n{stderr}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_and_status_talk_to_a_running_broker() {
+    let idp = Idp::start(&[]);
+    let dir = tempdir();
+    let broker = broker_for(&idp, dir.path(), "");
+    broker.ready().await;
+
+    let output = Command::new(bin())
+        .args(["get", "x", "--url", &broker.url])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let token = String::from_utf8(output.stdout).unwrap().trim().to_owned();
+    assert_eq!(idp.whoami(&token).await, 200);
+
+    // Through the environment, with the default credential.
+    let output = Command::new(bin())
+        .arg("get")
+        .env("TOKEN_BROKER_URL", &broker.url)
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8(output.stdout).unwrap().trim(), token);
+
+    let output = Command::new(bin())
+        .args(["get", "nope", "--url", &broker.url])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("unknown_credential"));
+
+    let output = Command::new(bin())
+        .args(["get", "x", "--url", "http://127.0.0.1:1"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(3));
+
+    let output = Command::new(bin())
+        .args(["status", "--url", &broker.url])
+        .output()
+        .unwrap();
+    let table = String::from_utf8(output.stdout).unwrap();
+    assert!(table.starts_with("NAME"), "{table}");
+    assert!(table.lines().nth(1).unwrap().starts_with("x "), "{table}");
+    assert!(table.contains("valid"), "{table}");
+    assert!(!table.contains(&token));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_serves_a_token_its_idp_accepts() {
+    let mut dev = Proc::spawn(&["dev", "--listen", "127.0.0.1:0"], &[]);
+    let (broker, idp) = dev.wait_for("the dev banner", |line| {
+        let rest = line.strip_prefix("token-broker dev: the broker on ")?;
+        let (broker, rest) = rest.split_once(", a dev IdP on ")?;
+        Some((broker.to_owned(), rest.trim_end_matches('.').to_owned()))
+    });
+    assert!(dev.logs().contains("curl -H 'Token-Broker: 1'"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let token = loop {
+        let response = client()
+            .get(format!("{broker}/token/demo?format=raw"))
+            .header("Token-Broker", "1")
+            .send()
+            .await
+            .unwrap();
+        if response.status() == 200 {
+            break response.text().await.unwrap();
+        }
+        assert!(std::time::Instant::now() < deadline, "no token from dev");
+    };
+    let whoami = client()
+        .get(format!("{idp}/api/whoami"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(whoami.status(), 200);
+    assert!(dev.terminate().success());
+}

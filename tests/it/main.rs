@@ -1,0 +1,10 @@
+//! Integration tests: the real binary, the real dev IdP, real sockets and files.
+
+#![allow(clippy::unwrap_used)]
+
+mod harness;
+
+mod api;
+mod commands;
+mod persistence;
+mod single_flight;
