@@ -65,6 +65,16 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Health probe for containers without a shell or curl: exit 0 when the broker
+    /// answers 200 on PATH (default /readyz), 1 otherwise.
+    Probe {
+        /// The broker's URL.
+        #[arg(long, env = "TOKEN_BROKER_URL", default_value = DEFAULT_URL)]
+        url: String,
+        /// The path to probe: /readyz (readiness) or /healthz (liveness).
+        #[arg(long, default_value = "/readyz")]
+        path: String,
+    },
     /// Validate a config file: exit 0, or print every problem and exit 1.
     CheckConfig {
         /// Config file (TOML).
@@ -98,6 +108,7 @@ async fn dispatch(cli: Cli) -> ExitCode {
             crate::client::get(&url, name.as_deref(), min_ttl.as_deref()).await
         }
         Command::Status { url, json } => crate::client::status(&url, json).await,
+        Command::Probe { url, path } => crate::client::probe(&url, &path).await,
         Command::CheckConfig {
             config,
             check_secrets,

@@ -85,6 +85,35 @@ pub async fn get(url: &str, name: Option<&str>, min_ttl: Option<&str>) -> ExitCo
     }
 }
 
+/// Exit 0 if `GET {url}{path}` answers 200 within 5 seconds.
+pub async fn probe(url: &str, path: &str) -> ExitCode {
+    let target = format!(
+        "{}/{}",
+        url.trim_end_matches('/'),
+        path.trim_start_matches('/')
+    );
+    let client = match reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            return fail(
+                EXIT_BROKER_ERROR,
+                &format!("cannot build an HTTP client: {e}"),
+            );
+        }
+    };
+    match client.get(&target).send().await {
+        Ok(response) if response.status().is_success() => ExitCode::SUCCESS,
+        Ok(response) => fail(
+            EXIT_BROKER_ERROR,
+            &format!("{target} answered HTTP {}", response.status().as_u16()),
+        ),
+        Err(e) => fail(EXIT_BROKER_ERROR, &format!("cannot reach {target}: {e}")),
+    }
+}
+
 fn urlencode(text: &str) -> String {
     url::form_urlencoded::byte_serialize(text.as_bytes()).collect()
 }
