@@ -42,6 +42,9 @@ pub struct Saved {
     pub bootstrap: Option<String>,
     /// Why the chain stopped, when it did (`reauth_required`).
     pub reauth_reason: Option<String>,
+    /// Set while a refresh request carrying `refresh_token` is out and unanswered: after a
+    /// crash, this is how the broker knows the token may already be spent.
+    pub in_flight_since: Option<SystemTime>,
 }
 
 impl fmt::Debug for Saved {
@@ -51,6 +54,7 @@ impl fmt::Debug for Saved {
             .field("has_access_token", &self.access_token.is_some())
             .field("expires_at", &self.expires_at)
             .field("reauth_reason", &self.reauth_reason)
+            .field("in_flight_since", &self.in_flight_since)
             .finish_non_exhaustive()
     }
 }
@@ -69,6 +73,8 @@ struct Body {
     expires_at: u64,
     bootstrap: Option<String>,
     reauth_reason: Option<String>,
+    #[serde(default)]
+    in_flight_since: Option<u64>,
 }
 
 /// What loading found.
@@ -248,6 +254,7 @@ fn encode(name: &str, generation: u64, saved: &Saved) -> Result<Zeroizing<Vec<u8
         expires_at: unix(saved.expires_at),
         bootstrap: saved.bootstrap.clone(),
         reauth_reason: saved.reauth_reason.clone(),
+        in_flight_since: saved.in_flight_since.map(unix),
     };
     let json = Zeroizing::new(serde_json::to_vec(&body).map_err(|e| e.to_string())?);
     let mut body = body;
@@ -289,6 +296,7 @@ fn read_file(path: &Path, name: &str) -> Result<Saved, String> {
         expires_at: at(body.expires_at),
         bootstrap: body.bootstrap,
         reauth_reason: body.reauth_reason,
+        in_flight_since: body.in_flight_since.map(at),
     })
 }
 
@@ -320,6 +328,7 @@ mod tests {
             expires_at: SystemTime::now() + Duration::from_secs(60),
             bootstrap: Some("fp".into()),
             reauth_reason: None,
+            in_flight_since: None,
         }
     }
 

@@ -8,10 +8,13 @@
 //! serve, join or start, so no two calls to the IdP for one credential can overlap.
 //! The refresh itself runs in a spawned task: a client that hangs up cancels nothing.
 
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwapOption;
+use futures_util::FutureExt;
 use secrecy::SecretString;
 use tokio::sync::{Notify, watch};
 
@@ -88,6 +91,9 @@ pub(super) struct Inner {
     pub refreshes_failed: u64,
     /// Whether the stored state was loaded; the first flight does that before anything.
     pub restored: bool,
+    /// When the current refresh token was sent in a request that got no answer (or
+    /// was out when the broker stopped): it may be spent at the IdP already.
+    pub unanswered_since: Option<SystemTime>,
 }
 
 /// What `decide` concluded under the lock.
@@ -139,6 +145,13 @@ impl Credential {
             Decision::Serve(token) => return Ok(token),
             Decision::Fail(error) => return Err(error),
             Decision::Wait(rx) => rx,
+        };
+        let Some(_slot) = WaitSlot::take(&self.shared) else {
+            let error = Error::UpstreamUnavailable {
+                reason: "too many requests are already waiting for refreshes".into(),
+                retry_after: Duration::from_secs(1),
+            };
+            return self.stale_while_valid(&want, error);
         };
         let waited = tokio::time::timeout(self.shared.request_timeout, wait(rx)).await;
         let outcome = waited.unwrap_or_else(|_| {
@@ -242,7 +255,17 @@ impl Credential {
         };
         tokio::spawn(async move {
             let started = std::time::Instant::now();
-            let outcome = me.refresh().await;
+            // A panic must still end the flight, or the credential would stay "in
+            // flight" forever and every later request would wait on it.
+            let outcome = AssertUnwindSafe(me.refresh())
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|_| {
+                    Err(Error::UpstreamUnavailable {
+                        reason: "internal error during the refresh".into(),
+                        retry_after: Duration::from_secs(1),
+                    })
+                });
             me.finish(outcome, tx, trigger, started.elapsed());
         });
         rx
@@ -258,5 +281,22 @@ async fn wait(mut rx: watch::Receiver<Option<Outcome>>) -> Outcome {
             reason: "the refresh task ended without a result".into(),
             retry_after: Duration::from_secs(1),
         }),
+    }
+}
+
+/// One of the `max_waiting_requests` places; released on drop, however the wait ends.
+struct WaitSlot<'a>(&'a Shared);
+
+impl<'a> WaitSlot<'a> {
+    fn take(shared: &'a Shared) -> Option<WaitSlot<'a>> {
+        let before = shared.waiting.fetch_add(1, Ordering::AcqRel);
+        let slot = WaitSlot(shared);
+        (before < shared.max_waiting).then_some(slot)
+    }
+}
+
+impl Drop for WaitSlot<'_> {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::AcqRel);
     }
 }

@@ -17,6 +17,7 @@ mod token;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
@@ -40,6 +41,10 @@ pub(crate) struct Shared {
     pub metrics: Metrics,
     /// How long a request waits for a refresh.
     pub request_timeout: Duration,
+    /// Requests waiting for a refresh now, across all credentials.
+    pub waiting: AtomicUsize,
+    /// Cap on `waiting`: past it, requests get 503 instead of piling up.
+    pub max_waiting: usize,
     /// Cancelled at shutdown: timers stop, no new refresh starts.
     pub shutdown: CancellationToken,
 }
@@ -67,6 +72,8 @@ impl Broker {
             store: Arc::new(store),
             metrics,
             request_timeout: config.server.request_timeout,
+            waiting: AtomicUsize::new(0),
+            max_waiting: config.server.max_waiting_requests,
             shutdown,
         });
         let credentials: HashMap<_, _> = config

@@ -14,10 +14,10 @@ use secrecy::SecretString;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
-use super::credential::{Credential, Outcome};
+use super::credential::{Credential, Inner, Outcome};
 use super::schedule;
 use super::token::{Token, rfc3339};
-use crate::config::Grant;
+use crate::config::{Grant, LostAnswer};
 use crate::error::Error;
 use crate::idp::{IdpError, TokenRequest, TokenResponse};
 use crate::secret::ExposeSecret;
@@ -29,9 +29,11 @@ impl Credential {
         if !self.lock().restored {
             self.restore().await;
             let now = SystemTime::now();
+            // A refresh that was out when the broker stopped is settled first.
+            let settled = self.lock().unanswered_since.is_none();
             if let Some(token) = self
                 .current()
-                .filter(|t| t.is_valid(now) && now < t.refresh_at)
+                .filter(|t| settled && t.is_valid(now) && now < t.refresh_at)
             {
                 return Ok(token);
             }
@@ -60,6 +62,9 @@ impl Credential {
             })?),
             None => None,
         };
+        if self.spec.grant == Grant::RefreshToken {
+            self.mark_sending().await?;
+        }
         let request = TokenRequest {
             endpoint: &self.spec.endpoint,
             grant: self.spec.grant,
@@ -106,6 +111,7 @@ impl Credential {
             let mut inner = self.lock();
             // A non-rotating IdP sends no new refresh token: the old one stays live.
             inner.refresh_token = response.refresh_token.or(old);
+            inner.unanswered_since = None;
             inner.unsaved = Some(token.clone());
         }
         self.persist(&token).await?;
@@ -113,23 +119,88 @@ impl Credential {
         Ok(token)
     }
 
+    /// Before sending a refresh token: record that it is out (so a crash cannot hide a
+    /// possibly spent token), or refuse to resend one whose answer was lost once the
+    /// IdP's reuse grace has passed.
+    async fn mark_sending(&self) -> Result<(), Error> {
+        let saved = {
+            let mut inner = self.lock();
+            if inner.unanswered_since.is_some() {
+                return match self.lost_answer_verdict(&inner) {
+                    Some(reason) => Err(self.stop_chain(&mut inner, reason)),
+                    None => Ok(()),
+                };
+            }
+            inner.unanswered_since = Some(SystemTime::now());
+            self.saved(&inner, None)
+        };
+        self.write(saved).await.map_err(|e| {
+            self.lock().unanswered_since = None;
+            Error::Store(e)
+        })
+    }
+
+    /// `Some(reason)` when resending the unanswered refresh token is no longer safe.
+    fn lost_answer_verdict(&self, inner: &Inner) -> Option<String> {
+        let since = inner.unanswered_since?;
+        let grace = self.spec.idp_reuse_grace;
+        let expired = SystemTime::now() >= since + grace;
+        (self.spec.lost_answer == LostAnswer::RetryWithinGrace && expired).then(|| {
+            format!(
+                "a refresh sent at {} got no answer, and resending that refresh token after the \
+                 IdP's reuse grace ({}) could trigger reuse detection",
+                rfc3339(since),
+                crate::duration::format(grace)
+            )
+        })
+    }
+
+    /// Ends the chain: no refresh token, no IdP calls until a new bootstrap appears.
+    fn stop_chain(&self, inner: &mut Inner, reason: String) -> Error {
+        inner.refresh_token = None;
+        inner.unanswered_since = None;
+        inner.reauth = Some(reason.clone());
+        let saved = self.saved(inner, None);
+        let store = self.shared.store.clone();
+        let name = self.spec.name.clone();
+        // Best effort, off the lock: remembering the stop only spares a doomed call
+        // after a restart.
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = store.save(&name, &saved) {
+                warn!(credential = name, error = %e, "could not record the stop in the state store");
+            }
+        });
+        Error::ReauthRequired { reason }
+    }
+
     /// Maps an IdP failure; a refusal ends the chain until a new bootstrap arrives.
     async fn refused(&self, error: IdpError) -> Error {
-        match error {
-            IdpError::Rejected { .. } => {
-                let reason = error.to_string();
-                let saved = {
-                    let mut inner = self.lock();
-                    inner.refresh_token = None;
-                    inner.reauth = Some(reason.clone());
-                    self.saved(&inner, None)
-                };
-                // Best effort: remembering the refusal only saves a doomed call after a restart.
-                if let Err(e) = self.write(saved).await {
-                    warn!(credential = self.name(), error = %e, "could not record the refusal in the state store");
+        let saved = {
+            let mut inner = self.lock();
+            match error {
+                IdpError::Rejected { .. } => return self.stop_chain(&mut inner, error.to_string()),
+                IdpError::LostAnswer { .. } => {
+                    return match self.lost_answer_verdict(&inner) {
+                        Some(reason) => self.stop_chain(&mut inner, reason),
+                        None => Error::UpstreamUnavailable {
+                            reason: error.to_string(),
+                            retry_after: Duration::from_secs(1),
+                        },
+                    };
                 }
-                Error::ReauthRequired { reason }
+                // The IdP answered, so the token was not spent: clear the mark.
+                IdpError::Unavailable { .. } => inner
+                    .unanswered_since
+                    .take()
+                    .map(|_| self.saved(&inner, None)),
             }
+        };
+        if let Some(saved) = saved
+            && let Err(e) = self.write(saved).await
+        {
+            warn!(credential = self.name(), error = %e, "could not clear the in-flight mark");
+        }
+        match error {
             IdpError::Unavailable {
                 reason,
                 retry_after,
@@ -137,10 +208,8 @@ impl Credential {
                 reason,
                 retry_after: retry_after.unwrap_or(Duration::from_secs(1)),
             },
-            // The IdP may have rotated the token; resending it is safe only within the
-            // IdP's reuse grace, which the retry backoff stays well inside by default.
-            IdpError::LostAnswer { .. } => Error::UpstreamUnavailable {
-                reason: error.to_string(),
+            other => Error::UpstreamUnavailable {
+                reason: other.to_string(),
                 retry_after: Duration::from_secs(1),
             },
         }
@@ -152,12 +221,10 @@ impl Credential {
     }
 
     /// The record to store: the chain's refresh token plus, if given, the new access token.
-    pub(super) fn saved(
-        &self,
-        inner: &super::credential::Inner,
-        token: Option<&Arc<Token>>,
-    ) -> Saved {
+    pub(super) fn saved(&self, inner: &Inner, token: Option<&Arc<Token>>) -> Saved {
         let now = SystemTime::now();
+        let current = self.current();
+        let token = token.or(current.as_ref());
         Saved {
             refresh_token: inner.refresh_token.clone(),
             access_token: token.map(|t| SecretString::from(t.secret().to_owned())),
@@ -167,6 +234,7 @@ impl Credential {
             expires_at: token.map_or(now, |t| t.expires_at),
             bootstrap: inner.bootstrap.clone(),
             reauth_reason: inner.reauth.clone(),
+            in_flight_since: inner.unanswered_since,
         }
     }
 
@@ -222,6 +290,7 @@ impl Credential {
                     error.retry_after(),
                     rand::random::<f64>(),
                 );
+                let delay = self.within_grace(&inner, delay, now);
                 if let Error::UpstreamUnavailable { retry_after, .. } = error {
                     *retry_after = delay;
                 }
@@ -238,6 +307,17 @@ impl Credential {
         // Waiters may all have gone; the outcome is published either way.
         let _ = tx.send(Some(outcome));
         self.wake.notify_one();
+    }
+
+    /// After a lost answer, the resend must land inside the IdP's reuse grace.
+    fn within_grace(&self, inner: &Inner, delay: Duration, now: SystemTime) -> Duration {
+        match inner.unanswered_since {
+            Some(since) if self.spec.lost_answer == LostAnswer::RetryWithinGrace => {
+                let end = since + self.spec.idp_reuse_grace;
+                delay.min(end.duration_since(now).unwrap_or_default() / 2)
+            }
+            _ => delay,
+        }
     }
 
     fn log_failure(&self, error: &Error, trigger: &str, took: Duration, delay: Duration) {

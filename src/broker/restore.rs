@@ -83,6 +83,7 @@ impl Credential {
             None => {}
             Some(Ok((value, fp))) => {
                 inner.refresh_token = Some(value);
+                inner.unanswered_since = None;
                 inner.bootstrap = Some(fp);
                 inner.reauth = None;
                 inner.failures = 0;
@@ -100,6 +101,10 @@ impl Credential {
     }
 
     fn adopt(&self, inner: &mut Inner, saved: Saved) {
+        if let Some(since) = saved.in_flight_since {
+            warn!(credential = self.name(), since = %super::token::rfc3339(since), "a refresh was out when the broker stopped; its answer is lost");
+        }
+        inner.unanswered_since = saved.in_flight_since;
         inner.refresh_token = saved.refresh_token;
         inner.bootstrap = saved.bootstrap;
         inner.reauth = saved.reauth_reason;

@@ -174,6 +174,23 @@ pub struct CredentialSpec {
     pub backoff_max: Duration,
     /// How often a credential awaiting re-authentication re-reads its bootstrap source.
     pub bootstrap_poll: Duration,
+    /// How long the IdP accepts a just-used refresh token again (its "reuse interval"
+    /// or "grace period"); zero when it has none.
+    pub idp_reuse_grace: Duration,
+    /// What to do when a refresh was sent but its answer never came.
+    pub lost_answer: LostAnswer,
+}
+
+/// The policy for a refresh whose answer was lost (timeout or reset after sending, or a
+/// crash while it was out): the IdP may have rotated the token, so resending it is only
+/// safe while the IdP's reuse grace lasts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LostAnswer {
+    /// Resend only within `idp_reuse_grace` of the first send; after that, stop and
+    /// wait for a new bootstrap token (`reauth_required`). With no grace: never resend.
+    RetryWithinGrace,
+    /// Always resend (for IdPs that do not rotate or do not detect reuse).
+    Retry,
 }
 
 /// Builds the layered raw config from a file plus the environment.

@@ -83,4 +83,7 @@ pub struct RawCredential {
     pub backoff_max: Option<Duration>,
     #[serde(default, with = "serde_opt")]
     pub bootstrap_poll: Option<Duration>,
+    #[serde(default, with = "serde_opt")]
+    pub idp_reuse_grace: Option<Duration>,
+    pub lost_answer: Option<String>,
 }

@@ -220,6 +220,17 @@ fn credential(check: &mut Check, name: String, raw: RawCredential) -> Option<Cre
     if default_lifetime < Duration::from_secs(1) {
         check.fail(key("default_lifetime"), "must be at least 1s");
     }
+    let lost_answer = match raw.lost_answer.as_deref() {
+        None | Some("retry_within_grace") => LostAnswer::RetryWithinGrace,
+        Some("retry") => LostAnswer::Retry,
+        Some(other) => {
+            check.fail(
+                key("lost_answer"),
+                format!("unknown policy `{other}`; expected retry_within_grace or retry"),
+            );
+            LostAnswer::RetryWithinGrace
+        }
+    };
     if check.problems.len() > before {
         return None;
     }
@@ -241,6 +252,8 @@ fn credential(check: &mut Check, name: String, raw: RawCredential) -> Option<Cre
         backoff_initial,
         backoff_max,
         bootstrap_poll: raw.bootstrap_poll.unwrap_or(Duration::from_secs(5)),
+        idp_reuse_grace: raw.idp_reuse_grace.unwrap_or_default(),
+        lost_answer,
         name,
     })
 }
