@@ -39,6 +39,8 @@ pub async fn run(config: Config, listeners: Vec<Listener>) -> anyhow::Result<()>
     let app = App {
         broker: broker.clone(),
         require_header: config.server.require_header,
+        request_deadline: config.server.request_timeout + std::time::Duration::from_secs(5),
+        header_timeout: config.server.header_timeout,
     };
     let stop = CancellationToken::new();
     let server = tokio::spawn(server::serve(

@@ -184,7 +184,13 @@ impl Credential {
                 Want::Fresh(min_ttl) => token.ttl(now) > *min_ttl,
                 Want::Rejected(rejected) => !token.is(rejected),
                 Want::Forced => false,
-                Want::Timer => now < token.refresh_at,
+                // A token the store has not confirmed yet, or a refresh token whose
+                // answer was lost, is settled at the next tick rather than when due.
+                Want::Timer => {
+                    now < token.refresh_at
+                        && inner.unsaved.is_none()
+                        && inner.unanswered_since.is_none()
+                }
             };
             // Forced refreshes are rate-limited. Rejected-token reports are not: they can
             // cause at most one refresh per token version, and answering one with the

@@ -48,7 +48,13 @@ impl Credential {
             self.current.load_full(),
         ) {
             (Some(retry_at), _) => retry_at,
-            (None, Some(token)) if inner.restored => token.refresh_at,
+            (None, Some(token))
+                if inner.restored
+                    && inner.unsaved.is_none()
+                    && inner.unanswered_since.is_none() =>
+            {
+                token.refresh_at
+            }
             _ => now,
         };
         due.duration_since(now).unwrap_or_default()

@@ -76,6 +76,8 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// Cap on requests waiting for a refresh at once; more get 503 instead of queueing.
     pub max_waiting_requests: usize,
+    /// Time a client has to send request headers; also the idle keep-alive limit.
+    pub header_timeout: Duration,
 }
 
 /// A listener address.

@@ -38,6 +38,8 @@ pub struct RawServer {
     #[serde(default, with = "serde_opt")]
     pub shutdown_grace: Option<Duration>,
     pub max_waiting_requests: Option<usize>,
+    #[serde(default, with = "serde_opt")]
+    pub header_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -109,6 +109,10 @@ fn server(check: &mut Check, raw: RawServer) -> ServerConfig {
         request_timeout,
         shutdown_grace: raw.shutdown_grace.unwrap_or(Duration::from_secs(10)),
         max_waiting_requests: raw.max_waiting_requests.unwrap_or(100_000),
+        header_timeout: raw
+            .header_timeout
+            .unwrap_or(Duration::from_secs(10))
+            .max(Duration::from_millis(100)),
     }
 }
 

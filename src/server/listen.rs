@@ -1,13 +1,25 @@
-//! Listeners: TCP addresses and unix sockets, bound before serving so `main` can report
-//! a busy port as a start-up error and tests can bind port 0.
+//! Listeners and the connection loop: TCP addresses and unix sockets, bound before
+//! serving (so a busy port is a start-up error and tests can bind port 0), each
+//! connection served by hyper with limits a slow or hostile client cannot get around:
+//! a deadline for request headers (which also closes idle keep-alive connections), a
+//! cap on header size, and graceful draining at shutdown.
 
-use std::future::Future;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
 
 use crate::config::Listen;
+
+/// Largest request head (request line and headers) accepted.
+const MAX_HEAD: usize = 32 * 1024;
 
 /// A bound listener.
 pub enum Listener {
@@ -56,24 +68,73 @@ impl Listener {
         }
     }
 
+    /// Accepts until `stop`, then waits for open connections to finish their requests.
     pub(super) async fn serve(
         self,
         router: Router,
-        shutdown: impl Future<Output = ()> + Send + 'static,
+        header_timeout: Duration,
+        stop: CancellationToken,
     ) -> std::io::Result<()> {
+        let graceful = GracefulShutdown::new();
+        loop {
+            let accepted = tokio::select! {
+                _ = stop.cancelled() => break,
+                accepted = self.accept() => accepted,
+            };
+            match accepted {
+                Ok(Some(io)) => spawn_connection(io, &router, header_timeout, &graceful),
+                Ok(None) => {}
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+        if let Listener::Unix(_, path) = &self {
+            let _ = std::fs::remove_file(path);
+        }
+        drop(self);
+        graceful.shutdown().await;
+        Ok(())
+    }
+
+    async fn accept(&self) -> std::io::Result<Option<Box<dyn Io>>> {
         match self {
             Listener::Tcp(l) => {
-                axum::serve(l, router)
-                    .with_graceful_shutdown(shutdown)
-                    .await
+                let (stream, _) = l.accept().await?;
+                // Token answers are small; waiting to coalesce them only adds latency.
+                let _ = stream.set_nodelay(true);
+                Ok(Some(Box::new(stream)))
             }
-            Listener::Unix(l, path) => {
-                let result = axum::serve(l, router)
-                    .with_graceful_shutdown(shutdown)
-                    .await;
-                let _ = std::fs::remove_file(path);
-                result
+            Listener::Unix(l, _) => {
+                let (stream, _) = l.accept().await?;
+                Ok(Some(Box::new(stream)))
             }
         }
     }
+}
+
+/// A connection of either kind.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
+
+fn spawn_connection(
+    io: Box<dyn Io>,
+    router: &Router,
+    header_timeout: Duration,
+    graceful: &GracefulShutdown,
+) {
+    let service = TowerToHyperService::new(router.clone());
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .max_buf_size(MAX_HEAD)
+        .serve_connection(TokioIo::new(io), service);
+    let connection = graceful.watch(connection);
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            debug!(error = %e, "connection ended with an error");
+        }
+    });
 }

@@ -5,6 +5,7 @@
 //! tests share. Handlers parse and answer; the broker decides.
 
 mod error;
+mod guard;
 mod listen;
 mod ops;
 mod token;
@@ -13,9 +14,10 @@ use std::future::Future;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
+use std::time::Duration;
+
+use axum::extract::DefaultBodyLimit;
+use axum::middleware;
 use axum::routing::{get, post};
 
 pub use error::ApiError;
@@ -32,6 +34,10 @@ pub struct App {
     pub broker: Arc<Broker>,
     /// Demand `Token-Broker: 1` on token endpoints.
     pub require_header: bool,
+    /// Longest any request may take, body included (slow clients cannot pin a task).
+    pub request_deadline: Duration,
+    /// Time a client has to send request headers (and longest idle keep-alive).
+    pub header_timeout: Duration,
 }
 
 /// The whole API.
@@ -41,7 +47,10 @@ pub fn router(app: App) -> Router {
         .route("/token/refresh", post(token::refresh_default))
         .route("/token/{name}", get(token::get_named))
         .route("/token/{name}/refresh", post(token::refresh_named))
-        .route_layer(middleware::from_fn_with_state(app.clone(), guard));
+        .route_layer(middleware::from_fn_with_state(
+            app.clone(),
+            guard::local_only,
+        ));
     Router::new()
         .merge(tokens)
         .route("/healthz", get(ops::healthz))
@@ -50,40 +59,25 @@ pub fn router(app: App) -> Router {
         .route("/v1/credentials", get(ops::credentials))
         .fallback(|| async { ApiError::NotFound })
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(middleware::from_fn_with_state(app.clone(), guard::deadline))
+        .layer(middleware::from_fn(guard::json_errors))
+        .layer(middleware::from_fn(guard::catch_panic))
         .with_state(app)
 }
 
-/// Token endpoints answer only local, deliberate requests (the metadata-server rule):
-/// a forwarded request came through a proxy, and a request without the header may be
-/// a forged one from a browser or an SSRF.
-async fn guard(State(app): State<App>, request: Request, next: Next) -> Response {
-    let headers = request.headers();
-    if headers.contains_key("forwarded") || headers.contains_key("x-forwarded-for") {
-        return ApiError::ForwardedRequest.into_response();
-    }
-    if app.require_header
-        && headers
-            .get("token-broker")
-            .is_none_or(|v| v.as_bytes() != b"1")
-    {
-        return ApiError::MissingHeader.into_response();
-    }
-    next.run(request).await
-}
-
-/// Serves `app` on every listener until `shutdown` resolves.
+/// Serves `app` on every listener until `shutdown` resolves, then lets open requests
+/// finish.
 pub async fn serve(
     listeners: Vec<Listener>,
     app: App,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let header_timeout = app.header_timeout;
     let router = router(app);
     let stop = tokio_util::sync::CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
     for listener in listeners {
-        let router = router.clone();
-        let stop = stop.clone();
-        tasks.spawn(async move { listener.serve(router, stop.cancelled_owned()).await });
+        tasks.spawn(listener.serve(router.clone(), header_timeout, stop.clone()));
     }
     tokio::spawn(async move {
         shutdown.await;

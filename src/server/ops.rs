@@ -15,25 +15,32 @@ pub async fn healthz() -> Response {
     Json(json!({"status": "ok"})).into_response()
 }
 
-/// `GET /readyz`: every required credential can serve a token now.
+/// `GET /readyz`: every required credential can serve a token now. Credentials that
+/// serve but are in trouble (refresh failing, refresh token refused) are listed too, so
+/// an operator sees them before their tokens expire.
 pub async fn readyz(State(app): State<App>) -> Response {
-    let not_ready: Vec<_> = app
-        .broker
-        .credentials()
-        .map(|c| c.status())
+    let statuses: Vec<_> = app.broker.credentials().map(|c| c.status()).collect();
+    let row = |s: &crate::broker::CredentialStatus| {
+        let reason = s
+            .last_error
+            .as_ref()
+            .map_or_else(|| "no token yet".to_owned(), |e| e.message.clone());
+        json!({"name": s.name, "state": s.state, "reason": reason})
+    };
+    let not_ready: Vec<_> = statuses
+        .iter()
         .filter(|s| s.required && !s.ready)
-        .map(|s| {
-            let reason = s
-                .last_error
-                .as_ref()
-                .map_or_else(|| "no token yet".to_owned(), |e| e.message.clone());
-            json!({"name": s.name, "state": s.state, "reason": reason})
-        })
+        .map(row)
+        .collect();
+    let degraded: Vec<_> = statuses
+        .iter()
+        .filter(|s| s.ready && matches!(s.state, "stale" | "reauth_required"))
+        .map(row)
         .collect();
     if not_ready.is_empty() {
-        Json(json!({"status": "ready"})).into_response()
+        Json(json!({"status": "ready", "degraded": degraded})).into_response()
     } else {
-        let body = json!({"status": "not_ready", "credentials": not_ready});
+        let body = json!({"status": "not_ready", "credentials": not_ready, "degraded": degraded});
         (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
     }
 }

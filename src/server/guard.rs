@@ -1,0 +1,128 @@
+//! Request guards: who may ask for tokens, how long a request may take, and what a
+//! panic in a handler turns into (a 500 JSON answer, with the process still serving).
+
+use std::panic::AssertUnwindSafe;
+
+use axum::extract::{Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use futures_util::FutureExt;
+use serde_json::json;
+use tracing::error;
+
+use super::App;
+use super::error::ApiError;
+
+/// Token endpoints answer only local, deliberate requests (the metadata-server rule):
+/// a forwarded request came through a proxy, and a request without the header may be
+/// a forged one from a browser or an SSRF.
+pub async fn local_only(State(app): State<App>, request: Request, next: Next) -> Response {
+    let headers = request.headers();
+    if headers.contains_key("forwarded") || headers.contains_key("x-forwarded-for") {
+        return ApiError::ForwardedRequest.into_response();
+    }
+    if app.require_header
+        && headers
+            .get("token-broker")
+            .is_none_or(|v| v.as_bytes() != b"1")
+    {
+        return ApiError::MissingHeader.into_response();
+    }
+    next.run(request).await
+}
+
+/// Bounds a whole request, body upload included.
+pub async fn deadline(State(app): State<App>, request: Request, next: Next) -> Response {
+    match tokio::time::timeout(app.request_deadline, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            let body = json!({"error": "request_timeout", "message": "the request took too long"});
+            (StatusCode::REQUEST_TIMEOUT, axum::Json(body)).into_response()
+        }
+    }
+}
+
+/// Rejections produced by the framework itself (405, 413, malformed paths) come as
+/// plain text; every error leaves this server as the contract's JSON.
+pub async fn json_errors(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
+    let code = match status {
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+        StatusCode::NOT_FOUND => "not_found",
+        s if s.is_server_error() => "internal",
+        _ => "bad_request",
+    };
+    let message = String::from_utf8_lossy(&text).trim().to_owned();
+    let message = if message.is_empty() {
+        status.to_string()
+    } else {
+        message
+    };
+    let mut rebuilt = (
+        status,
+        axum::Json(json!({"error": code, "message": message})),
+    )
+        .into_response();
+    for (name, value) in parts
+        .headers
+        .iter()
+        .filter(|(n, _)| *n != header::CONTENT_TYPE && *n != header::CONTENT_LENGTH)
+    {
+        rebuilt.headers_mut().insert(name.clone(), value.clone());
+    }
+    rebuilt
+}
+
+/// The last resort: a panicking handler answers 500 and the process keeps serving.
+pub async fn catch_panic(request: Request, next: Next) -> Response {
+    match AssertUnwindSafe(next.run(request)).catch_unwind().await {
+        Ok(response) => response,
+        Err(_) => {
+            error!("a request handler panicked; answered 500");
+            let body = json!({"error": "internal", "message": "internal error"});
+            (StatusCode::INTERNAL_SERVER_ERROR, axum::Json(body)).into_response()
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use axum::Router;
+    use axum::body::Body;
+    use axum::routing::get;
+    use tower::ServiceExt;
+
+    async fn boom() -> &'static str {
+        panic!("handler bug")
+    }
+
+    #[tokio::test]
+    async fn a_panicking_handler_answers_500_json() {
+        let router = Router::new()
+            .route("/boom", get(boom))
+            .layer(axum::middleware::from_fn(catch_panic));
+        let request = Request::get("/boom").body(Body::empty()).unwrap();
+        let response = router.oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let bytes = http_body_util::BodyExt::collect(response.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(body["error"], "internal");
+    }
+}
