@@ -5,6 +5,9 @@
 mod harness;
 
 mod api;
+mod chaos;
 mod commands;
+mod failures;
+mod hostile;
 mod persistence;
 mod single_flight;
