@@ -17,7 +17,7 @@ use crate::store::Store;
 pub async fn bind_all(config: &Config) -> anyhow::Result<Vec<Listener>> {
     let mut listeners = Vec::new();
     for listen in &config.server.listen {
-        let listener = server::bind(listen)
+        let listener = server::bind(listen, config.server.socket_mode)
             .await
             .with_context(|| format!("server.listen: cannot listen on {listen}"))?;
         listeners.push(listener);
@@ -41,6 +41,7 @@ pub async fn run(config: Config, listeners: Vec<Listener>) -> anyhow::Result<()>
         require_header: config.server.require_header,
         request_deadline: config.server.request_timeout + std::time::Duration::from_secs(5),
         header_timeout: config.server.header_timeout,
+        allowed_hosts: App::hosts(&config.server, &listeners),
     };
     let stop = CancellationToken::new();
     let server = tokio::spawn(server::serve(

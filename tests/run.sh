@@ -6,6 +6,14 @@ cd "$(dirname "$0")/.."
 
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
+# The unix-socket tests drive the broker with curl --unix-socket.
+if ! command -v curl >/dev/null; then
+  apt-get update -qq && apt-get install -y -qq curl >/dev/null
+fi
+
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
 cargo test --locked
+
+# Deployment files and the client examples, checked against the binary just tested.
+TOKEN_BROKER_BIN="${CARGO_TARGET_DIR:-target}/debug/token-broker" bash tests/deploy/check.sh

@@ -23,6 +23,7 @@ use super::token::Token;
 use crate::config::CredentialSpec;
 use crate::error::Error;
 use crate::metrics::CredentialMetrics;
+use crate::secret::{ExposeSecret, constant_time_eq};
 
 /// The one result of a refresh, handed to every waiter.
 pub type Outcome = Result<Arc<Token>, Error>;
@@ -65,6 +66,8 @@ pub struct Credential {
     pub(super) wake: Notify,
     pub(super) shared: Arc<Shared>,
     pub(super) metrics: CredentialMetrics,
+    /// The client keys of `spec.access`, read once at start-up (and at reload).
+    pub(super) client_keys: Vec<SecretString>,
 }
 
 /// The mutable part of a credential.
@@ -112,6 +115,24 @@ impl Credential {
     /// The name from the config.
     pub fn name(&self) -> &str {
         &self.spec.name
+    }
+
+    /// Whether a client may fetch this credential: no rules, an allowed unix peer
+    /// (`uid`, `gid` from the kernel), or a matching client key.
+    pub fn allows(&self, unix_peer: Option<(u32, u32)>, key: Option<&[u8]>) -> bool {
+        let access = &self.spec.access;
+        if !access.is_restricted() {
+            return true;
+        }
+        let peer_ok = unix_peer
+            .is_some_and(|(uid, gid)| access.uids.contains(&uid) || access.gids.contains(&gid));
+        // Every key is compared, so timing does not tell which one nearly matched.
+        let key_ok = key.is_some_and(|key| {
+            self.client_keys.iter().fold(false, |ok, k| {
+                ok | constant_time_eq(k.expose_secret().as_bytes(), key)
+            })
+        });
+        peer_ok || key_ok
     }
 
     /// Counts a request answered with a token.

@@ -80,6 +80,16 @@ impl Broker {
             .credentials
             .iter()
             .map(|spec| {
+                let client_keys = spec
+                    .access
+                    .keys
+                    .iter()
+                    .enumerate()
+                    .map(|(i, k)| {
+                        k.read()
+                            .map_err(|e| format!("credentials.{}.client_keys[{i}]: {e}", spec.name))
+                    })
+                    .collect::<Result<Vec<_>, String>>()?;
                 let credential = Credential {
                     spec: spec.clone(),
                     current: ArcSwapOption::empty(),
@@ -87,10 +97,11 @@ impl Broker {
                     wake: Notify::new(),
                     metrics: shared.metrics.credential(&spec.name),
                     shared: shared.clone(),
+                    client_keys,
                 };
-                (spec.name.clone(), Arc::new(credential))
+                Ok((spec.name.clone(), Arc::new(credential)))
             })
-            .collect();
+            .collect::<Result<_, String>>()?;
         let mut names: Vec<String> = credentials.keys().cloned().collect();
         names.sort();
         let default = match config.credentials.iter().find(|c| c.default) {

@@ -102,8 +102,7 @@ impl Token {
 
     /// Whether `candidate` is this token, compared in constant time.
     pub fn is(&self, candidate: &str) -> bool {
-        let (a, b) = (self.raw.as_ref(), candidate.as_bytes());
-        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+        crate::secret::constant_time_eq(&self.raw, candidate.as_bytes())
     }
 
     /// The JSON body with `expires_in` as of `now`.

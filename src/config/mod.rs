@@ -78,6 +78,11 @@ pub struct ServerConfig {
     pub max_waiting_requests: usize,
     /// Time a client has to send request headers; also the idle keep-alive limit.
     pub header_timeout: Duration,
+    /// Mode of unix socket files (default 0660: owner and group).
+    pub socket_mode: u32,
+    /// Host names (besides loopback and the listen addresses) a request may name in
+    /// `Host`; others get 403 `bad_host` (DNS-rebinding protection).
+    pub allowed_hosts: Vec<String>,
 }
 
 /// A listener address.
@@ -181,6 +186,25 @@ pub struct CredentialSpec {
     pub idp_reuse_grace: Duration,
     /// What to do when a refresh was sent but its answer never came.
     pub lost_answer: LostAnswer,
+    /// Who may fetch this credential; open to every local client when empty.
+    pub access: Access,
+}
+
+/// Per-credential client access control. A request is allowed when the credential has
+/// no rules, when it comes over a unix socket from an allowed uid or gid, or when it
+/// carries one of the client keys in `Token-Broker-Key`.
+#[derive(Debug, Clone, Default)]
+pub struct Access {
+    pub uids: Vec<u32>,
+    pub gids: Vec<u32>,
+    pub keys: Vec<SecretSource>,
+}
+
+impl Access {
+    /// Whether any rule is set.
+    pub fn is_restricted(&self) -> bool {
+        !(self.uids.is_empty() && self.gids.is_empty() && self.keys.is_empty())
+    }
 }
 
 /// The policy for a refresh whose answer was lost (timeout or reset after sending, or a

@@ -40,6 +40,8 @@ pub struct RawServer {
     pub max_waiting_requests: Option<usize>,
     #[serde(default, with = "serde_opt")]
     pub header_timeout: Option<Duration>,
+    pub socket_mode: Option<String>,
+    pub allowed_hosts: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -88,4 +90,7 @@ pub struct RawCredential {
     #[serde(default, with = "serde_opt")]
     pub idp_reuse_grace: Option<Duration>,
     pub lost_answer: Option<String>,
+    pub allowed_uids: Option<Vec<u32>>,
+    pub allowed_gids: Option<Vec<u32>>,
+    pub client_keys: Option<Vec<SecretSource>>,
 }

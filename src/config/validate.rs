@@ -113,6 +113,29 @@ fn server(check: &mut Check, raw: RawServer) -> ServerConfig {
             .header_timeout
             .unwrap_or(Duration::from_secs(10))
             .max(Duration::from_millis(100)),
+        socket_mode: socket_mode(check, raw.socket_mode.as_deref()),
+        allowed_hosts: raw
+            .allowed_hosts
+            .unwrap_or_default()
+            .iter()
+            .map(|h| h.to_ascii_lowercase())
+            .collect(),
+    }
+}
+
+fn socket_mode(check: &mut Check, text: Option<&str>) -> u32 {
+    let Some(text) = text else { return 0o660 };
+    match u32::from_str_radix(text.trim_start_matches("0o"), 8) {
+        Ok(mode) if mode <= 0o777 && mode & 0o600 == 0o600 => mode,
+        _ => {
+            check.fail(
+                "server.socket_mode",
+                format!(
+                    "`{text}` is not an octal mode like \"0660\" that lets the owner read and write"
+                ),
+            );
+            0o660
+        }
     }
 }
 
@@ -258,6 +281,11 @@ fn credential(check: &mut Check, name: String, raw: RawCredential) -> Option<Cre
         bootstrap_poll: raw.bootstrap_poll.unwrap_or(Duration::from_secs(5)),
         idp_reuse_grace: raw.idp_reuse_grace.unwrap_or_default(),
         lost_answer,
+        access: Access {
+            uids: raw.allowed_uids.unwrap_or_default(),
+            gids: raw.allowed_gids.unwrap_or_default(),
+            keys: raw.client_keys.unwrap_or_default(),
+        },
         name,
     })
 }

@@ -16,6 +16,10 @@ pub enum ApiError {
     },
     MissingHeader,
     ForwardedRequest,
+    /// `Host` names none of the allowed hosts (DNS rebinding).
+    BadHost,
+    /// The client may not fetch this credential.
+    Forbidden(String),
     NotFound,
 }
 
@@ -39,6 +43,8 @@ impl ApiError {
         match self {
             ApiError::MissingHeader => "missing_header",
             ApiError::ForwardedRequest => "forwarded_request",
+            ApiError::BadHost => "bad_host",
+            ApiError::Forbidden(_) => "forbidden",
             ApiError::NotFound => "not_found",
             ApiError::Broker { error, .. } => match error {
                 Error::UnknownCredential(_) => "unknown_credential",
@@ -53,7 +59,10 @@ impl ApiError {
 
     fn status(&self) -> StatusCode {
         match self {
-            ApiError::MissingHeader | ApiError::ForwardedRequest => StatusCode::FORBIDDEN,
+            ApiError::MissingHeader
+            | ApiError::ForwardedRequest
+            | ApiError::BadHost
+            | ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::Broker { error, .. } => match error {
                 Error::UnknownCredential(_) => StatusCode::NOT_FOUND,
@@ -74,6 +83,10 @@ impl ApiError {
             ApiError::ForwardedRequest => {
                 "forwarded requests (Forwarded or X-Forwarded-For) are refused: tokens are for local clients".into()
             }
+            ApiError::BadHost => {
+                "the Host header names a host this broker does not serve (add it to server.allowed_hosts)".into()
+            }
+            ApiError::Forbidden(_) => "this client may not fetch this credential".into(),
             ApiError::NotFound => "no such endpoint".into(),
             ApiError::Broker { error, .. } => error.to_string(),
         }
@@ -92,6 +105,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let credential = match &self {
             ApiError::Broker { credential, .. } => credential.as_deref(),
+            ApiError::Forbidden(name) => Some(name.as_str()),
             _ => None,
         };
         let body = Body {

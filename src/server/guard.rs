@@ -13,6 +13,7 @@ use tracing::error;
 
 use super::App;
 use super::error::ApiError;
+use super::listen::Peer;
 
 /// Token endpoints answer only local, deliberate requests (the metadata-server rule):
 /// a forwarded request came through a proxy, and a request without the header may be
@@ -30,6 +31,35 @@ pub async fn local_only(State(app): State<App>, request: Request, next: Next) ->
         return ApiError::MissingHeader.into_response();
     }
     next.run(request).await
+}
+
+/// DNS-rebinding protection: a browser tricked into calling us by a hostile name still
+/// sends that name in `Host`. Unix-socket requests cannot be reached that way.
+pub async fn known_host(State(app): State<App>, request: Request, next: Next) -> Response {
+    let over_unix = matches!(request.extensions().get::<Peer>(), Some(Peer::Unix { .. }));
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(host_name);
+    match host {
+        Some(name) if !over_unix && !app.allowed_hosts.contains(&name) => {
+            ApiError::BadHost.into_response()
+        }
+        _ => next.run(request).await,
+    }
+}
+
+/// The host part of a `Host` header, lower-cased, brackets and port removed.
+pub fn host_name(value: &str) -> String {
+    let value = value.trim().to_ascii_lowercase();
+    if let Some(rest) = value.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or_default().to_owned();
+    }
+    match value.rsplit_once(':') {
+        Some((host, port)) if port.chars().all(|c| c.is_ascii_digit()) => host.to_owned(),
+        _ => value,
+    }
 }
 
 /// Bounds a whole request, body upload included.
@@ -108,6 +138,15 @@ mod tests {
 
     async fn boom() -> &'static str {
         panic!("handler bug")
+    }
+
+    #[test]
+    fn host_names_lose_ports_and_brackets() {
+        assert_eq!(host_name("LocalHost:8656"), "localhost");
+        assert_eq!(host_name("[::1]:8656"), "::1");
+        assert_eq!(host_name("[::1]"), "::1");
+        assert_eq!(host_name("127.0.0.1"), "127.0.0.1");
+        assert_eq!(host_name("evil.example:80"), "evil.example");
     }
 
     #[tokio::test]

@@ -11,15 +11,26 @@ use std::time::Duration;
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
+use tower::Service;
 use tracing::{debug, warn};
 
 use crate::config::Listen;
 
 /// Largest request head (request line and headers) accepted.
 const MAX_HEAD: usize = 32 * 1024;
+
+/// Who is on the other end of a connection; every request carries it as an extension.
+#[derive(Clone, Debug)]
+pub enum Peer {
+    Tcp(std::net::SocketAddr),
+    /// From SO_PEERCRED: the kernel's word on the client process, not the client's.
+    Unix {
+        uid: u32,
+        gid: u32,
+    },
+}
 
 /// A bound listener.
 pub enum Listener {
@@ -29,7 +40,7 @@ pub enum Listener {
 
 /// Binds an address. A unix socket file left by a dead broker is replaced; one that
 /// still answers belongs to a live broker and is refused.
-pub async fn bind(listen: &Listen) -> std::io::Result<Listener> {
+pub async fn bind(listen: &Listen, socket_mode: u32) -> std::io::Result<Listener> {
     match listen {
         Listen::Tcp(addr) => Ok(Listener::Tcp(tokio::net::TcpListener::bind(addr).await?)),
         Listen::Unix(path) => {
@@ -43,7 +54,7 @@ pub async fn bind(listen: &Listen) -> std::io::Result<Listener> {
                 std::fs::remove_file(path)?;
             }
             let listener = tokio::net::UnixListener::bind(path)?;
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(socket_mode))?;
             Ok(Listener::Unix(listener, path.clone()))
         }
     }
@@ -82,7 +93,9 @@ impl Listener {
                 accepted = self.accept() => accepted,
             };
             match accepted {
-                Ok(Some(io)) => spawn_connection(io, &router, header_timeout, &graceful),
+                Ok(Some((io, peer))) => {
+                    spawn_connection(io, peer, &router, header_timeout, &graceful)
+                }
                 Ok(None) => {}
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
@@ -99,17 +112,25 @@ impl Listener {
         Ok(())
     }
 
-    async fn accept(&self) -> std::io::Result<Option<Box<dyn Io>>> {
+    async fn accept(&self) -> std::io::Result<Option<(Box<dyn Io>, Peer)>> {
         match self {
             Listener::Tcp(l) => {
-                let (stream, _) = l.accept().await?;
+                let (stream, addr) = l.accept().await?;
                 // Token answers are small; waiting to coalesce them only adds latency.
                 let _ = stream.set_nodelay(true);
-                Ok(Some(Box::new(stream)))
+                Ok(Some((Box::new(stream), Peer::Tcp(addr))))
             }
             Listener::Unix(l, _) => {
                 let (stream, _) = l.accept().await?;
-                Ok(Some(Box::new(stream)))
+                // Without credentials the peer cannot be checked: drop the connection.
+                let Ok(cred) = stream.peer_cred() else {
+                    return Ok(None);
+                };
+                let peer = Peer::Unix {
+                    uid: cred.uid(),
+                    gid: cred.gid(),
+                };
+                Ok(Some((Box::new(stream), peer)))
             }
         }
     }
@@ -121,11 +142,19 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
 
 fn spawn_connection(
     io: Box<dyn Io>,
+    peer: Peer,
     router: &Router,
     header_timeout: Duration,
     graceful: &GracefulShutdown,
 ) {
-    let service = TowerToHyperService::new(router.clone());
+    let router = router.clone();
+    let service =
+        hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+            let mut request = request.map(axum::body::Body::new);
+            request.extensions_mut().insert(peer.clone());
+            let mut router = router.clone();
+            async move { router.call(request).await }
+        });
     let connection = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(header_timeout)

@@ -10,6 +10,7 @@ mod listen;
 mod ops;
 mod token;
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::sync::Arc;
 
@@ -21,7 +22,7 @@ use axum::middleware;
 use axum::routing::{get, post};
 
 pub use error::ApiError;
-pub use listen::{Listener, bind};
+pub use listen::{Listener, Peer, bind};
 
 use crate::broker::Broker;
 
@@ -38,6 +39,25 @@ pub struct App {
     pub request_deadline: Duration,
     /// Time a client has to send request headers (and longest idle keep-alive).
     pub header_timeout: Duration,
+    /// Names a request may carry in `Host`.
+    pub allowed_hosts: Arc<HashSet<String>>,
+}
+
+impl App {
+    /// The allowed `Host` names: loopback, the listen addresses, and configured names.
+    pub fn hosts(
+        config: &crate::config::ServerConfig,
+        listeners: &[Listener],
+    ) -> Arc<HashSet<String>> {
+        let mut hosts: HashSet<String> = ["localhost", "127.0.0.1", "::1"].map(String::from).into();
+        hosts.extend(config.allowed_hosts.iter().cloned());
+        for addr in listeners.iter().filter_map(Listener::local_addr) {
+            if !addr.ip().is_unspecified() {
+                hosts.insert(addr.ip().to_string());
+            }
+        }
+        Arc::new(hosts)
+    }
 }
 
 /// The whole API.
@@ -51,12 +71,18 @@ pub fn router(app: App) -> Router {
             app.clone(),
             guard::local_only,
         ));
-    Router::new()
+    let private = Router::new()
         .merge(tokens)
+        .route("/v1/credentials", get(ops::credentials))
+        .route_layer(middleware::from_fn_with_state(
+            app.clone(),
+            guard::known_host,
+        ));
+    Router::new()
+        .merge(private)
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
-        .route("/v1/credentials", get(ops::credentials))
         .fallback(|| async { ApiError::NotFound })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(middleware::from_fn_with_state(app.clone(), guard::deadline))

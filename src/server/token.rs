@@ -4,14 +4,19 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use axum::Extension;
 use axum::body::{Body, Bytes};
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
+use tracing::{debug, warn};
+
 use super::App;
 use super::error::ApiError;
+use super::listen::Peer;
 use crate::broker::{Credential, Token, Want};
 
 #[derive(Deserialize, Default)]
@@ -33,39 +38,105 @@ enum Format {
     Raw,
 }
 
+type NamePath = Result<Path<String>, PathRejection>;
+type PeerInfo = Option<Extension<Peer>>;
+
 /// `GET /token/{name}`.
 pub async fn get_named(
     State(app): State<App>,
-    path: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    path: NamePath,
+    peer: PeerInfo,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    let name = match path {
-        Ok(Path(name)) => name,
-        Err(_) => {
-            return ApiError::bad_request("the credential name is not valid UTF-8").into_response();
-        }
-    };
-    match app.broker.credential(&name) {
-        Ok(credential) => get(credential.clone(), query, &headers).await,
-        Err(error) => ApiError::about(error, &name).into_response(),
+    match resolve(&app, Some(path), peer, &headers) {
+        Ok(credential) => get(credential, query, &headers).await,
+        Err(error) => error.into_response(),
     }
 }
 
 /// `GET /token`: the default credential.
 pub async fn get_default(
     State(app): State<App>,
+    peer: PeerInfo,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    match app.broker.default_credential() {
-        Ok(credential) => get(credential.clone(), query, &headers).await,
-        Err(error) => ApiError::Broker {
-            error,
-            credential: None,
-        }
-        .into_response(),
+    match resolve(&app, None, peer, &headers) {
+        Ok(credential) => get(credential, query, &headers).await,
+        Err(error) => error.into_response(),
     }
+}
+
+/// `POST /token/{name}/refresh`.
+pub async fn refresh_named(
+    State(app): State<App>,
+    path: NamePath,
+    peer: PeerInfo,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    match resolve(&app, Some(path), peer, &headers) {
+        Ok(credential) => refresh(credential, &headers, &body).await,
+        Err(error) => error.into_response(),
+    }
+}
+
+/// `POST /token/refresh`: the default credential.
+pub async fn refresh_default(
+    State(app): State<App>,
+    peer: PeerInfo,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    match resolve(&app, None, peer, &headers) {
+        Ok(credential) => refresh(credential, &headers, &body).await,
+        Err(error) => error.into_response(),
+    }
+}
+
+/// The named (or default) credential, if it exists and this client may fetch it.
+fn resolve(
+    app: &App,
+    path: Option<NamePath>,
+    peer: PeerInfo,
+    headers: &HeaderMap,
+) -> Result<Arc<Credential>, ApiError> {
+    let found = match path {
+        Some(Ok(Path(name))) => app
+            .broker
+            .credential(&name)
+            .map_err(|e| ApiError::about(e, &name)),
+        Some(Err(_)) => Err(ApiError::bad_request(
+            "the credential name is not valid UTF-8",
+        )),
+        None => app
+            .broker
+            .default_credential()
+            .map_err(|error| ApiError::Broker {
+                error,
+                credential: None,
+            }),
+    };
+    let credential = found?.clone();
+    let peer = peer.map(|Extension(p)| p);
+    let unix = match peer {
+        Some(Peer::Unix { uid, gid }) => Some((uid, gid)),
+        _ => None,
+    };
+    let key = headers.get("token-broker-key").map(|v| v.as_bytes());
+    if credential.allows(unix, key) {
+        return Ok(credential);
+    }
+    // The key itself is never logged, only whether one was sent.
+    warn!(
+        credential = credential.name(),
+        ?peer,
+        key_sent = key.is_some(),
+        "client refused"
+    );
+    credential.count_failed("forbidden");
+    Err(ApiError::Forbidden(credential.name().to_owned()))
 }
 
 async fn get(credential: Arc<Credential>, query: Option<String>, headers: &HeaderMap) -> Response {
@@ -75,43 +146,13 @@ async fn get(credential: Arc<Credential>, query: Option<String>, headers: &Heade
         Ok(parsed) => parsed,
         Err(e) => return e.into_response(),
     };
+    debug!(credential = %name, min_ttl_ms = min_ttl.as_millis() as u64, "token request");
     answer(
         &credential,
         credential.get(Want::Fresh(min_ttl)).await,
         format,
         &name,
     )
-}
-
-/// `POST /token/{name}/refresh`.
-pub async fn refresh_named(
-    State(app): State<App>,
-    path: Result<Path<String>, axum::extract::rejection::PathRejection>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let name = match path {
-        Ok(Path(name)) => name,
-        Err(_) => {
-            return ApiError::bad_request("the credential name is not valid UTF-8").into_response();
-        }
-    };
-    match app.broker.credential(&name) {
-        Ok(credential) => refresh(credential.clone(), &headers, &body).await,
-        Err(error) => ApiError::about(error, &name).into_response(),
-    }
-}
-
-/// `POST /token/refresh`: the default credential.
-pub async fn refresh_default(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Response {
-    match app.broker.default_credential() {
-        Ok(credential) => refresh(credential.clone(), &headers, &body).await,
-        Err(error) => ApiError::Broker {
-            error,
-            credential: None,
-        }
-        .into_response(),
-    }
 }
 
 async fn refresh(credential: Arc<Credential>, headers: &HeaderMap, body: &[u8]) -> Response {
@@ -126,6 +167,7 @@ async fn refresh(credential: Arc<Credential>, headers: &HeaderMap, body: &[u8]) 
     } else {
         Format::Json
     };
+    debug!(credential = %name, kind = want.trigger(), "refresh request");
     answer(&credential, credential.get(want).await, format, &name)
 }
 

@@ -231,6 +231,8 @@ impl Broker {
             (event["message"] == "token-broker serving")
                 .then(|| event["listen"].as_str().map(str::to_owned))?
         });
+        // The first listener is the TCP one in every test config.
+        let addr = addr.split(',').next().unwrap_or_default();
         Broker {
             proc,
             url: format!("http://{addr}"),

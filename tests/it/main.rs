@@ -10,4 +10,5 @@ mod commands;
 mod failures;
 mod hostile;
 mod persistence;
+mod security;
 mod single_flight;
