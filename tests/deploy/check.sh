@@ -1,0 +1,244 @@
+#!/usr/bin/env bash
+# Checks the deployment side without a Docker engine or a cluster: the Dockerfile, the
+# compose demo, the Kubernetes manifests, and every example client against a live
+# broker and dev IdP. From the repository root:
+#
+#   bash tests/deploy/check.sh          (TOKEN_BROKER_BIN=path to use a built binary)
+#
+# It installs what it needs: curl and python3-venv from Debian if missing, and the
+# Python tools in tests/deploy/requirements.txt into target/deploy-tools/venv, reused
+# while that file is unchanged. Ends with "N passed, N failed"; exits 1 on any failure.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+ROOT="$PWD"
+TOOLS="$ROOT/target/deploy-tools"
+VENV="$TOOLS/venv"
+started=$SECONDS
+passed=0
+failed=0
+scratch="$(mktemp -d)"
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$scratch"
+}
+trap cleanup EXIT
+
+section() { printf '\n=== %s ===\n' "$*"; }
+# step NAME COMMAND...: runs it in this shell (so it may wait for this shell's
+# children), shows its output indented, and counts the outcome.
+step() {
+  local name="$1" log rc=0
+  shift
+  log="$(mktemp)"
+  "$@" >"$log" 2>&1 || rc=$?
+  sed 's/^/    /' "$log"
+  rm -f "$log"
+  if ((rc == 0)); then
+    passed=$((passed + 1))
+    echo "  PASS $name"
+  else
+    failed=$((failed + 1))
+    echo "  FAIL $name (exit $rc)"
+  fi
+}
+
+section "tools"
+apt_install() {
+  if [[ $(id -u) != 0 ]] || ! command -v apt-get >/dev/null; then
+    echo "missing: $* (install it, or run as root on Debian so this script can)" >&2
+    exit 1
+  fi
+  echo "apt-get install $*"
+  apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+for tool in python3 node java; do
+  command -v "$tool" >/dev/null || { echo "missing: $tool (expected on the machine)" >&2; exit 1; }
+done
+command -v curl >/dev/null || apt_install curl
+
+stamp="$VENV/.requirements"
+if ! cmp -s tests/deploy/requirements.txt "$stamp" 2>/dev/null; then
+  echo "creating $VENV"
+  rm -rf "$VENV"
+  mkdir -p "$TOOLS"
+  if ! python3 -m venv "$VENV" 2>/dev/null; then
+    rm -rf "$VENV"
+    apt_install python3-venv
+    python3 -m venv "$VENV"
+  fi
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check -r tests/deploy/requirements.txt
+  cp tests/deploy/requirements.txt "$stamp"
+else
+  echo "reusing $VENV"
+fi
+PY="$VENV/bin/python"
+
+if [[ -n ${TOKEN_BROKER_BIN:-} ]]; then
+  BIN="$(realpath "$TOKEN_BROKER_BIN")"
+else
+  BIN="${CARGO_TARGET_DIR:-$ROOT/target}/debug/token-broker"
+  echo "cargo build (set TOKEN_BROKER_BIN to use a binary built elsewhere)"
+  cargo build --locked --quiet
+fi
+[[ -x $BIN ]] || { echo "no binary at $BIN" >&2; exit 1; }
+echo "binary: $BIN ($("$BIN" --version))"
+
+section "a. linters"
+hadolint_args=()
+if [[ -f deploy/.hadolint.yaml ]]; then hadolint_args=(--config deploy/.hadolint.yaml); fi
+step "hadolint Dockerfile" "$VENV/bin/hadolint" "${hadolint_args[@]}" Dockerfile
+step "shellcheck on the shell scripts" "$VENV/bin/shellcheck" examples/shell/client.sh tests/deploy/check.sh
+
+section "b. Dockerfile against the repository and the binary"
+step "dockerfile_check.py" "$PY" tests/deploy/dockerfile_check.py "$BIN"
+# The image's first build step sees only Cargo.toml, Cargo.lock and stub sources, and
+# runs with --locked: the lock file must resolve the manifest as it stands.
+stub_resolves() {
+  local context
+  context="$(mktemp -d)"
+  mkdir "$context/src"
+  cp Cargo.toml Cargo.lock "$context/"
+  echo 'fn main() {}' >"$context/src/main.rs"
+  touch "$context/src/lib.rs"
+  (cd "$context" && cargo metadata --locked --format-version 1 >/dev/null) && echo "Cargo.lock resolves Cargo.toml"
+  local rc=$?
+  rm -rf "$context"
+  return "$rc"
+}
+step "the dependency layer resolves with --locked" stub_resolves
+
+section "c. compose file and config files"
+step "docker-compose.yml against the compose specification schema" \
+  "$VENV/bin/check-jsonschema" --builtin-schema vendor.compose-spec deploy/compose/docker-compose.yml
+step "compose_check.py" "$PY" tests/deploy/compose_check.py "$BIN"
+while IFS= read -r config; do
+  step "check-config $config" "$BIN" check-config --config "$config"
+done < <(find deploy -name '*.toml' | sort)
+
+section "d. Kubernetes manifests (kubernetes-validate --strict)"
+rendered="$scratch/rendered"
+step "kube_render.py" "$PY" tests/deploy/kube_render.py "$rendered"
+validate() { "$VENV/bin/kubernetes-validate" --strict -k "$@"; }
+# Native sidecars: 1.29 is the oldest release that runs them, 1.37 the newest schema here.
+for version in 1.29.0 1.37.0; do
+  step "base and add-to-existing, Kubernetes $version" \
+    validate "$version" "$rendered/base.yaml" "$rendered/add-to-existing.yaml" deploy/kubernetes/base/persistentvolumeclaim.yaml
+done
+step "plain-sidecar, Kubernetes 1.27.0" validate 1.27.0 "$rendered/plain-sidecar.yaml"
+# Shows that strict mode bites, and why plain-sidecar exists.
+rejected_by_1_27() { ! validate 1.27.0 "$rendered/base.yaml"; }
+step "base is rejected by Kubernetes 1.27.0 (no native sidecars)" rejected_by_1_27
+
+section "e. examples against a live broker and dev IdP"
+work="$scratch/live"
+mkdir -m 700 "$work"
+
+# wait_for SECONDS COMMAND...: polls until the command succeeds.
+wait_for() {
+  local deadline=$((SECONDS + $1))
+  shift
+  until "$@" >/dev/null 2>&1; do
+    ((SECONDS < deadline)) || return 1
+    sleep 0.2
+  done
+}
+
+bootstrap="check-bootstrap-$RANDOM$RANDOM"
+"$BIN" dev-idp --listen 127.0.0.1:0 --initial-refresh-token "$bootstrap" --access-ttl 3s \
+  --client-id dev-client --client-secret dev-secret >"$work/idp.out" 2>"$work/idp.err" &
+pids+=($!)
+wait_for 10 grep -q 'listening on http://' "$work/idp.out" || { cat "$work/idp.err"; exit 1; }
+idp_url="$(grep -o 'http://[0-9.]*:[0-9]*' "$work/idp.out" | head -1)"
+echo "dev IdP at $idp_url (access tokens live 3s)"
+
+mkdir -p "$work/secrets"
+printf '%s\n' "$bootstrap" >"$work/secrets/refresh_token"
+printf 'dev-secret\n' >"$work/secrets/client_secret"
+cat >"$work/broker.toml" <<TOML
+[server]
+listen = "127.0.0.1:0"
+[state]
+dir = "$work/state"
+[credentials.demo]
+grant = "refresh_token"
+token_url = "$idp_url/token"
+client_id = "dev-client"
+client_secret = { file = "$work/secrets/client_secret" }
+refresh_token = { file = "$work/secrets/refresh_token" }
+TOML
+step "check-config --check-secrets on the live config" "$BIN" check-config --config "$work/broker.toml" --check-secrets
+"$BIN" run --config "$work/broker.toml" 2>"$work/broker.log" &
+broker_pid=$!
+pids+=("$broker_pid")
+wait_for 10 grep -q '"message":"token-broker serving"' "$work/broker.log" || { cat "$work/broker.log"; exit 1; }
+listen="$("$PY" -c 'import json,sys
+for line in open(sys.argv[1]):
+    event = json.loads(line)
+    if event.get("message") == "token-broker serving":
+        print(event["listen"]); break' "$work/broker.log")"
+broker_url="http://$listen"
+wait_for 15 "$BIN" probe --url "$broker_url" || { echo "broker never became ready"; cat "$work/broker.log"; exit 1; }
+echo "broker at $broker_url, ready"
+
+export TOKEN_BROKER_URL="$broker_url" CREDENTIAL=demo API_URL="$idp_url/api/whoami"
+examples=(
+  "shell:bash examples/shell/client.sh"
+  "python:python3 examples/python/client.py"
+  "node:node examples/node/client.mjs"
+  "java:java examples/java/Client.java"
+)
+# example OUTPUT FORCE ROUNDS INTERVAL EXPECTED_LINES COMMAND...: runs one client and
+# shows its output, which must be exactly the expected lines (one per argument line).
+example() {
+  local out="$1" force="$2" rounds="$3" interval="$4" expected="$5"
+  shift 5
+  FORCE_REJECT_FIRST="$force" ROUNDS="$rounds" INTERVAL="$interval" timeout 90 "$@" >"$out" || {
+    cat "$out"
+    return 1
+  }
+  cat "$out"
+  diff <(printf '%s\n' "$expected") "$out" >/dev/null || {
+    printf 'expected exactly:\n%s\n' "$expected"
+    return 1
+  }
+}
+three_rounds=$'round 1: whoami 200\nround 2: whoami 200\nround 3: whoami 200'
+rejected_first=$'round 1: 401, reported the rejected token, retry: whoami 200\nround 2: whoami 200'
+for entry in "${examples[@]}"; do
+  name="${entry%%:*}"
+  read -ra command <<<"${entry#*:}"
+  step "$name: ROUNDS=3 INTERVAL=2, three times whoami 200" \
+    example "$work/$name.out" "" 3 2 "$three_rounds" "${command[@]}"
+done
+# The 401 path: the first API call gets a spoiled token, the client reports it to the
+# broker's refresh endpoint and retries with the token it gets back.
+for entry in "${examples[@]}"; do
+  name="${entry%%:*}"
+  read -ra command <<<"${entry#*:}"
+  step "$name: FORCE_REJECT_FIRST=1, reports the rejected token, then whoami 200" \
+    example "$work/$name-401.out" 1 2 1 "$rejected_first" "${command[@]}"
+done
+
+stats() { curl -sS "$idp_url/stats"; }
+step "dev IdP: refreshes happened while clients ran, none replayed or revoked" \
+  "$PY" -c 'import json, sys
+s = json.loads(sys.argv[1]); print({k: s[k] for k in ("refresh_grants", "reuse_detected", "families_revoked")})
+sys.exit(not (s["refresh_grants"] >= 3 and s["reuse_detected"] == 0 and s["families_revoked"] == 0))' "$(stats)"
+no_secret_in_log() { ! grep -q -e dev-secret -e "$bootstrap" "$work/broker.log"; }
+step "broker log names neither the client secret nor the bootstrap token" no_secret_in_log
+shutdown() {
+  kill -TERM "$broker_pid"
+  local rc=0
+  wait "$broker_pid" || rc=$?
+  echo "exit status after SIGTERM: $rc"
+  return "$rc"
+}
+step "broker exits 0 on SIGTERM (what Docker and Kubernetes send)" shutdown
+
+section "summary"
+echo "took $((SECONDS - started))s"
+echo "$passed passed, $failed failed"
+((failed == 0))
