@@ -132,7 +132,7 @@ async fn run(path: &std::path::Path) -> anyhow::Result<()> {
     let config = config::load(path)
         .map_err(|p| anyhow::anyhow!("invalid config {}:\n{p}", path.display()))?;
     let listeners = crate::daemon::bind_all(&config).await?;
-    crate::daemon::run(config, listeners).await
+    crate::daemon::run(config, listeners, Some(path.to_owned())).await
 }
 
 fn outcome(result: anyhow::Result<()>) -> ExitCode {

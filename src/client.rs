@@ -158,14 +158,26 @@ pub async fn status(url: &str, json: bool) -> ExitCode {
     }
     match serde_json::from_str::<Listing>(&body) {
         Ok(listing) => {
-            print!("{}", table(&listing.credentials));
+            let colour = std::io::IsTerminal::is_terminal(&std::io::stdout());
+            print!("{}", table(&listing.credentials, colour));
             ExitCode::SUCCESS
         }
         Err(e) => fail(EXIT_BROKER_ERROR, &format!("unexpected status answer: {e}")),
     }
 }
 
-fn table(rows: &[Row]) -> String {
+/// The state, padded, in a colour that says whether it needs attention.
+fn paint(state: &str, width: usize) -> String {
+    let code = match state {
+        "valid" => "32",
+        "refreshing" | "starting" | "stale" => "33",
+        _ => "31",
+    };
+    format!("\x1b[{code}m{state:<width$}\x1b[0m")
+}
+
+/// An aligned table; colour only for a terminal.
+fn table(rows: &[Row], colour: bool) -> String {
     let header = [
         "NAME",
         "STATE",
@@ -201,7 +213,14 @@ fn table(rows: &[Row]) -> String {
         let padded: Vec<String> = cols
             .iter()
             .zip(widths)
-            .map(|(c, w)| format!("{c:<w$}"))
+            .enumerate()
+            .map(|(i, (c, w))| {
+                if colour && i == 1 && *c != "STATE" {
+                    paint(c, w)
+                } else {
+                    format!("{c:<w$}")
+                }
+            })
             .collect();
         format!("{}\n", padded.join("  ").trim_end())
     };

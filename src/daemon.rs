@@ -3,12 +3,19 @@
 
 use std::sync::Arc;
 
+use std::path::PathBuf;
+use std::time::Duration;
+
 use anyhow::Context;
+use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::broker::Broker;
-use crate::config::Config;
+use crate::config::{self, Config};
+
+/// How often a watched config file is compared with what was loaded.
+const WATCH_INTERVAL: Duration = Duration::from_secs(2);
 use crate::metrics::Metrics;
 use crate::server::{self, App, Listener};
 use crate::store::Store;
@@ -26,7 +33,13 @@ pub async fn bind_all(config: &Config) -> anyhow::Result<Vec<Listener>> {
 }
 
 /// Runs the broker until SIGTERM/SIGINT, then drains within the configured grace.
-pub async fn run(config: Config, listeners: Vec<Listener>) -> anyhow::Result<()> {
+/// With a config file, SIGHUP (and, with `server.watch_config`, a change of the file)
+/// reloads its credentials.
+pub async fn run(
+    config: Config,
+    listeners: Vec<Listener>,
+    path: Option<PathBuf>,
+) -> anyhow::Result<()> {
     let store = Store::open(&config.state.dir).map_err(anyhow::Error::msg)?;
     let shutdown = CancellationToken::new();
     let broker = Arc::new(
@@ -49,6 +62,9 @@ pub async fn run(config: Config, listeners: Vec<Listener>) -> anyhow::Result<()>
         app,
         stop.clone().cancelled_owned(),
     ));
+    if let Some(path) = path {
+        tokio::spawn(reloader(broker.clone(), path, config.clone()));
+    }
     crate::signal::terminated().await;
     let grace = config.server.shutdown_grace;
     info!(grace = %crate::duration::format(grace), "shutting down: no new connections, finishing refreshes in flight");
@@ -62,4 +78,45 @@ pub async fn run(config: Config, listeners: Vec<Listener>) -> anyhow::Result<()>
         warn!("shutdown grace elapsed; exiting with work still open");
     }
     Ok(())
+}
+
+/// Reloads on SIGHUP, and on file changes when `server.watch_config` is set. A config
+/// that does not validate is logged and ignored; the running one stays.
+async fn reloader(broker: Arc<Broker>, path: PathBuf, mut running: Config) {
+    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+        warn!("cannot listen for SIGHUP; reload is off");
+        return;
+    };
+    let mut seen = std::fs::read(&path).ok();
+    let mut poll = tokio::time::interval(WATCH_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = hangups.recv() => info!(config = %path.display(), "SIGHUP: reloading"),
+            _ = poll.tick(), if running.server.watch_config => {
+                let now = std::fs::read(&path).ok();
+                if now == seen {
+                    continue;
+                }
+                seen = now;
+                info!(config = %path.display(), "config file changed: reloading");
+            }
+        }
+        let config = match config::load(&path) {
+            Ok(config) => config,
+            Err(problems) => {
+                error!(config = %path.display(), problems = %problems, "the new config is invalid; keeping the running one");
+                continue;
+            }
+        };
+        if config.server != running.server
+            || config.state != running.state
+            || config.idp != running.idp
+        {
+            warn!("[server], [state] and [idp] changes take effect at the next restart");
+        }
+        match broker.reload(&config).await {
+            Ok(_) => running.credentials = config.credentials,
+            Err(e) => error!(error = %e, "reload failed; keeping the running credentials"),
+        }
+    }
 }

@@ -88,7 +88,7 @@ impl Metrics {
         );
         registry.register(
             "refreshes",
-            "Calls to the IdP, by credential, trigger and result",
+            "Refresh attempts by credential, trigger and result (trigger startup also counts restoring a stored token)",
             m.refreshes.clone(),
         );
         registry.register(

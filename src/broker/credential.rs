@@ -17,6 +17,7 @@ use arc_swap::ArcSwapOption;
 use futures_util::FutureExt;
 use secrecy::SecretString;
 use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
 
 use super::Shared;
 use super::token::Token;
@@ -68,6 +69,9 @@ pub struct Credential {
     pub(super) metrics: CredentialMetrics,
     /// The client keys of `spec.access`, read once at start-up (and at reload).
     pub(super) client_keys: Vec<SecretString>,
+    /// Cancelled when this credential is retired (shutdown, or removed or replaced by a
+    /// reload): its timer stops and it starts no new refresh.
+    pub(super) stop: CancellationToken,
 }
 
 /// The mutable part of a credential.
@@ -97,6 +101,10 @@ pub(super) struct Inner {
     /// When the current refresh token was sent in a request that got no answer (or
     /// was out when the broker stopped): it may be spent at the IdP already.
     pub unanswered_since: Option<SystemTime>,
+    /// Set when a reload replaced this credential's settings: the stored access token
+    /// may not match them (scope, audience, client), so the chain is kept but a new
+    /// token is fetched.
+    pub discard_stored_token: bool,
 }
 
 /// What `decide` concluded under the lock.
@@ -107,6 +115,33 @@ enum Decision {
 }
 
 impl Credential {
+    /// A credential with no state yet; its first flight restores what the store holds.
+    pub(super) fn build(
+        shared: &Arc<Shared>,
+        spec: &CredentialSpec,
+    ) -> Result<Arc<Credential>, String> {
+        let client_keys = spec
+            .access
+            .keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| {
+                k.read()
+                    .map_err(|e| format!("credentials.{}.client_keys[{i}]: {e}", spec.name))
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        Ok(Arc::new(Credential {
+            spec: spec.clone(),
+            current: ArcSwapOption::empty(),
+            inner: Mutex::default(),
+            wake: Notify::new(),
+            metrics: shared.metrics.credential(&spec.name),
+            shared: shared.clone(),
+            client_keys,
+            stop: shared.shutdown.child_token(),
+        }))
+    }
+
     pub(super) fn lock(&self) -> MutexGuard<'_, Inner> {
         // Every critical section leaves `Inner` consistent, so a poisoned lock is usable.
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
@@ -233,7 +268,7 @@ impl Credential {
                 reason: reason.clone(),
             });
         }
-        if self.shared.shutdown.is_cancelled() {
+        if self.stop.is_cancelled() {
             return valid.map_or(Decision::Fail(Error::ShuttingDown), Decision::Serve);
         }
         let backing_off = inner.retry_at.is_some_and(|at| now < at);

@@ -9,6 +9,7 @@
 
 mod credential;
 mod refresh;
+mod reload;
 mod restore;
 mod schedule;
 mod status;
@@ -20,11 +21,11 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwapOption;
-use tokio::sync::Notify;
+use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
 
 pub use credential::{Credential, Outcome, Want};
+pub use reload::Reloaded;
 pub use status::{CredentialStatus, STATES};
 pub use token::{Token, rfc3339};
 
@@ -49,12 +50,35 @@ pub(crate) struct Shared {
     pub shutdown: CancellationToken,
 }
 
+/// The credentials in force; replaced whole by a reload, read lock-free by requests.
+#[derive(Default)]
+pub(crate) struct Set {
+    pub map: HashMap<String, Arc<Credential>>,
+    /// Sorted names, for listings and error messages.
+    pub names: Vec<String>,
+    pub default: Option<String>,
+}
+
+impl Set {
+    fn new(map: HashMap<String, Arc<Credential>>) -> Set {
+        let mut names: Vec<String> = map.keys().cloned().collect();
+        names.sort();
+        let default = match map.values().find(|c| c.spec.default) {
+            Some(c) => Some(c.spec.name.clone()),
+            None if names.len() == 1 => names.first().cloned(),
+            None => None,
+        };
+        Set {
+            map,
+            names,
+            default,
+        }
+    }
+}
+
 /// All credentials.
 pub struct Broker {
-    credentials: HashMap<String, Arc<Credential>>,
-    /// Sorted names, for listings and error messages.
-    names: Vec<String>,
-    default: Option<String>,
+    set: ArcSwap<Set>,
     shared: Arc<Shared>,
 }
 
@@ -76,74 +100,52 @@ impl Broker {
             max_waiting: config.server.max_waiting_requests,
             shutdown,
         });
-        let credentials: HashMap<_, _> = config
+        let map = config
             .credentials
             .iter()
-            .map(|spec| {
-                let client_keys = spec
-                    .access
-                    .keys
-                    .iter()
-                    .enumerate()
-                    .map(|(i, k)| {
-                        k.read()
-                            .map_err(|e| format!("credentials.{}.client_keys[{i}]: {e}", spec.name))
-                    })
-                    .collect::<Result<Vec<_>, String>>()?;
-                let credential = Credential {
-                    spec: spec.clone(),
-                    current: ArcSwapOption::empty(),
-                    inner: Default::default(),
-                    wake: Notify::new(),
-                    metrics: shared.metrics.credential(&spec.name),
-                    shared: shared.clone(),
-                    client_keys,
-                };
-                Ok((spec.name.clone(), Arc::new(credential)))
-            })
+            .map(|spec| Ok((spec.name.clone(), Credential::build(&shared, spec)?)))
             .collect::<Result<_, String>>()?;
-        let mut names: Vec<String> = credentials.keys().cloned().collect();
-        names.sort();
-        let default = match config.credentials.iter().find(|c| c.default) {
-            Some(c) => Some(c.name.clone()),
-            None if names.len() == 1 => names.first().cloned(),
-            None => None,
-        };
         Ok(Broker {
-            credentials,
-            names,
-            default,
+            set: ArcSwap::from_pointee(Set::new(map)),
             shared,
         })
     }
 
     /// Starts every credential's timer (which also performs its first fetch).
     pub fn start(&self) {
-        for credential in self.credentials.values() {
-            tokio::spawn(timer::run(credential.clone()));
+        for credential in self.credentials() {
+            tokio::spawn(timer::run(credential));
         }
     }
 
     /// A credential by name.
-    pub fn credential(&self, name: &str) -> Result<&Arc<Credential>, Error> {
-        self.credentials
+    pub fn credential(&self, name: &str) -> Result<Arc<Credential>, Error> {
+        self.set
+            .load()
+            .map
             .get(name)
+            .cloned()
             .ok_or_else(|| Error::UnknownCredential(name.to_owned()))
     }
 
     /// The credential `GET /token` serves.
-    pub fn default_credential(&self) -> Result<&Arc<Credential>, Error> {
-        match &self.default {
+    pub fn default_credential(&self) -> Result<Arc<Credential>, Error> {
+        let set = self.set.load();
+        match &set.default {
             Some(name) => self.credential(name),
             None => Err(Error::NoDefaultCredential {
-                choices: self.names.clone(),
+                choices: set.names.clone(),
             }),
         }
     }
 
     /// Every credential, sorted by name.
-    pub fn credentials(&self) -> impl Iterator<Item = &Arc<Credential>> {
-        self.names.iter().filter_map(|n| self.credentials.get(n))
+    pub fn credentials(&self) -> Vec<Arc<Credential>> {
+        let set = self.set.load();
+        set.names
+            .iter()
+            .filter_map(|n| set.map.get(n).cloned())
+            .collect()
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -154,7 +156,9 @@ impl Broker {
     pub async fn drain(&self, grace: Duration) {
         self.shared.shutdown.cancel();
         let deadline = Instant::now() + grace;
-        while self.credentials().any(|c| c.lock().flight.is_some()) && Instant::now() < deadline {
+        while self.credentials().iter().any(|c| c.lock().flight.is_some())
+            && Instant::now() < deadline
+        {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }

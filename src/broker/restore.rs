@@ -115,7 +115,8 @@ impl Credential {
             inner.reauth = Some("no refresh token stored".into());
         }
         let now = SystemTime::now();
-        if let Some(access) = saved.access_token.filter(|_| saved.expires_at > now) {
+        let usable = saved.expires_at > now && !inner.discard_stored_token;
+        if let Some(access) = saved.access_token.filter(|_| usable) {
             let refresh_at = super::schedule::refresh_at(
                 saved.issued_at,
                 saved.expires_at,

@@ -14,7 +14,7 @@ const IDLE: Duration = Duration::from_secs(3600);
 
 /// Runs until shutdown.
 pub(super) async fn run(credential: Arc<Credential>) {
-    let shutdown = credential.shared.shutdown.clone();
+    let shutdown = credential.stop.clone();
     loop {
         let wait = credential.until_due(SystemTime::now());
         tokio::select! {

@@ -64,7 +64,7 @@ pub struct Config {
 }
 
 /// Where and how the HTTP API listens.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ServerConfig {
     /// One or more listeners (TCP addresses or `unix:` paths).
     pub listen: Vec<Listen>,
@@ -78,6 +78,8 @@ pub struct ServerConfig {
     pub max_waiting_requests: usize,
     /// Time a client has to send request headers; also the idle keep-alive limit.
     pub header_timeout: Duration,
+    /// Reload when the config file changes (SIGHUP always reloads).
+    pub watch_config: bool,
     /// Mode of unix socket files (default 0660: owner and group).
     pub socket_mode: u32,
     /// Host names (besides loopback and the listen addresses) a request may name in
@@ -102,13 +104,13 @@ impl fmt::Display for Listen {
 }
 
 /// Where rotated refresh tokens are persisted.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct StateConfig {
     pub dir: PathBuf,
 }
 
 /// Settings for every call to an identity provider.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct IdpConfig {
     pub connect_timeout: Duration,
     /// Total time for one token request, including reading the answer.
@@ -152,7 +154,7 @@ pub enum Endpoint {
 }
 
 /// One credential, validated.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct CredentialSpec {
     pub name: String,
     pub grant: Grant,
@@ -193,7 +195,7 @@ pub struct CredentialSpec {
 /// Per-credential client access control. A request is allowed when the credential has
 /// no rules, when it comes over a unix socket from an allowed uid or gid, or when it
 /// carries one of the client keys in `Token-Broker-Key`.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Access {
     pub uids: Vec<u32>,
     pub gids: Vec<u32>,

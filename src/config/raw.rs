@@ -41,6 +41,7 @@ pub struct RawServer {
     #[serde(default, with = "serde_opt")]
     pub header_timeout: Option<Duration>,
     pub socket_mode: Option<String>,
+    pub watch_config: Option<bool>,
     pub allowed_hosts: Option<Vec<String>>,
 }
 

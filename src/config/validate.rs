@@ -114,6 +114,7 @@ fn server(check: &mut Check, raw: RawServer) -> ServerConfig {
             .unwrap_or(Duration::from_secs(10))
             .max(Duration::from_millis(100)),
         socket_mode: socket_mode(check, raw.socket_mode.as_deref()),
+        watch_config: raw.watch_config.unwrap_or(false),
         allowed_hosts: raw
             .allowed_hosts
             .unwrap_or_default()

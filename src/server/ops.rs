@@ -19,7 +19,12 @@ pub async fn healthz() -> Response {
 /// serve but are in trouble (refresh failing, refresh token refused) are listed too, so
 /// an operator sees them before their tokens expire.
 pub async fn readyz(State(app): State<App>) -> Response {
-    let statuses: Vec<_> = app.broker.credentials().map(|c| c.status()).collect();
+    let statuses: Vec<_> = app
+        .broker
+        .credentials()
+        .iter()
+        .map(|c| c.status())
+        .collect();
     let row = |s: &crate::broker::CredentialStatus| {
         let reason = s
             .last_error
@@ -47,7 +52,12 @@ pub async fn readyz(State(app): State<App>) -> Response {
 
 /// `GET /v1/credentials`: status of every credential.
 pub async fn credentials(State(app): State<App>) -> Response {
-    let all: Vec<_> = app.broker.credentials().map(|c| c.status()).collect();
+    let all: Vec<_> = app
+        .broker
+        .credentials()
+        .iter()
+        .map(|c| c.status())
+        .collect();
     let mut response = Json(json!({ "credentials": all })).into_response();
     response
         .headers_mut()

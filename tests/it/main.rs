@@ -9,6 +9,7 @@ mod chaos;
 mod commands;
 mod failures;
 mod hostile;
+mod operations;
 mod persistence;
 mod security;
 mod single_flight;
