@@ -118,6 +118,11 @@ pub struct IdpConfig {
     /// Global cap on concurrent IdP calls, so a start with thousands of credentials
     /// does not open thousands of connections at once.
     pub max_concurrent: usize,
+    /// Extra CA certificates (PEM) trusted besides the built-in roots: a private CA.
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate chain and key (PEM) for mutual TLS to the IdP.
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
 }
 
 /// The OAuth2 grant a credential uses.

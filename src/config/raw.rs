@@ -60,6 +60,9 @@ pub struct RawIdp {
     #[serde(default, with = "serde_opt")]
     pub timeout: Option<Duration>,
     pub max_concurrent: Option<usize>,
+    pub ca_file: Option<String>,
+    pub client_cert: Option<String>,
+    pub client_key: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

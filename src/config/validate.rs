@@ -159,7 +159,13 @@ fn idp(check: &mut Check, raw: RawIdp) -> IdpConfig {
         connect_timeout: raw.connect_timeout.unwrap_or(Duration::from_secs(5)),
         timeout: raw.timeout.unwrap_or(Duration::from_secs(15)),
         max_concurrent: raw.max_concurrent.unwrap_or(64),
+        ca_file: raw.ca_file.map(PathBuf::from),
+        client_cert: raw.client_cert.map(PathBuf::from),
+        client_key: raw.client_key.map(PathBuf::from),
     };
+    if config.client_cert.is_some() != config.client_key.is_some() {
+        check.fail("idp.client_cert", "client_cert and client_key go together");
+    }
     if config.timeout.is_zero() {
         check.fail("idp.timeout", "must be more than 0s");
     }

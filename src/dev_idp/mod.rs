@@ -21,6 +21,7 @@ mod options;
 mod protocol;
 mod state;
 mod stats;
+mod tls;
 mod tokens;
 
 pub use options::{DevIdpArgs, DevIdpOptions};
@@ -119,16 +120,27 @@ pub async fn run(args: DevIdpArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let addr = listener.local_addr().context("listener has no address")?;
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(tls::acceptor(cert, key, args.tls_client_ca.as_deref())?),
+        _ => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let idp = DevIdp::new(args.options);
     // stdout, not the log: the token is meant for the person who started the IdP.
-    println!("dev-idp listening on http://{addr} (development only, never production)");
+    println!("dev-idp listening on {scheme}://{addr} (development only, never production)");
     println!("initial refresh token: {}", idp.initial_refresh_token());
 
     let (stop, mut stopped) = tokio::sync::watch::channel(false);
-    let server = serve(listener, idp, async move {
+    let stopped = async move {
         // An error means the sender is gone, which also means "stop".
         let _ = stopped.wait_for(|stop| *stop).await;
-    });
+    };
+    let server = async move {
+        match tls {
+            Some(acceptor) => tls::serve_tls(listener, idp, acceptor, stopped).await,
+            None => serve(listener, idp, stopped).await,
+        }
+    };
     tokio::pin!(server);
     tokio::select! {
         result = &mut server => return result.context("dev-idp server failed"),

@@ -18,6 +18,15 @@ pub struct DevIdpArgs {
     /// Address to listen on; keep it on loopback, the admin endpoints have no auth.
     #[arg(long, default_value = "127.0.0.1:8657")]
     pub listen: String,
+    /// Serve HTTPS with this certificate chain (PEM); needs --tls-key.
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
+    /// Demand client certificates signed by this CA (PEM): mutual TLS.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_client_ca: Option<std::path::PathBuf>,
     /// How the IdP behaves.
     #[command(flatten)]
     pub options: DevIdpOptions,

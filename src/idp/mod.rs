@@ -75,11 +75,29 @@ pub struct IdpClient {
 impl IdpClient {
     /// Builds the client. Redirects are not followed: a token request carries secrets.
     pub fn new(config: &IdpConfig) -> Result<IdpClient, String> {
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .connect_timeout(config.connect_timeout)
             .timeout(config.timeout)
             .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("token-broker/", env!("CARGO_PKG_VERSION")))
+            .user_agent(concat!("token-broker/", env!("CARGO_PKG_VERSION")));
+        if let Some(path) = &config.ca_file {
+            let pem = read(path, "idp.ca_file")?;
+            for cert in reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| format!("idp.ca_file {}: {e}", path.display()))?
+            {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        if let (Some(cert), Some(key)) = (&config.client_cert, &config.client_key) {
+            let mut pem = zeroize::Zeroizing::new(read(cert, "idp.client_cert")?);
+            pem.extend_from_slice(b"\n");
+            pem.extend_from_slice(&zeroize::Zeroizing::new(read(key, "idp.client_key")?));
+            let identity = reqwest::Identity::from_pem(&pem).map_err(|e| {
+                format!("idp.client_cert / idp.client_key: not a PEM certificate and key ({e})")
+            })?;
+            builder = builder.identity(identity);
+        }
+        let http = builder
             .build()
             .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
         Ok(IdpClient {
@@ -139,6 +157,10 @@ impl IdpClient {
         // A panic elsewhere cannot leave this map inconsistent: inserts are single calls.
         self.discovered.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+fn read(path: &std::path::Path, key: &str) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("{key} {}: {e}", path.display()))
 }
 
 /// RFC 6749 2.3.1: id and secret are form-encoded before they are joined and base64'd.

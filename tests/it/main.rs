@@ -13,3 +13,4 @@ mod operations;
 mod persistence;
 mod security;
 mod single_flight;
+mod tls;
