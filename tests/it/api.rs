@@ -263,3 +263,20 @@ async fn the_marked_default_credential_is_served_by_get_token() {
     );
     tokio::time::sleep(Duration::from_millis(10)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwt_exp_stands_in_for_a_missing_expires_in_and_non_rotating_idps_work() {
+    let idp = Idp::start(&["--access-ttl", "200s", "--omit-expires-in", "--no-rotation"]);
+    let dir = tempdir();
+    // default_lifetime would say 1h: the JWT's exp must win.
+    let broker = broker_for(&idp, dir.path(), "min_refresh_interval = \"0s\"");
+    let body = broker.token("x").await;
+    let expires_in = body["expires_in"].as_u64().unwrap();
+    assert!((190..=200).contains(&expires_in), "{body}");
+    // No rotated token comes back: the same refresh token keeps working.
+    for _ in 0..3 {
+        assert_eq!(broker.refresh("x", None).await.status(), 200);
+    }
+    assert_eq!(idp.stat("refresh_grants").await, 4);
+    assert_eq!(idp.stat("invalid_grant").await, 0);
+}
