@@ -15,5 +15,8 @@ cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
 cargo test --locked
 
+# Dependency licenses and sources (deny.toml); installs cargo-deny on first use.
+bash tests/supply-chain.sh
+
 # Deployment files and the client examples, checked against the binary just tested.
 TOKEN_BROKER_BIN="${CARGO_TARGET_DIR:-target}/debug/token-broker" bash tests/deploy/check.sh

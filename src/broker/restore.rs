@@ -132,6 +132,12 @@ impl Credential {
                 saved.expires_at,
                 refresh_at,
             );
+            self.metrics.expiry.set(
+                saved
+                    .expires_at
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs() as i64),
+            );
             self.current.store(Some(Arc::new(token)));
         }
     }

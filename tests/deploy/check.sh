@@ -75,6 +75,21 @@ else
   echo "reusing $VENV"
 fi
 PY="$VENV/bin/python"
+# promtool, for the alert rules: the binary from Debian's prometheus package, unpacked
+# into target/deploy-tools (not installed: nothing is started), reused once there.
+PROMTOOL="$TOOLS/promtool/usr/bin/promtool"
+if [[ ! -x $PROMTOOL ]]; then
+  command -v apt-get >/dev/null || { echo "missing: promtool (put it at $PROMTOOL)" >&2; exit 1; }
+  echo "unpacking promtool from Debian's prometheus package into $TOOLS/promtool"
+  rm -rf "$TOOLS/promtool"
+  mkdir -p "$TOOLS/promtool"
+  (
+    cd "$TOOLS/promtool"
+    apt-get download prometheus >/dev/null 2>&1 || { apt-get update -qq >/dev/null && apt-get download prometheus >/dev/null 2>&1; }
+    dpkg-deb --fsys-tarfile prometheus_*.deb | tar -x ./usr/bin/promtool && rm prometheus_*.deb
+  )
+fi
+echo "promtool: $("$PROMTOOL" --version 2>&1 | head -1)"
 
 if [[ -n ${TOKEN_BROKER_BIN:-} ]]; then
   BIN="$(realpath "$TOKEN_BROKER_BIN")"
@@ -237,6 +252,22 @@ shutdown() {
   return "$rc"
 }
 step "broker exits 0 on SIGTERM (what Docker and Kubernetes send)" shutdown
+
+section "f. Prometheus alerts and Grafana dashboard against a live /metrics"
+"$BIN" dev --listen 127.0.0.1:0 >"$scratch/dev.out" 2>"$scratch/dev.err" &
+pids+=($!)
+wait_for 10 grep -q 'the broker on http://' "$scratch/dev.out" || { cat "$scratch/dev.err"; exit 1; }
+dev_url="$(grep -o 'the broker on http://[0-9.]*:[0-9]*' "$scratch/dev.out" | grep -o 'http://.*')"
+# Ready means the demo credential holds a token: its startup refresh is counted.
+wait_for 15 "$BIN" probe --url "$dev_url" || { echo "dev broker never became ready"; cat "$scratch/dev.err"; exit 1; }
+curl -sS --fail -o "$scratch/metrics.txt" "$dev_url/metrics"
+echo "scraped $dev_url/metrics: $(grep -c '^token_broker_' "$scratch/metrics.txt") samples"
+step "metrics_check.py: alerts and dashboard use only exposed metrics and labels" \
+  "$PY" tests/deploy/metrics_check.py "$scratch/metrics.txt" --emit-rules "$scratch/dashboard-rules.yaml"
+step "promtool check rules: alerts.yaml and the dashboard's expressions" \
+  "$PROMTOOL" check rules deploy/prometheus/alerts.yaml "$scratch/dashboard-rules.yaml"
+alert_tests() { (cd deploy/prometheus && "$PROMTOOL" test rules alerts.test.yaml); }
+step "promtool test rules: alerts.test.yaml" alert_tests
 
 section "summary"
 echo "took $((SECONDS - started))s"
