@@ -95,6 +95,8 @@ pub struct Store {
     _lock: File,
     /// Newest generation written per credential, so a save needs no directory listing.
     generations: Mutex<HashMap<String, u64>>,
+    /// Generation files found at open, per credential; each is taken by its first load.
+    on_disk: Mutex<HashMap<String, Vec<u64>>>,
 }
 
 impl Store {
@@ -124,6 +126,7 @@ impl Store {
             dir: dir.to_owned(),
             _lock: lock,
             generations: Mutex::default(),
+            on_disk: Mutex::new(scan(dir)),
         })
     }
 
@@ -134,6 +137,11 @@ impl Store {
         if let Some(newest) = generations.first() {
             self.lock_generations().insert(name.to_owned(), *newest);
         }
+        // Leftovers older than newest and fallback (e.g. from a crash mid-cleanup).
+        for old in generations.iter().skip(2) {
+            let _ = fs::remove_file(self.path(name, *old));
+        }
+        generations.truncate(2);
         let mut skipped = Vec::new();
         for generation in &generations {
             let path = self.path(name, *generation);
@@ -161,9 +169,11 @@ impl Store {
             .and_then(|d| d.sync_all())
             .map_err(|e| format!("syncing {}: {e}", self.dir.display()))?;
         self.lock_generations().insert(name.to_owned(), generation);
-        // Keep one older generation as the fallback; older ones are only clutter.
-        for old in self.list(name).into_iter().filter(|g| *g + 1 < generation) {
-            let _ = fs::remove_file(self.path(name, old));
+        // Keep one older generation as the fallback. `load` cleared anything older, so
+        // only the one before the fallback is left to remove: no directory scan per save,
+        // which would cost time in proportion to the number of credentials.
+        if generation > 2 {
+            let _ = fs::remove_file(self.path(name, generation - 2));
         }
         Ok(())
     }
@@ -172,23 +182,46 @@ impl Store {
         self.dir.join(format!("{name}.{generation}.state"))
     }
 
+    /// Generations on disk for `name`: from the one directory scan made at open, so
+    /// loading thousands of credentials does not scan the directory thousands of times.
+    /// After a save or a load (a reload restores a credential again), the newest
+    /// generation is known and the fallback is the one before it.
     fn list(&self, name: &str) -> Vec<u64> {
-        let Ok(entries) = fs::read_dir(&self.dir) else {
-            return Vec::new();
-        };
-        entries
-            .filter_map(|e| e.ok())
-            .filter_map(|e| {
-                let file = e.file_name().into_string().ok()?;
-                let (stem, generation) = file.strip_suffix(".state")?.rsplit_once('.')?;
-                (stem == name).then(|| generation.parse().ok()).flatten()
-            })
-            .collect()
+        let mut found = self
+            .on_disk
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name)
+            .unwrap_or_default();
+        if let Some(newest) = self.lock_generations().get(name).copied() {
+            found.extend([newest, newest.saturating_sub(1)]);
+        }
+        found.sort_unstable();
+        found.dedup();
+        found.retain(|g| *g > 0 && self.path(name, *g).exists());
+        found
     }
 
     fn lock_generations(&self) -> std::sync::MutexGuard<'_, HashMap<String, u64>> {
         self.generations.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// Every `NAME.GEN.state` file in `dir`, grouped by credential name.
+fn scan(dir: &Path) -> HashMap<String, Vec<u64>> {
+    let mut found: HashMap<String, Vec<u64>> = HashMap::new();
+    let Ok(entries) = fs::read_dir(dir) else {
+        return found;
+    };
+    for file in entries.filter_map(|e| e.ok()?.file_name().into_string().ok()) {
+        let parsed = file.strip_suffix(".state").and_then(|f| f.rsplit_once('.'));
+        if let Some((name, generation)) = parsed
+            && let Ok(generation) = generation.parse()
+        {
+            found.entry(name.to_owned()).or_default().push(generation);
+        }
+    }
+    found
 }
 
 fn lock_dir(dir: &Path) -> Result<File, String> {
@@ -403,6 +436,21 @@ mod tests {
         fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o777)).unwrap();
         let err = Store::open(dir.path()).err().unwrap();
         assert!(err.contains("writable by every user"), "{err}");
+    }
+
+    #[test]
+    fn a_second_load_in_the_same_process_still_finds_the_newest() {
+        // A reload restores a replaced credential again from the same store.
+        let dir = tempfile::tempdir().unwrap();
+        Store::open(dir.path())
+            .unwrap()
+            .save("a", &saved("old"))
+            .unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(refresh_token(store.load("a")), "old");
+        store.save("a", &saved("new")).unwrap();
+        assert_eq!(refresh_token(store.load("a")), "new");
+        assert_eq!(refresh_token(store.load("a")), "new");
     }
 
     #[test]

@@ -221,14 +221,7 @@ async fn several_credentials_default_client_credentials_and_discovery() {
     );
 
     // Metrics and status show both, and no token.
-    let metrics = client()
-        .get(format!("{}/metrics", broker.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = broker.metrics_text().await;
     assert!(
         metrics.contains("token_broker_requests_total{credential=\"service\",outcome=\"ok\"}"),
         "{metrics}"

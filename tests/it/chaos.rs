@@ -66,10 +66,7 @@ async fn fifty_kill_9_rounds_lose_nothing_and_send_nothing_twice() {
     }
     let broker = broker_for(&idp, dir.path(), extra);
     broker.ready().await;
-    let token = broker.token("x").await["access_token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let token = broker.access_token("x").await;
     assert_eq!(idp.whoami(&token).await, 200);
     let stats = idp.stats().await;
     assert_eq!(stats["reuse_detected"], 0, "{stats}");

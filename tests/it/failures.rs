@@ -103,17 +103,8 @@ async fn a_lost_answer_is_resent_within_the_idp_reuse_grace() {
     let dir = tempdir();
     let extra =
         "min_refresh_interval = \"0s\"\nidp_reuse_grace = \"30s\"\nbackoff_initial = \"200ms\"\n";
-    let config = format!("{}[idp]\ntimeout = \"1s\"\n", base_config(dir.path()));
-    let bootstrap = dir.path().join("bootstrap");
-    std::fs::write(&bootstrap, &idp.refresh_token).unwrap();
-    let broker = Broker::start(
-        dir.path(),
-        &(config + &refresh_credential("x", &idp, &bootstrap, extra)),
-    );
-    let first = broker.token("x").await["access_token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let broker = broker_with(&idp, dir.path(), "[idp]\ntimeout = \"1s\"\n", extra);
+    let first = broker.access_token("x").await;
 
     idp.admin("faults", json!({"hang": "2s", "count": 1})).await;
     let (status, error, _) = error_code(broker.refresh("x", None).await).await;
@@ -127,10 +118,7 @@ async fn a_lost_answer_is_resent_within_the_idp_reuse_grace() {
     tokio::time::sleep(Duration::from_millis(2500)).await; // let the hung request finish too
     assert_eq!(idp.stat("reuse_detected").await, 0);
     assert_eq!(idp.stat("families_revoked").await, 0);
-    let token = broker.token("x").await["access_token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let token = broker.access_token("x").await;
     assert_eq!(idp.whoami(&token).await, 200);
 }
 
@@ -138,18 +126,9 @@ async fn a_lost_answer_is_resent_within_the_idp_reuse_grace() {
 async fn without_a_reuse_grace_a_lost_answer_stops_the_chain_instead_of_guessing() {
     let idp = Idp::start(&["--access-ttl", "300s"]);
     let dir = tempdir();
-    let config = format!("{}[idp]\ntimeout = \"1s\"\n", base_config(dir.path()));
-    let bootstrap = dir.path().join("bootstrap");
-    std::fs::write(&bootstrap, &idp.refresh_token).unwrap();
     let extra = "min_refresh_interval = \"0s\"\nbackoff_initial = \"200ms\"\n";
-    let broker = Broker::start(
-        dir.path(),
-        &(config + &refresh_credential("x", &idp, &bootstrap, extra)),
-    );
-    let first = broker.token("x").await["access_token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let broker = broker_with(&idp, dir.path(), "[idp]\ntimeout = \"1s\"\n", extra);
+    let first = broker.access_token("x").await;
 
     idp.admin("faults", json!({"hang": "2s", "count": 1})).await;
     let (status, error, _) = error_code(broker.refresh("x", None).await).await;
@@ -187,10 +166,7 @@ async fn a_new_token_is_not_served_until_its_refresh_token_is_durable() {
     let extra =
         "min_refresh_interval = \"0s\"\nbackoff_initial = \"200ms\"\nbackoff_max = \"400ms\"\n";
     let mut broker = broker_for(&idp, dir.path(), extra);
-    let first = broker.token("x").await["access_token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let first = broker.access_token("x").await;
 
     // A refresh writes two generations: the in-flight mark, then the result. A directory
     // where the result's temporary file goes makes that second write fail (even for root).
@@ -243,10 +219,7 @@ async fn outage_serves_the_cached_token_then_503_backs_off_and_recovers_with_one
         dir.path(),
         "backoff_initial = \"500ms\"\nbackoff_max = \"1s\"\n",
     );
-    let cached = broker.token("x").await["access_token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let cached = broker.access_token("x").await;
     idp.admin("faults", json!({"status": 503, "count": 100000}))
         .await;
     let calls_before = idp.stat("token_requests").await;
@@ -286,9 +259,6 @@ async fn outage_serves_the_cached_token_then_503_backs_off_and_recovers_with_one
         1,
         "exactly one refresh brings it back"
     );
-    let token = broker.token("x").await["access_token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let token = broker.access_token("x").await;
     assert_eq!(idp.whoami(&token).await, 200);
 }

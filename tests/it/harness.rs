@@ -148,14 +148,7 @@ impl Idp {
     }
 
     pub async fn stats(&self) -> Value {
-        client()
-            .get(format!("{}/stats", self.url))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+        get_json(&format!("{}/stats", self.url)).await
     }
 
     pub async fn stat(&self, key: &str) -> u64 {
@@ -264,6 +257,27 @@ impl Broker {
         serde_json::from_str(&body).unwrap()
     }
 
+    /// Just the access token of `GET /token/{name}`.
+    pub async fn access_token(&self, name: &str) -> String {
+        self.token(name).await["access_token"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    /// The `/metrics` text.
+    pub async fn metrics_text(&self) -> String {
+        let url = format!("{}/metrics", self.url);
+        client()
+            .get(url)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// `POST /token/{name}/refresh` with an optional rejected token.
     pub async fn refresh(&self, name: &str, rejected: Option<&str>) -> reqwest::Response {
         let request = client()
@@ -277,14 +291,7 @@ impl Broker {
     }
 
     pub async fn status(&self) -> Value {
-        client()
-            .get(format!("{}/v1/credentials", self.url))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+        get_json(&format!("{}/v1/credentials", self.url)).await
     }
 
     /// Waits until `/readyz` says ready.
@@ -337,10 +344,27 @@ pub fn base_config(dir: &Path) -> String {
 
 /// A broker with one refresh-token credential `x` bootstrapped from the IdP's first token.
 pub fn broker_for(idp: &Idp, dir: &Path, extra: &str) -> Broker {
+    broker_with(idp, dir, "", extra)
+}
+
+/// Like `broker_for`, with `sections` (e.g. an `[idp]` table) after `[server]` and `[state]`.
+pub fn broker_with(idp: &Idp, dir: &Path, sections: &str, extra: &str) -> Broker {
     let bootstrap = dir.join("bootstrap");
     std::fs::write(&bootstrap, &idp.refresh_token).unwrap();
-    let config = base_config(dir) + &refresh_credential("x", idp, &bootstrap, extra);
+    let config = base_config(dir) + sections + &refresh_credential("x", idp, &bootstrap, extra);
     Broker::start(dir, &config)
+}
+
+/// `GET url` as JSON, no headers.
+pub async fn get_json(url: &str) -> Value {
+    client()
+        .get(url)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
 }
 
 pub fn client() -> reqwest::Client {

@@ -10,14 +10,7 @@ use crate::harness::*;
 
 /// One sample from the metrics text, 0 when absent.
 async fn metric(broker: &Broker, series: &str) -> u64 {
-    let text = client()
-        .get(format!("{}/metrics", broker.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = broker.metrics_text().await;
     text.lines()
         .find_map(|l| {
             l.strip_prefix(series)?
@@ -138,10 +131,7 @@ async fn sighup_reload_adds_removes_and_changes_credentials_without_failing_unch
         &(base.clone() + &machine("b", "one") + &machine("d", "one")),
     );
     broker.ready().await;
-    let before = broker.token("a").await["access_token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let before = broker.access_token("a").await;
 
     // A client loops on the unchanged credential through the whole reload.
     let stop = tokio_util::sync::CancellationToken::new();
@@ -229,10 +219,7 @@ async fn sigterm_during_a_slow_refresh_answers_the_waiter_persists_and_exits_0()
     let dir = tempdir();
     let extra = "min_refresh_interval = \"0s\"";
     let mut broker = broker_for(&idp, dir.path(), extra);
-    let old = broker.token("x").await["access_token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let old = broker.access_token("x").await;
     idp.admin("latency", json!({"latency": "2s"})).await;
     let waiter = {
         let url = broker.url.clone();

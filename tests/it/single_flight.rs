@@ -30,10 +30,7 @@ async fn five_hundred_requests_for_a_too_short_token_make_one_refresh() {
     let idp = Idp::start(&["--access-ttl", "100s", "--latency", "300ms"]);
     let dir = tempdir();
     let broker = broker_for(&idp, dir.path(), "");
-    let first = broker.token("x").await["access_token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let first = broker.access_token("x").await;
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let before = idp.stat("refresh_grants").await;
 
@@ -59,10 +56,7 @@ async fn timer_min_ttl_and_rejected_reports_racing_make_one_refresh() {
     let idp = Idp::start(&["--access-ttl", "4s", "--latency", "800ms"]);
     let dir = tempdir();
     let broker = broker_for(&idp, dir.path(), "");
-    let first = broker.token("x").await["access_token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let first = broker.access_token("x").await;
     let before = idp.stat("refresh_grants").await;
     tokio::time::sleep(Duration::from_millis(2900)).await;
 
@@ -108,10 +102,7 @@ async fn an_older_rejected_token_gets_the_current_one_without_a_refresh() {
     let idp = Idp::start(&["--access-ttl", "300s"]);
     let dir = tempdir();
     let broker = broker_for(&idp, dir.path(), "min_refresh_interval = \"0s\"");
-    let old = broker.token("x").await["access_token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let old = broker.access_token("x").await;
     let forced = broker.refresh("x", None).await;
     assert_eq!(forced.status(), 200);
     let current = forced.json::<Value>().await.unwrap()["access_token"]
@@ -147,10 +138,7 @@ async fn waiters_share_a_failure_instead_of_retrying_one_after_another() {
     let idp = Idp::start(&["--access-ttl", "300s", "--latency", "300ms"]);
     let dir = tempdir();
     let broker = broker_for(&idp, dir.path(), "");
-    let current = broker.token("x").await["access_token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let current = broker.access_token("x").await;
     idp.admin("faults", serde_json::json!({"status": 503, "count": 100}))
         .await;
     let requests_before = idp.stat("token_requests").await;

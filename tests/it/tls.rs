@@ -63,10 +63,7 @@ async fn a_private_ca_and_a_client_certificate_reach_an_mtls_idp() {
     );
     let dir = tempdir();
     let broker = broker_with_idp_section(&idp, dir.path(), &full);
-    let token = broker.token("m").await["access_token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let token = broker.access_token("m").await;
 
     // The IdP accepts the token: check through a client that trusts the same CA.
     let identity = [
