@@ -218,6 +218,14 @@ impl CredentialMetrics {
         self.metrics.refreshes.get_or_create(&labels).inc();
     }
 
+    /// Records when the current token expires.
+    pub fn set_expiry(&self, expires_at: std::time::SystemTime) {
+        let secs = expires_at
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        self.expiry.set(secs);
+    }
+
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
     }

@@ -269,7 +269,7 @@ impl Credential {
                 inner.last_error = None;
                 inner.last_refresh_at = Some(now);
                 inner.refreshes_ok += 1;
-                self.metrics.expiry.set(unix(token.expires_at));
+                self.metrics.set_expiry(token.expires_at);
                 info!(
                     credential = self.name(),
                     trigger,
@@ -340,10 +340,4 @@ impl Credential {
             );
         }
     }
-}
-
-fn unix(t: SystemTime) -> i64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or_default()
 }

@@ -132,12 +132,7 @@ impl Credential {
                 saved.expires_at,
                 refresh_at,
             );
-            self.metrics.expiry.set(
-                saved
-                    .expires_at
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs() as i64),
-            );
+            self.metrics.set_expiry(saved.expires_at);
             self.current.store(Some(Arc::new(token)));
         }
     }

@@ -5,7 +5,7 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
-use super::credential::Credential;
+use super::credential::{Credential, Inner};
 use super::token::rfc3339;
 
 /// Every state a credential can be in, for the one-hot metric.
@@ -51,28 +51,43 @@ pub struct LastError {
     pub at: String,
 }
 
+/// The state name, from the fields the single flight keeps.
+fn state_of(inner: &Inner, valid: bool, has_token: bool) -> &'static str {
+    if inner.reauth.is_some() {
+        "reauth_required"
+    } else if inner.flight.is_some() {
+        if inner.restored || valid {
+            "refreshing"
+        } else {
+            "starting"
+        }
+    } else if valid {
+        if inner.failures > 0 { "stale" } else { "valid" }
+    } else if inner.failures > 0 || has_token {
+        "expired"
+    } else {
+        "starting"
+    }
+}
+
 impl Credential {
+    /// Just the state, for the metrics scrape (a full status per credential would
+    /// format every timestamp of every credential on each scrape).
+    pub fn state(&self) -> &'static str {
+        let token = self.current();
+        let valid = token
+            .as_ref()
+            .is_some_and(|t| t.is_valid(SystemTime::now()));
+        state_of(&self.lock(), valid, token.is_some())
+    }
+
     /// A snapshot for status endpoints.
     pub fn status(&self) -> CredentialStatus {
         let now = SystemTime::now();
         let token = self.current();
         let inner = self.lock();
         let valid = token.as_ref().is_some_and(|t| t.is_valid(now));
-        let state = if inner.reauth.is_some() {
-            "reauth_required"
-        } else if inner.flight.is_some() {
-            if inner.restored || valid {
-                "refreshing"
-            } else {
-                "starting"
-            }
-        } else if valid {
-            if inner.failures > 0 { "stale" } else { "valid" }
-        } else if inner.failures > 0 || token.is_some() {
-            "expired"
-        } else {
-            "starting"
-        };
+        let state = state_of(&inner, valid, token.is_some());
         let next = match (inner.retry_at, &token) {
             _ if inner.reauth.is_some() => None,
             (Some(at), _) if at > now => Some(at),

@@ -69,7 +69,7 @@ pub async fn credentials(State(app): State<App>) -> Response {
 pub async fn metrics(State(app): State<App>) -> Response {
     let metrics = app.broker.metrics();
     for credential in app.broker.credentials() {
-        metrics.set_state(credential.name(), credential.status().state, STATES);
+        metrics.set_state(credential.name(), credential.state(), STATES);
     }
     let mut response = metrics.encode().into_response();
     response.headers_mut().insert(

@@ -140,23 +140,21 @@ fn resolve(
 }
 
 async fn get(credential: Arc<Credential>, query: Option<String>, headers: &HeaderMap) -> Response {
-    let name = credential.name().to_owned();
     let parsed = parse_query(query.as_deref(), headers);
     let (min_ttl, format) = match parsed {
         Ok(parsed) => parsed,
         Err(e) => return e.into_response(),
     };
-    debug!(credential = %name, min_ttl_ms = min_ttl.as_millis() as u64, "token request");
-    answer(
-        &credential,
-        credential.get(Want::Fresh(min_ttl)).await,
-        format,
-        &name,
-    )
+    debug!(
+        credential = credential.name(),
+        min_ttl_ms = min_ttl.as_millis() as u64,
+        "token request"
+    );
+    let outcome = credential.get(Want::Fresh(min_ttl)).await;
+    answer(&credential, outcome, format)
 }
 
 async fn refresh(credential: Arc<Credential>, headers: &HeaderMap, body: &[u8]) -> Response {
-    let name = credential.name().to_owned();
     let want = match parse_refresh_body(headers, body) {
         Ok(Some(rejected)) => Want::Rejected(rejected),
         Ok(None) => Want::Forced,
@@ -167,23 +165,22 @@ async fn refresh(credential: Arc<Credential>, headers: &HeaderMap, body: &[u8]) 
     } else {
         Format::Json
     };
-    debug!(credential = %name, kind = want.trigger(), "refresh request");
-    answer(&credential, credential.get(want).await, format, &name)
+    debug!(
+        credential = credential.name(),
+        kind = want.trigger(),
+        "refresh request"
+    );
+    answer(&credential, credential.get(want).await, format)
 }
 
-fn answer(
-    credential: &Credential,
-    outcome: crate::broker::Outcome,
-    format: Format,
-    name: &str,
-) -> Response {
+fn answer(credential: &Credential, outcome: crate::broker::Outcome, format: Format) -> Response {
     match outcome {
         Ok(token) => {
             credential.count_served();
             token_response(&token, format)
         }
         Err(error) => {
-            let e = ApiError::about(error, name);
+            let e = ApiError::about(error, credential.name());
             credential.count_failed(e.code());
             e.into_response()
         }

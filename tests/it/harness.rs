@@ -367,6 +367,11 @@ pub async fn get_json(url: &str) -> Value {
         .unwrap()
 }
 
+/// Form-encodes a value for a query string or form body.
+pub fn urlencode(text: &str) -> String {
+    url::form_urlencoded::byte_serialize(text.as_bytes()).collect()
+}
+
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .pool_max_idle_per_host(0)

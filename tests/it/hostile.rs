@@ -57,7 +57,7 @@ fn random_request(
     ];
     let mut path = (*paths.choose(rng).unwrap()).to_owned();
     if rng.random_bool(0.3) {
-        path.push_str(&urlencoded(&random_text(rng, 20)));
+        path.push_str(&urlencode(&random_text(rng, 20)));
     }
     let queries = [
         "",
@@ -111,10 +111,6 @@ fn random_request(
         body = random_text(rng, 300);
     }
     request.body(body)
-}
-
-fn urlencoded(text: &str) -> String {
-    url::form_urlencoded::byte_serialize(text.as_bytes()).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

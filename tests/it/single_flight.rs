@@ -121,6 +121,21 @@ async fn an_older_rejected_token_gets_the_current_one_without_a_refresh() {
         grants,
         "no refresh for a stale report"
     );
+    // The same report as a form body (the contract allows JSON or form).
+    let form = client()
+        .post(format!("{}/token/x/refresh", broker.url))
+        .header("Token-Broker", "1")
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .body(format!("rejected_token={}", urlencode(&old)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(form.status(), 200);
+    assert_eq!(
+        form.json::<Value>().await.unwrap()["access_token"],
+        current.as_str()
+    );
+    assert_eq!(idp.stat("refresh_grants").await, grants);
 
     // Reporting the current token does refresh.
     let answer = broker
