@@ -185,6 +185,19 @@ impl Credential {
         self.current.load_full()
     }
 
+    /// Makes `token` the one every request is served. The one place a token version
+    /// becomes visible, so whatever follows a new version (metrics, watchers, sinks)
+    /// hangs off here.
+    pub(super) fn publish(&self, token: Arc<Token>) {
+        self.metrics.set_expiry(token.expires_at);
+        self.current.store(Some(token));
+    }
+
+    /// Tells the proactive timer that this credential's next due time may have moved.
+    pub(super) fn schedule_changed(&self) {
+        self.wake.notify_one();
+    }
+
     /// A token satisfying `want`, joining or starting the single refresh if needed.
     pub async fn get(self: &Arc<Self>, want: Want) -> Outcome {
         let now = SystemTime::now();

@@ -263,13 +263,12 @@ impl Credential {
         let mut inner = self.lock();
         match &mut outcome {
             Ok(token) => {
-                self.current.store(Some(token.clone()));
+                self.publish(token.clone());
                 inner.failures = 0;
                 inner.retry_at = None;
                 inner.last_error = None;
                 inner.last_refresh_at = Some(now);
                 inner.refreshes_ok += 1;
-                self.metrics.set_expiry(token.expires_at);
                 info!(
                     credential = self.name(),
                     trigger,
@@ -306,7 +305,7 @@ impl Credential {
         drop(inner);
         // Waiters may all have gone; the outcome is published either way.
         let _ = tx.send(Some(outcome));
-        self.wake.notify_one();
+        self.schedule_changed();
     }
 
     /// After a lost answer, the resend must land inside the IdP's reuse grace.

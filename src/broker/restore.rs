@@ -132,8 +132,7 @@ impl Credential {
                 saved.expires_at,
                 refresh_at,
             );
-            self.metrics.set_expiry(saved.expires_at);
-            self.current.store(Some(Arc::new(token)));
+            self.publish(Arc::new(token));
         }
     }
 
