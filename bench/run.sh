@@ -4,6 +4,7 @@
 #
 #   bench/run.sh            full suite (about 5 minutes; the refresh-spread window is 150 s)
 #   bench/run.sh --quick    shortened suite for CI (under 2 minutes; no refresh-spread window)
+#   bench/run.sh --only hot,stampede   only these parts (hot, stampede, startup, many)
 #
 # Environment:
 #   TOKEN_BROKER_BIN   use this broker binary instead of building the repo's release build
@@ -20,13 +21,18 @@
 set -euo pipefail
 
 QUICK=0
-for arg in "$@"; do
-    case "$arg" in
+ONLY=""
+while [ $# -gt 0 ]; do
+    case "$1" in
         --quick) QUICK=1 ;;
-        -h | --help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-        *) echo "run.sh: unknown argument $arg (try --help)" >&2; exit 2 ;;
+        --only) ONLY=${2:?--only needs a list such as hot,stampede}; shift ;;
+        -h | --help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        *) echo "run.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
     esac
+    shift
 done
+# want PART: whether this run includes PART (every part unless --only names others).
+want() { [ -z "$ONLY" ] || [[ ",$ONLY," == *",$1,"* ]]; }
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BENCH="$ROOT/bench"
@@ -180,6 +186,8 @@ else
     HOT_ROUNDS=7 HOT_SECS=5 STARTUP_REPS=5 OBSERVE_SECS=150
 fi
 CLK_TCK=$(getconf CLK_TCK)
+# [idp] max_concurrent in the many-credentials configs.
+CAP=64
 # Servers under test and load generators run at a higher priority when allowed, so a
 # compile or test run elsewhere on the machine disturbs the figures less.
 NICE=()
@@ -198,6 +206,7 @@ section() {
 # 1. Hot path: GET /token/NAME vs a minimal axum server with the same body, server on
 #    core 0, wrk on core 1, 64 connections, rounds alternating which server goes first.
 # =====================================================================================
+if want hot; then
 section "hot path" "hot path: broker and baseline on core 0, wrk on core 1"
 ports P_IDP P_BROKER P_BASE
 start hot-idp taskset -c 1 "$BIN" dev-idp --listen "127.0.0.1:$P_IDP" --access-ttl 24h
@@ -272,10 +281,13 @@ row "hot path" "p99 latency broker / baseline" "$(fmt "$P99_RATIO" %.2f)x" "<= 1
 row "hot path" "non-2xx answers and socket errors" "$HOT_BAD" "0" "$(verdict "$(cmp "$HOT_BAD" '==' 0)")"
 row "hot path" "server CPU per request: baseline, broker (broker / baseline)" "$(fmt "$BASE_CPU" %.1f) µs, $(fmt "$BROKER_CPU" %.1f) µs ($(fmt "$CPU_RATIO" %.2f)x)" "info" "-"
 
+fi
+
 # =====================================================================================
 # 2. Stampede: 10,000 requests at once that all need a refresh (min_ttl above the cached
 #    token's remaining life, below a fresh token's), IdP latency 100 ms.
 # =====================================================================================
+if want stampede; then
 STAMPEDE_TTL=300
 STAMPEDE_MIN_TTL=$((STAMPEDE_TTL - 2))
 if [ "$(ulimit -n)" -ge 10240 ]; then CONNS=10000; else CONNS=1000; fi
@@ -324,11 +336,13 @@ row "stampede" "same 10,000 requests, cached token: wall (median of 3; non-200: 
 row "stampede" "wall time, median of $ST_N ($ST_ALL_MS ms), over $CONNS connections" "$(fmt "$ST_MS" %.0f) ms = $(awk -v s="$ST_MS" -v c="$CACHED_MS" 'BEGIN { printf "%.2f", s / (100 + c) }')x (100 ms + cached)" "<= 1.5x = $(fmt "$ST_LIMIT" %.0f) ms" "$(verdict "$(cmp "$ST_MS" '<=' "$ST_LIMIT")")"
 row "stampede" "the refresh as logged by the broker (took_ms), IdP latency 100 ms" "$ST_TOOK ms" "info" "-"
 
+fi
+
 # =====================================================================================
 # 3. Start-up with 10,000 credentials (first rep also waits until every token is fetched
 #    through one dev IdP, to check the global cap on concurrent IdP calls).
 # =====================================================================================
-CAP=64
+if want startup; then
 section start-up "start-up: $STARTUP_REPS runs with 10,000 credentials"
 ports P_IDP P_BROKER
 start su-idp "$BIN" dev-idp --listen "127.0.0.1:$P_IDP" --access-ttl 1h --latency 20ms
@@ -389,11 +403,14 @@ row "start-up" "spawn to /readyz 200 (10,000 tokens, IdP latency 20 ms, cap $CAP
 row "IdP cap" "max concurrent IdP calls ([idp] max_concurrent = $CAP), $SU_GRANTS grants" "$SU_INFLIGHT" "<= $CAP" "$(verdict "$(cmp "$SU_INFLIGHT" '<=' "$CAP")")"
 row "binary" "release binary size" "$(awk -v b="$BIN_SIZE" 'BEGIN { printf "%.2f MB", b / 1e6 }')" "<= 15 MB" "$(verdict "$(cmp "$BIN_SIZE" '<=' 15000000)")"
 
+fi
+
 # =====================================================================================
 # 4. Many credentials: 10,000 client_credentials credentials spread over five dev IdPs
 #    with lifetimes 60..300 s. Memory once all hold tokens, CPU between refresh waves,
 #    proactive refreshes per second (full mode), IdP calls in flight.
 # =====================================================================================
+if want many; then
 TTLS=(60 120 180 240 300)
 section "10k credentials" "many credentials: 10,000 over IdPs with lifetimes ${TTLS[*]} s"
 IDP_URLS=() IDP_ARGS=() MANY_IDPS=()
@@ -446,6 +463,8 @@ if [ "$(jq -r .cpu_ms_per_refresh "$O")" != null ]; then
     row "10k credentials" "during waves: busiest second's CPU; CPU per refresh; refresh took_ms p50/p99 (IdP latency 20 ms)" "$(jq -r '"\(.cpu_peak_pct | round)% of one core; \(.cpu_ms_per_refresh * 10 | round / 10) ms; \(.timer_took_ms_p50) / \(.timer_took_ms_p99) ms"' "$O")" "info" "-"
 fi
 row "10k credentials" "peak IdP calls in flight, sum over the 5 IdPs ($INFLIGHT_EACH)" "$INFLIGHT_SUM" "<= $CAP (a sum of peaks only bounds it)" "$(if [ "$(cmp "$INFLIGHT_SUM" '<=' "$CAP")" = 1 ]; then echo PASS; else echo "n/a"; fi)"
+
+fi
 
 # =====================================================================================
 {

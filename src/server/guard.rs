@@ -1,10 +1,11 @@
 //! Request guards: who may ask for tokens, how long a request may take, and what a
 //! panic in a handler turns into (a 500 JSON answer, with the process still serving).
 
+use std::borrow::Cow;
 use std::panic::AssertUnwindSafe;
 
 use axum::extract::{Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use futures_util::FutureExt;
@@ -18,47 +19,69 @@ use super::listen::Peer;
 /// Token endpoints answer only local, deliberate requests (the metadata-server rule):
 /// a forwarded request came through a proxy, and a request without the header may be
 /// a forged one from a browser or an SSRF.
-pub async fn local_only(State(app): State<App>, request: Request, next: Next) -> Response {
-    let headers = request.headers();
+pub fn check_local(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
     if headers.contains_key("forwarded") || headers.contains_key("x-forwarded-for") {
-        return ApiError::ForwardedRequest.into_response();
+        return Err(ApiError::ForwardedRequest);
     }
     if app.require_header
         && headers
             .get("token-broker")
             .is_none_or(|v| v.as_bytes() != b"1")
     {
-        return ApiError::MissingHeader.into_response();
+        return Err(ApiError::MissingHeader);
     }
-    next.run(request).await
+    Ok(())
 }
 
 /// DNS-rebinding protection: a browser tricked into calling us by a hostile name still
 /// sends that name in `Host`. Unix-socket requests cannot be reached that way.
-pub async fn known_host(State(app): State<App>, request: Request, next: Next) -> Response {
-    let over_unix = matches!(request.extensions().get::<Peer>(), Some(Peer::Unix { .. }));
-    let host = request
-        .headers()
+pub fn check_host(app: &App, headers: &HeaderMap, peer: Option<&Peer>) -> Result<(), ApiError> {
+    if matches!(peer, Some(Peer::Unix { .. })) {
+        return Ok(());
+    }
+    let host = headers
         .get(header::HOST)
         .and_then(|v| v.to_str().ok())
         .map(host_name);
     match host {
-        Some(name) if !over_unix && !app.allowed_hosts.contains(&name) => {
-            ApiError::BadHost.into_response()
-        }
-        _ => next.run(request).await,
+        Some(name) if !app.allowed_hosts.contains(name.as_ref()) => Err(ApiError::BadHost),
+        _ => Ok(()),
     }
 }
 
-/// The host part of a `Host` header, lower-cased, brackets and port removed.
-pub fn host_name(value: &str) -> String {
-    let value = value.trim().to_ascii_lowercase();
-    if let Some(rest) = value.strip_prefix('[') {
-        return rest.split(']').next().unwrap_or_default().to_owned();
+/// `check_local` as middleware, for the token routes the router serves.
+pub async fn local_only(State(app): State<App>, request: Request, next: Next) -> Response {
+    match check_local(&app, request.headers()) {
+        Ok(()) => next.run(request).await,
+        Err(refused) => refused.into_response(),
     }
-    match value.rsplit_once(':') {
-        Some((host, port)) if port.chars().all(|c| c.is_ascii_digit()) => host.to_owned(),
-        _ => value,
+}
+
+/// `check_host` as middleware.
+pub async fn known_host(State(app): State<App>, request: Request, next: Next) -> Response {
+    let peer = request.extensions().get::<Peer>();
+    match check_host(&app, request.headers(), peer) {
+        Ok(()) => next.run(request).await,
+        Err(refused) => refused.into_response(),
+    }
+}
+
+/// The host part of a `Host` header, lower-cased, brackets and port removed; borrowed
+/// when it is lower case already (the common case), so the check allocates nothing.
+pub fn host_name(value: &str) -> Cow<'_, str> {
+    let value = value.trim();
+    let host = if let Some(rest) = value.strip_prefix('[') {
+        rest.split(']').next().unwrap_or_default()
+    } else {
+        match value.rsplit_once(':') {
+            Some((host, port)) if port.chars().all(|c| c.is_ascii_digit()) => host,
+            _ => value,
+        }
+    };
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(host)
     }
 }
 

@@ -8,14 +8,16 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use axum::Router;
+use std::convert::Infallible;
+use std::sync::Arc;
+
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
-use tower::Service;
 use tracing::{debug, warn};
 
+use super::api::Api;
 use crate::config::Listen;
 
 /// Largest request head (request line and headers) accepted.
@@ -82,7 +84,7 @@ impl Listener {
     /// Accepts until `stop`, then waits for open connections to finish their requests.
     pub(super) async fn serve(
         self,
-        router: Router,
+        api: Api,
         header_timeout: Duration,
         stop: CancellationToken,
     ) -> std::io::Result<()> {
@@ -93,9 +95,7 @@ impl Listener {
                 accepted = self.accept() => accepted,
             };
             match accepted {
-                Ok(Some((io, peer))) => {
-                    spawn_connection(io, peer, &router, header_timeout, &graceful)
-                }
+                Ok(Some((io, peer))) => spawn_connection(io, peer, &api, header_timeout, &graceful),
                 Ok(None) => {}
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
@@ -143,17 +143,18 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
 fn spawn_connection(
     io: Box<dyn Io>,
     peer: Peer,
-    router: &Router,
+    api: &Api,
     header_timeout: Duration,
     graceful: &GracefulShutdown,
 ) {
-    let router = router.clone();
+    let connection = Arc::new((api.clone(), peer));
     let service =
         hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
-            let mut request = request.map(axum::body::Body::new);
-            request.extensions_mut().insert(peer.clone());
-            let mut router = router.clone();
-            async move { router.call(request).await }
+            let connection = connection.clone();
+            async move {
+                let (api, peer) = &*connection;
+                Ok::<_, Infallible>(api.handle(request, Some(peer)).await)
+            }
         });
     let connection = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())

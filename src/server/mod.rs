@@ -1,9 +1,11 @@
 //! The HTTP layer: routes, request guards, listeners.
 //!
-//! `router(app)` is the whole API as a value, so most tests call it with `oneshot` and no
-//! socket; `serve(listeners, app, shutdown)` is the one seam `main` and the integration
-//! tests share. Handlers parse and answer; the broker decides.
+//! `Api::new(app)` is the whole API as a value (token reads answered directly, everything
+//! else by `router(app)`), so tests can call it without a socket; `serve(listeners, app,
+//! shutdown)` is the one seam `main` and the integration tests share. Handlers parse and
+//! answer; the broker decides.
 
+mod api;
 mod error;
 mod guard;
 mod listen;
@@ -21,6 +23,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::middleware;
 use axum::routing::{get, post};
 
+pub use api::Api;
 pub use error::ApiError;
 pub use listen::{Listener, Peer, bind};
 
@@ -99,11 +102,11 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let header_timeout = app.header_timeout;
-    let router = router(app);
+    let api = Api::new(app);
     let stop = tokio_util::sync::CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
     for listener in listeners {
-        tasks.spawn(listener.serve(router.clone(), header_timeout, stop.clone()));
+        tasks.spawn(listener.serve(api.clone(), header_timeout, stop.clone()));
     }
     tokio::spawn(async move {
         shutdown.await;

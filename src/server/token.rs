@@ -41,7 +41,8 @@ enum Format {
 type NamePath = Result<Path<String>, PathRejection>;
 type PeerInfo = Option<Extension<Peer>>;
 
-/// `GET /token/{name}`.
+/// `GET /token/{name}` through the router (the connection service answers most of
+/// these itself, through `read`).
 pub async fn get_named(
     State(app): State<App>,
     path: NamePath,
@@ -49,10 +50,12 @@ pub async fn get_named(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    match resolve(&app, Some(path), peer, &headers) {
-        Ok(credential) => get(credential, query, &headers).await,
-        Err(error) => error.into_response(),
-    }
+    let name = match &path {
+        Ok(Path(name)) => Ok(name.as_str()),
+        Err(_) => Err(bad_name()),
+    };
+    let peer = peer.map(|Extension(p)| p);
+    read(&app, Some(name), peer.as_ref(), query.as_deref(), &headers).await
 }
 
 /// `GET /token`: the default credential.
@@ -62,10 +65,8 @@ pub async fn get_default(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    match resolve(&app, None, peer, &headers) {
-        Ok(credential) => get(credential, query, &headers).await,
-        Err(error) => error.into_response(),
-    }
+    let peer = peer.map(|Extension(p)| p);
+    read(&app, None, peer.as_ref(), query.as_deref(), &headers).await
 }
 
 /// `POST /token/{name}/refresh`.
@@ -76,7 +77,12 @@ pub async fn refresh_named(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    match resolve(&app, Some(path), peer, &headers) {
+    let name = match &path {
+        Ok(Path(name)) => Ok(name.as_str()),
+        Err(_) => Err(bad_name()),
+    };
+    let peer = peer.map(|Extension(p)| p);
+    match resolve(&app, Some(name), peer.as_ref(), &headers) {
         Ok(credential) => refresh(credential, &headers, &body).await,
         Err(error) => error.into_response(),
     }
@@ -89,8 +95,28 @@ pub async fn refresh_default(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    match resolve(&app, None, peer, &headers) {
+    let peer = peer.map(|Extension(p)| p);
+    match resolve(&app, None, peer.as_ref(), &headers) {
         Ok(credential) => refresh(credential, &headers, &body).await,
+        Err(error) => error.into_response(),
+    }
+}
+
+fn bad_name() -> ApiError {
+    ApiError::bad_request("the credential name is not valid UTF-8")
+}
+
+/// A token read: the named credential (`None`: the default one), after the guards.
+/// Borrows everything, so the connection service's fast path copies nothing.
+pub async fn read(
+    app: &App,
+    name: Option<Result<&str, ApiError>>,
+    peer: Option<&Peer>,
+    query: Option<&str>,
+    headers: &HeaderMap,
+) -> Response {
+    match resolve(app, name, peer, headers) {
+        Ok(credential) => get(credential, query, headers).await,
         Err(error) => error.into_response(),
     }
 }
@@ -98,18 +124,16 @@ pub async fn refresh_default(
 /// The named (or default) credential, if it exists and this client may fetch it.
 fn resolve(
     app: &App,
-    path: Option<NamePath>,
-    peer: PeerInfo,
+    name: Option<Result<&str, ApiError>>,
+    peer: Option<&Peer>,
     headers: &HeaderMap,
 ) -> Result<Arc<Credential>, ApiError> {
-    let found = match path {
-        Some(Ok(Path(name))) => app
+    let found = match name {
+        Some(Ok(name)) => app
             .broker
-            .credential(&name)
-            .map_err(|e| ApiError::about(e, &name)),
-        Some(Err(_)) => Err(ApiError::bad_request(
-            "the credential name is not valid UTF-8",
-        )),
+            .credential(name)
+            .map_err(|e| ApiError::about(e, name)),
+        Some(Err(bad)) => Err(bad),
         None => app
             .broker
             .default_credential()
@@ -118,10 +142,9 @@ fn resolve(
                 credential: None,
             }),
     };
-    let credential = found?.clone();
-    let peer = peer.map(|Extension(p)| p);
+    let credential = found?;
     let unix = match peer {
-        Some(Peer::Unix { uid, gid }) => Some((uid, gid)),
+        Some(Peer::Unix { uid, gid }) => Some((*uid, *gid)),
         _ => None,
     };
     let key = headers.get("token-broker-key").map(|v| v.as_bytes());
@@ -139,8 +162,8 @@ fn resolve(
     Err(ApiError::Forbidden(credential.name().to_owned()))
 }
 
-async fn get(credential: Arc<Credential>, query: Option<String>, headers: &HeaderMap) -> Response {
-    let parsed = parse_query(query.as_deref(), headers);
+async fn get(credential: Arc<Credential>, query: Option<&str>, headers: &HeaderMap) -> Response {
+    let parsed = parse_query(query, headers);
     let (min_ttl, format) = match parsed {
         Ok(parsed) => parsed,
         Err(e) => return e.into_response(),
@@ -204,7 +227,15 @@ fn parse_query(
     query: Option<&str>,
     headers: &HeaderMap,
 ) -> Result<(std::time::Duration, Format), ApiError> {
-    let parsed: TokenQuery = serde_urlencoded::from_str(query.unwrap_or("")).map_err(|e| {
+    let Some(query) = query.filter(|q| !q.is_empty()) else {
+        let format = if wants_text(headers) {
+            Format::Raw
+        } else {
+            Format::Json
+        };
+        return Ok((std::time::Duration::ZERO, format));
+    };
+    let parsed: TokenQuery = serde_urlencoded::from_str(query).map_err(|e| {
         ApiError::bad_request(format!(
             "bad query string: {e}; known parameters: min_ttl, format"
         ))

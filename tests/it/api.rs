@@ -273,3 +273,46 @@ async fn jwt_exp_stands_in_for_a_missing_expires_in_and_non_rotating_idps_work()
     assert_eq!(idp.stat("refresh_grants").await, 4);
     assert_eq!(idp.stat("invalid_grant").await, 0);
 }
+
+/// Plain names are answered by the connection service's fast path, percent-encoded ones
+/// by the router: both must apply the same guards and give the same answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_reads_answer_the_same_through_the_fast_path_and_the_router() {
+    let idp = Idp::start(&["--access-ttl", "120s"]);
+    let dir = tempdir();
+    let broker = broker_for(&idp, dir.path(), "");
+    broker.ready().await;
+    let ask = |path: &str, headers: &[(&str, &str)]| {
+        let mut request = client().get(format!("{}{path}", broker.url));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            let body: Value = response.json().await.unwrap();
+            (status, body)
+        }
+    };
+    let header = [("Token-Broker", "1")];
+    for (fast, routed) in [("/token/x", "/token/%78"), ("/token/nope", "/token/n%6Fpe")] {
+        let cases: [&[(&str, &str)]; 4] = [
+            &header,
+            &[],
+            &[("Token-Broker", "1"), ("X-Forwarded-For", "10.0.0.1")],
+            &[("Token-Broker", "1"), ("Host", "evil.example")],
+        ];
+        for headers in cases {
+            let (a, b) = (ask(fast, headers).await, ask(routed, headers).await);
+            assert_eq!(a.0, b.0, "{fast} vs {routed} with {headers:?}");
+            assert_eq!(
+                a.1["error"], b.1["error"],
+                "{fast} vs {routed} with {headers:?}"
+            );
+            assert_eq!(a.1["access_token"], b.1["access_token"]);
+        }
+    }
+    let (status, body) = ask("/token/%78", &header).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body["access_token"].as_str().is_some_and(|t| !t.is_empty()));
+}
