@@ -9,14 +9,14 @@
 //! The refresh itself runs in a spawned task: a client that hangs up cancels nothing.
 
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwapOption;
 use futures_util::FutureExt;
 use secrecy::SecretString;
-use tokio::sync::{Notify, watch};
+use tokio::sync::{OwnedSemaphorePermit, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::Shared;
@@ -63,8 +63,10 @@ pub struct Credential {
     /// Everything a refresh decision reads or writes. A std mutex, held only for short
     /// bookkeeping and never across an `.await`, so it cannot stall the runtime.
     pub(super) inner: Mutex<Inner>,
-    /// Wakes the timer when the schedule may have changed.
-    pub(super) wake: Notify,
+    /// Which of the scheduler's entries for this credential is live (see `timer`).
+    pub(super) timer_generation: AtomicU64,
+    /// This credential's own `Arc`, so `&self` methods can (re)schedule it.
+    pub(super) me: Weak<Credential>,
     pub(super) shared: Arc<Shared>,
     pub(super) metrics: CredentialMetrics,
     /// The client keys of `spec.access`, read once at start-up (and at reload).
@@ -108,7 +110,7 @@ pub(super) struct Inner {
 }
 
 /// What `decide` concluded under the lock.
-enum Decision {
+pub(super) enum Decision {
     Serve(Arc<Token>),
     Fail(Error),
     Wait(watch::Receiver<Option<Outcome>>),
@@ -130,11 +132,12 @@ impl Credential {
                     .map_err(|e| format!("credentials.{}.client_keys[{i}]: {e}", spec.name))
             })
             .collect::<Result<Vec<_>, String>>()?;
-        Ok(Arc::new(Credential {
+        Ok(Arc::new_cyclic(|me| Credential {
             spec: spec.clone(),
             current: ArcSwapOption::empty(),
             inner: Mutex::default(),
-            wake: Notify::new(),
+            timer_generation: AtomicU64::new(0),
+            me: me.clone(),
             metrics: shared.metrics.credential(&spec.name),
             shared: shared.clone(),
             client_keys,
@@ -195,7 +198,9 @@ impl Credential {
 
     /// Tells the proactive timer that this credential's next due time may have moved.
     pub(super) fn schedule_changed(&self) {
-        self.wake.notify_one();
+        if let Some(me) = self.me.upgrade() {
+            self.shared.timers.schedule(&me);
+        }
     }
 
     /// A token satisfying `want`, joining or starting the single refresh if needed.
@@ -210,7 +215,7 @@ impl Credential {
                 return Ok(token);
             }
         }
-        let rx = match self.decide(&want, now) {
+        let rx = match self.decide(&want, now, None) {
             Decision::Serve(token) => return Ok(token),
             Decision::Fail(error) => return Err(error),
             Decision::Wait(rx) => rx,
@@ -245,7 +250,14 @@ impl Credential {
         }
     }
 
-    fn decide(self: &Arc<Self>, want: &Want, now: SystemTime) -> Decision {
+    /// Serve, fail, join the flight in progress or start one. `slot` is the timer's
+    /// place among timer-started flights, held by the flight it starts.
+    pub(super) fn decide(
+        self: &Arc<Self>,
+        want: &Want,
+        now: SystemTime,
+        slot: Option<OwnedSemaphorePermit>,
+    ) -> Decision {
         let mut inner = self.lock();
         let valid = self.current.load_full().filter(|t| t.is_valid(now));
         if let Some(token) = &valid {
@@ -291,7 +303,7 @@ impl Credential {
                 _ => Decision::Fail(self.backoff_error(&inner, now)),
             };
         }
-        Decision::Wait(self.start_flight(&mut inner, want))
+        Decision::Wait(self.start_flight(&mut inner, want, slot))
     }
 
     /// The error a request gets while refreshes are backing off.
@@ -318,6 +330,7 @@ impl Credential {
         self: &Arc<Self>,
         inner: &mut Inner,
         want: &Want,
+        slot: Option<OwnedSemaphorePermit>,
     ) -> watch::Receiver<Option<Outcome>> {
         let (tx, rx) = watch::channel(None);
         inner.flight = Some(rx.clone());
@@ -342,6 +355,7 @@ impl Credential {
                     })
                 });
             me.finish(outcome, tx, trigger, started.elapsed());
+            drop(slot);
         });
         rx
     }

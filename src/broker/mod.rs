@@ -48,6 +48,8 @@ pub(crate) struct Shared {
     pub max_waiting: usize,
     /// Cancelled at shutdown: timers stop, no new refresh starts.
     pub shutdown: CancellationToken,
+    /// Every credential's next proactive wake-up.
+    pub timers: timer::Timers<Credential>,
 }
 
 /// The credentials in force; replaced whole by a reload, read lock-free by requests.
@@ -99,6 +101,7 @@ impl Broker {
             waiting: AtomicUsize::new(0),
             max_waiting: config.server.max_waiting_requests,
             shutdown,
+            timers: timer::Timers::new(config.idp.max_concurrent),
         });
         let map = config
             .credentials
@@ -111,11 +114,13 @@ impl Broker {
         })
     }
 
-    /// Starts every credential's timer (which also performs its first fetch).
+    /// Starts the proactive timer; every credential is due at once (its first fetch).
     pub fn start(&self) {
-        for credential in self.credentials() {
-            tokio::spawn(timer::run(credential));
+        for credential in self.set.load().map.values() {
+            self.shared.timers.schedule(credential);
         }
+        let shared = self.shared.clone();
+        tokio::spawn(async move { shared.timers.run(shared.shutdown.clone()).await });
     }
 
     /// A credential by name.

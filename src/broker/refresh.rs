@@ -26,7 +26,8 @@ use crate::store::Saved;
 impl Credential {
     /// One refresh attempt. Runs in its own task, inside the flight.
     pub(super) async fn refresh(self: &Arc<Self>) -> Outcome {
-        if !self.lock().restored {
+        let first = !self.lock().restored;
+        if first {
             self.restore().await;
             let now = SystemTime::now();
             // A refresh that was out when the broker stopped is settled first.
@@ -81,22 +82,33 @@ impl Credential {
             .metrics
             .observe_idp(started.elapsed().as_secs_f64());
         match answer {
-            Ok(response) => self.accept(response, refresh_token).await,
+            Ok(response) => self.accept(response, refresh_token, first).await,
             Err(error) => Err(self.refused(error).await),
         }
     }
 
     /// Takes a successful answer: rotate in memory, persist, then hand back for publishing.
-    async fn accept(&self, response: TokenResponse, old: Option<SecretString>) -> Outcome {
+    /// `first`: the first token fetched since start-up (see `schedule::first_jitter`).
+    async fn accept(
+        &self,
+        response: TokenResponse,
+        old: Option<SecretString>,
+        first: bool,
+    ) -> Outcome {
         let now = SystemTime::now();
         let expires_at = response
             .expires_at
             .unwrap_or(now + self.spec.default_lifetime);
+        let jitter = if first {
+            schedule::first_jitter(self.spec.refresh_ratio, self.spec.refresh_jitter)
+        } else {
+            self.spec.refresh_jitter
+        };
         let refresh_at = schedule::refresh_at(
             now,
             expires_at,
             self.spec.refresh_ratio,
-            self.spec.refresh_jitter,
+            jitter,
             rand::random::<f64>(),
         );
         let token = Arc::new(Token::new(

@@ -14,7 +14,7 @@ use std::time::Duration;
 use tracing::{info, warn};
 
 use super::credential::Credential;
-use super::{Broker, STATES, Set, timer};
+use super::{Broker, STATES, Set};
 use crate::config::Config;
 
 /// What a reload changed.
@@ -70,7 +70,7 @@ impl Broker {
         }
         self.set.store(Arc::new(Set::new(map)));
         for credential in starting {
-            tokio::spawn(timer::run(credential));
+            self.shared.timers.schedule(&credential);
         }
         report.added.sort();
         report.removed.sort();
