@@ -129,9 +129,11 @@ async fn dispatch(cli: Cli) -> ExitCode {
 }
 
 async fn run(path: &std::path::Path) -> anyhow::Result<()> {
-    let config = config::load(path)
-        .map_err(|p| anyhow::anyhow!("invalid config {}:\n{p}", path.display()))?;
-    let listeners = crate::daemon::bind_all(&config).await?;
+    let invalid = |p| anyhow::anyhow!("invalid config {}:\n{p}", path.display());
+    let source = config::Source::read(path).map_err(invalid)?;
+    let early = crate::daemon::bind_early(&source).await;
+    let config = config::from_table(source.table().map_err(invalid)?).map_err(invalid)?;
+    let listeners = crate::daemon::bind_config(&config, early).await?;
     crate::daemon::run(config, listeners, Some(path.to_owned())).await
 }
 

@@ -12,13 +12,53 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::broker::Broker;
-use crate::config::{self, Config};
+use crate::config::{self, Config, Listen};
 
 /// How often a watched config file is compared with what was loaded.
 const WATCH_INTERVAL: Duration = Duration::from_secs(2);
 use crate::metrics::Metrics;
 use crate::server::{self, App, Listener};
 use crate::store::Store;
+
+/// TCP listeners bound from the head of a config file before the rest is parsed and
+/// checked, with the addresses they were bound for.
+pub struct EarlyListeners(Vec<Listen>, Vec<Listener>);
+
+/// Binds the TCP addresses the head of a config file names (`Source::head`) before the
+/// rest is parsed and checked: with thousands of credentials that takes a while, and a
+/// sidecar's port should accept connections at once (they wait in the backlog until the
+/// server runs). `None` when the head names no listen address, a unix socket or
+/// something odd, or a bind fails: `bind_config` then binds (and reports) after the
+/// check, as usual.
+pub async fn bind_early(source: &config::Source) -> Option<EarlyListeners> {
+    let addresses = config::listen_hint(&source.head()?)?;
+    let mut listeners = Vec::new();
+    for listen in &addresses {
+        if !matches!(listen, Listen::Tcp(_)) {
+            return None;
+        }
+        listeners.push(server::bind(listen, 0o600).await.ok()?);
+    }
+    Some(EarlyListeners(addresses, listeners))
+}
+
+/// The listeners for a checked config: the early ones if they were bound for exactly
+/// these addresses, otherwise freshly bound.
+pub async fn bind_config(
+    config: &Config,
+    early: Option<EarlyListeners>,
+) -> anyhow::Result<Vec<Listener>> {
+    match early {
+        Some(EarlyListeners(addresses, listeners)) if addresses == config.server.listen => {
+            Ok(listeners)
+        }
+        other => {
+            // Close the early ones first: the config may name the same port differently.
+            drop(other);
+            bind_all(config).await
+        }
+    }
+}
 
 /// Binds every configured listener (so a busy port fails start-up, loudly).
 pub async fn bind_all(config: &Config) -> anyhow::Result<Vec<Listener>> {

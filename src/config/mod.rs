@@ -1,10 +1,11 @@
 //! Loading and validating the configuration.
 //!
 //! Layering (lowest first): built-in defaults, the TOML file, then environment variables
-//! `TOKEN_BROKER__SECTION__KEY`. The raw shape lives in `raw`; `validate` checks every key
+//! `TOKEN_BROKER__SECTION__KEY` (`load`). The raw shape lives in `raw`; `validate` checks every key
 //! and returns either a `Config` whose values are all usable, or every problem at once,
 //! each naming its key, so `check-config` can report them together.
 
+mod load;
 mod raw;
 mod validate;
 
@@ -14,6 +15,7 @@ use std::time::Duration;
 
 use reqwest::Url;
 
+pub use load::{Source, lenient};
 pub use raw::RawConfig;
 pub use validate::{checked_url, parse_listen, validate};
 
@@ -228,43 +230,35 @@ pub enum LostAnswer {
 
 /// Builds the layered raw config from a file plus the environment.
 pub fn load_raw(path: &Path) -> Result<RawConfig, Problems> {
-    let file = config::File::from(path).required(true);
-    let file = match path.extension().and_then(|e| e.to_str()) {
-        Some("json") => file.format(config::FileFormat::Json),
-        _ => file.format(config::FileFormat::Toml),
-    };
-    build(config::Config::builder().add_source(file))
+    load::raw(Source::read(path)?.table()?)
 }
 
 /// A config from TOML text plus the environment (used by `dev`, which embeds its config).
 pub fn load_str(toml: &str) -> Result<Config, Problems> {
-    let source = config::File::from_str(toml, config::FileFormat::Toml);
-    validate(build(config::Config::builder().add_source(source))?)
-}
-
-fn build(
-    builder: config::ConfigBuilder<config::builder::DefaultState>,
-) -> Result<RawConfig, Problems> {
-    let env = config::Environment::with_prefix("TOKEN_BROKER")
-        .prefix_separator("__")
-        .separator("__");
-    let built = builder.add_source(env).build().map_err(problem)?;
-    built.try_deserialize().map_err(problem)
-}
-
-fn problem(error: config::ConfigError) -> Problems {
-    let (key, message) = match &error {
-        config::ConfigError::Type { key: Some(key), .. } => (key.clone(), error.to_string()),
-        config::ConfigError::At { key: Some(key), .. } => (key.clone(), error.to_string()),
-        config::ConfigError::NotFound(key) => (key.clone(), "not found".to_owned()),
-        _ => ("config".to_owned(), error.to_string()),
-    };
-    Problems(vec![Problem { key, message }])
+    validate(load::raw(load::parse(toml, false)?)?)
 }
 
 /// Loads and validates a config file.
 pub fn load(path: &Path) -> Result<Config, Problems> {
     validate(load_raw(path)?)
+}
+
+/// Validates a config already read into a table (see `Source`).
+pub fn from_table(table: toml::Table) -> Result<Config, Problems> {
+    validate(load::raw(table)?)
+}
+
+/// The listen addresses a config table names explicitly, if it names them plainly: the
+/// daemon binds these before it checks the rest of the config, and keeps them only if
+/// the checked config names the same (see `daemon`).
+pub fn listen_hint(table: &toml::Table) -> Option<Vec<Listen>> {
+    let listen = table.get("server").and_then(|s| s.get("listen"));
+    let addresses: Vec<&str> = match listen {
+        Some(toml::Value::String(one)) => vec![one.as_str()],
+        Some(toml::Value::Array(many)) => many.iter().map(|v| v.as_str()).collect::<Option<_>>()?,
+        _ => return None,
+    };
+    addresses.iter().map(|a| parse_listen(a).ok()).collect()
 }
 
 /// Reads every secret source once, reporting the ones that cannot be read (for

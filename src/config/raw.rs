@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::lenient;
 use crate::duration::serde_opt;
 use crate::secret::SecretSource;
 
@@ -32,15 +33,18 @@ pub enum OneOrMany {
 #[serde(deny_unknown_fields)]
 pub struct RawServer {
     pub listen: Option<OneOrMany>,
+    #[serde(default, with = "lenient")]
     pub require_header: Option<bool>,
     #[serde(default, with = "serde_opt")]
     pub request_timeout: Option<Duration>,
     #[serde(default, with = "serde_opt")]
     pub shutdown_grace: Option<Duration>,
+    #[serde(default, with = "lenient")]
     pub max_waiting_requests: Option<usize>,
     #[serde(default, with = "serde_opt")]
     pub header_timeout: Option<Duration>,
     pub socket_mode: Option<String>,
+    #[serde(default, with = "lenient")]
     pub watch_config: Option<bool>,
     pub allowed_hosts: Option<Vec<String>>,
 }
@@ -59,6 +63,7 @@ pub struct RawIdp {
     pub connect_timeout: Option<Duration>,
     #[serde(default, with = "serde_opt")]
     pub timeout: Option<Duration>,
+    #[serde(default, with = "lenient")]
     pub max_concurrent: Option<usize>,
     pub ca_file: Option<String>,
     pub client_cert: Option<String>,
@@ -77,9 +82,13 @@ pub struct RawCredential {
     pub refresh_token: Option<SecretSource>,
     pub scope: Option<String>,
     pub audience: Option<String>,
+    #[serde(default, with = "lenient")]
     pub default: Option<bool>,
+    #[serde(default, with = "lenient")]
     pub required: Option<bool>,
+    #[serde(default, with = "lenient")]
     pub refresh_ratio: Option<f64>,
+    #[serde(default, with = "lenient")]
     pub refresh_jitter: Option<f64>,
     #[serde(default, with = "serde_opt")]
     pub default_lifetime: Option<Duration>,

@@ -2,6 +2,8 @@
 
 use std::process::Command;
 
+use serde_json::Value;
+
 use crate::harness::*;
 
 fn check_config(text: &str) -> (bool, String) {
@@ -215,4 +217,47 @@ async fn dev_serves_a_token_its_idp_accepts() {
         .unwrap();
     assert_eq!(whoami.status(), 200);
     assert!(dev.terminate().success());
+}
+
+/// `TOKEN_BROKER__SECTION__KEY` overrides the file, for the server and for a credential,
+/// and a bad override is reported under its key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn environment_variables_override_the_config_file() {
+    let idp = Idp::start(&["--access-ttl", "120s"]);
+    let dir = tempdir();
+    let bootstrap = dir.path().join("bootstrap");
+    std::fs::write(&bootstrap, &idp.refresh_token).unwrap();
+    // The file names a port that is taken; the environment moves the broker to port 0.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let config = base_config(dir.path())
+        .replace("127.0.0.1:0", &taken.local_addr().unwrap().to_string())
+        + &refresh_credential("x", &idp, &bootstrap, "scope = \"from-file\"");
+    let broker = Broker::start_with_env(
+        dir.path(),
+        &config,
+        &[
+            ("TOKEN_BROKER__SERVER__LISTEN", "127.0.0.1:0"),
+            ("TOKEN_BROKER__SERVER__REQUIRE_HEADER", "false"),
+            ("TOKEN_BROKER__CREDENTIALS__X__SCOPE", "from-env"),
+        ],
+    );
+    let body: Value = client()
+        .get(format!("{}/token/x", broker.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["scope"], "from-env", "{body}");
+
+    let path = dir.path().join("config.toml");
+    let output = Command::new(bin())
+        .args(["check-config", "--config", path.to_str().unwrap()])
+        .env("TOKEN_BROKER__SERVER__MAX_WAITING_REQUESTS", "lots")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("server.max_waiting_requests"), "{stderr}");
 }

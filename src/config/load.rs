@@ -1,0 +1,278 @@
+//! From a file and the environment to `RawConfig`.
+//!
+//! The file is parsed straight into a TOML table (JSON by extension), the
+//! `TOKEN_BROKER__SECTION__KEY` variables are laid over it, and the table is deserialized
+//! with the path of the first error tracked, so a problem names its key. Parsing the
+//! table directly, rather than merging sources key by key, keeps a start with thousands
+//! of credentials fast; the part of the file before the credentials is what the daemon
+//! reads `server.listen` from to bind its port before the rest is parsed and checked.
+
+use std::path::Path;
+
+use serde::de::DeserializeOwned;
+use toml::{Table, Value};
+
+use super::{Problem, Problems, RawConfig};
+
+/// Prefix and separator of environment overrides: `TOKEN_BROKER__SERVER__LISTEN`.
+const ENV_PREFIX: &str = "TOKEN_BROKER";
+const ENV_SEPARATOR: &str = "__";
+
+/// A config file's text, read once.
+pub struct Source {
+    text: String,
+    json: bool,
+}
+
+impl Source {
+    /// Reads a config file (TOML, or JSON by extension).
+    pub fn read(path: &Path) -> Result<Source, Problems> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| one("config", format!("cannot read {}: {e}", path.display())))?;
+        let json = path.extension().is_some_and(|e| e == "json");
+        Ok(Source { text, json })
+    }
+
+    /// The whole file as a table, environment overrides applied.
+    pub fn table(&self) -> Result<Table, Problems> {
+        parse(&self.text, self.json)
+    }
+
+    /// The part of a TOML file before its first `[credentials...]` header, environment
+    /// overrides applied; `None` if that part does not parse. With thousands of
+    /// credentials the full parse takes tens of milliseconds, this part microseconds, so
+    /// the daemon can bind its port first. A document that is valid TOML cannot set a key
+    /// of this part again further down, so what it says about `[server]` stands; a cut
+    /// inside a multi-line string fails to parse and gives `None`.
+    pub fn head(&self) -> Option<Table> {
+        if self.json {
+            return None;
+        }
+        let cut = if self.text.starts_with("[credentials") {
+            0
+        } else {
+            self.text
+                .find("\n[credentials")
+                .map_or(self.text.len(), |i| i + 1)
+        };
+        let mut table: Table = toml::from_str(&self.text[..cut]).ok()?;
+        overlay_env(&mut table, env_overrides()).ok()?;
+        Some(table)
+    }
+}
+
+/// Parses config text (TOML, or JSON when `json`) into a table, environment overrides
+/// applied.
+pub fn parse(text: &str, json: bool) -> Result<Table, Problems> {
+    let mut table: Table = if json {
+        serde_json::from_str(text).map_err(|e| one("config", format!("not valid JSON: {e}")))?
+    } else {
+        toml::from_str(text).map_err(|e| one("config", format!("not valid TOML: {e}")))?
+    };
+    overlay_env(&mut table, env_overrides())?;
+    Ok(table)
+}
+
+/// Deserializes a table, naming the key of the first problem.
+pub fn raw(table: Table) -> Result<RawConfig, Problems> {
+    deserialize(table)
+}
+
+fn deserialize<T: DeserializeOwned>(table: Table) -> Result<T, Problems> {
+    serde_path_to_error::deserialize(Value::Table(table)).map_err(|e| {
+        let key = e.path().to_string();
+        let key = if key == "." { "config".to_owned() } else { key };
+        one(&key, e.into_inner().message().trim().to_owned())
+    })
+}
+
+/// The `TOKEN_BROKER__...` variables as (dotted lower-case path, value); the `config`
+/// crate's environment source does the naming rules.
+fn env_overrides() -> Vec<(String, String)> {
+    use config::Source;
+    let env = config::Environment::with_prefix(ENV_PREFIX)
+        .prefix_separator(ENV_SEPARATOR)
+        .separator(ENV_SEPARATOR);
+    let Ok(found) = env.collect() else {
+        return Vec::new();
+    };
+    let mut overrides: Vec<(String, String)> = found
+        .into_iter()
+        .filter_map(|(key, value)| Some((key, value.into_string().ok()?)))
+        .collect();
+    // Deterministic order: a shorter path (a whole table) first, its keys after.
+    overrides.sort();
+    overrides
+}
+
+/// Lays string values over the table at dotted paths, creating tables on the way.
+/// Values stay strings: the raw config's fields accept text for numbers and booleans.
+fn overlay_env(table: &mut Table, overrides: Vec<(String, String)>) -> Result<(), Problems> {
+    for (path, value) in overrides {
+        let mut parts: Vec<&str> = path.split('.').collect();
+        let Some(last) = parts.pop() else { continue };
+        let mut here = &mut *table;
+        for part in parts {
+            let slot = here
+                .entry(part.to_owned())
+                .or_insert_with(|| Value::Table(Table::new()));
+            here = match slot {
+                Value::Table(inner) => inner,
+                _ => {
+                    let message = format!(
+                        "{ENV_PREFIX}{ENV_SEPARATOR}... sets a key inside a value that is not a table"
+                    );
+                    return Err(one(&path, message));
+                }
+            };
+        }
+        here.insert(last.to_owned(), Value::String(value));
+    }
+    Ok(())
+}
+
+fn one(key: &str, message: String) -> Problems {
+    Problems(vec![Problem {
+        key: key.to_owned(),
+        message,
+    }])
+}
+
+/// Serde helper for numbers and booleans that may come as text (from the environment):
+/// accepts `true` and `"true"`, `64` and `"64"`.
+pub mod lenient {
+    use std::fmt::Display;
+    use std::str::FromStr;
+
+    use serde::{Deserialize, Deserializer};
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw<T> {
+        Native(T),
+        Text(String),
+    }
+
+    /// Deserializes an optional `T` written natively or as text.
+    pub fn deserialize<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: Deserialize<'de> + FromStr,
+        T::Err: Display,
+    {
+        match Option::<Raw<T>>::deserialize(d)? {
+            None => Ok(None),
+            Some(Raw::Native(v)) => Ok(Some(v)),
+            Some(Raw::Text(t)) => t
+                .trim()
+                .parse()
+                .map(Some)
+                .map_err(|e| serde::de::Error::custom(format!("`{t}`: {e}"))),
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn overlaid(text: &str, env: &[(&str, &str)]) -> Result<RawConfig, Problems> {
+        let mut table: Table = toml::from_str(text).unwrap();
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+        overlay_env(&mut table, env.collect())?;
+        raw(table)
+    }
+
+    #[test]
+    fn environment_values_override_and_extend_the_file() {
+        let raw = overlaid(
+            "[server]\nlisten = \"127.0.0.1:1\"\nrequire_header = true\n",
+            &[
+                ("server.listen", "127.0.0.1:2"),
+                ("server.require_header", "false"),
+                ("server.max_waiting_requests", "7"),
+                ("idp.max_concurrent", "3"),
+                ("credentials.a.refresh_ratio", "0.5"),
+                ("credentials.a.client_id", "123"),
+            ],
+        )
+        .unwrap();
+        let server = raw.server.unwrap();
+        assert!(
+            matches!(server.listen, Some(super::super::raw::OneOrMany::One(ref a)) if a == "127.0.0.1:2")
+        );
+        assert_eq!(server.require_header, Some(false));
+        assert_eq!(server.max_waiting_requests, Some(7));
+        assert_eq!(raw.idp.unwrap().max_concurrent, Some(3));
+        let a = &raw.credentials.unwrap()["a"];
+        assert_eq!(a.refresh_ratio, Some(0.5));
+        assert_eq!(a.client_id.as_deref(), Some("123"));
+    }
+
+    #[test]
+    fn problems_name_their_key() {
+        let cases = [
+            ("[server]\nbogus = 1\n", vec![], "server.bogus"),
+            (
+                "[credentials.a]\ncolour = 1\n",
+                vec![],
+                "credentials.a.colour",
+            ),
+            (
+                "",
+                vec![("server.require_header", "maybe")],
+                "server.require_header",
+            ),
+            ("[server]\nlisten = 5\n", vec![], "server.listen"),
+            ("", vec![("server.listen.x", "1")], "server.listen"),
+        ];
+        for (text, env, key) in cases {
+            let problems = overlaid(
+                &format!("{text}\n[state]\ndir = \"/x\"\n"),
+                &env.iter()
+                    .map(|(k, v)| (*k, *v))
+                    .collect::<Vec<(&str, &str)>>(),
+            )
+            .err()
+            .unwrap_or_else(|| panic!("accepted {text} {env:?}"));
+            assert!(problems.0[0].key.starts_with(key), "{key}: {problems}");
+        }
+    }
+
+    fn source(text: &str) -> Source {
+        Source {
+            text: text.to_owned(),
+            json: false,
+        }
+    }
+
+    fn hint(text: &str) -> Option<Vec<crate::config::Listen>> {
+        crate::config::listen_hint(&source(text).head()?)
+    }
+
+    #[test]
+    fn the_head_names_the_listen_address_only_when_it_says_it_before_the_credentials() {
+        let creds = "[credentials.a]\nclient_id = \"c\"\n[credentials.b]\nclient_id = \"d\"\n";
+        let first = format!("[server]\nlisten = [\"127.0.0.1:7\"]\n\n{creds}");
+        assert_eq!(
+            hint(&first),
+            Some(vec![crate::config::parse_listen("127.0.0.1:7").unwrap()])
+        );
+        // The head is small: the credentials are not in it.
+        assert!(!source(&first).head().unwrap().contains_key("credentials"));
+        // [server] after the credentials, or no listen at all: no guess.
+        assert_eq!(
+            hint(&format!("{creds}[server]\nlisten = \"127.0.0.1:7\"\n")),
+            None
+        );
+        assert_eq!(hint(&format!("[state]\ndir = \"/x\"\n{creds}")), None);
+        // A cut inside a multi-line string does not parse: no guess.
+        let tricky = "[server]\nlisten = \"127.0.0.1:7\"\nx = \"\"\"\n[credentials.a]\n\"\"\"\n";
+        assert_eq!(hint(tricky), None);
+        assert_eq!(
+            hint("[server]\nlisten = \"unix:/run/x.sock\"\n").map(|l| l.len()),
+            Some(1)
+        );
+    }
+}
