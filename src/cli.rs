@@ -11,6 +11,9 @@ use crate::config::{self, DEFAULT_LISTEN};
 
 const DEFAULT_URL: &str = "http://127.0.0.1:8656";
 
+/// Threads for blocking work (state-file writes, name lookups).
+const BLOCKING_THREADS: usize = 16;
+
 /// A local OAuth2 token broker: one refresh per rotation, tokens served on localhost.
 #[derive(Parser)]
 #[command(name = "token-broker", version, about, propagate_version = true)]
@@ -91,6 +94,11 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        // The blocking pool runs state-file writes (each ends in an fsync). The default
+        // cap of 512 threads would let a start with thousands of credentials grow
+        // hundreds of threads, each with its own stack and allocator arena; a few keep
+        // the disk as busy as it can be.
+        .max_blocking_threads(BLOCKING_THREADS)
         .build()
     {
         Ok(rt) => rt,
@@ -132,7 +140,10 @@ async fn run(path: &std::path::Path) -> anyhow::Result<()> {
     let invalid = |p| anyhow::anyhow!("invalid config {}:\n{p}", path.display());
     let source = config::Source::read(path).map_err(invalid)?;
     let early = crate::daemon::bind_early(&source).await;
-    let config = config::from_table(source.table().map_err(invalid)?).map_err(invalid)?;
+    let table = source.table().map_err(invalid)?;
+    // The text of thousands of credentials is not needed once parsed.
+    drop(source);
+    let config = config::from_table(table).map_err(invalid)?;
     let listeners = crate::daemon::bind_config(&config, early).await?;
     crate::daemon::run(config, listeners, Some(path.to_owned())).await
 }

@@ -1,22 +1,23 @@
 //! `token-broker run`: open the store, bind the listeners, start the broker, serve, and
 //! drain gracefully on SIGTERM. `dev` reuses this with an embedded config.
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
+use sha2::{Digest, Sha256};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::broker::Broker;
+use crate::broker::{Broker, STATES};
 use crate::config::{self, Config, Listen};
 
 /// How often a watched config file is compared with what was loaded.
 const WATCH_INTERVAL: Duration = Duration::from_secs(2);
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, StateSource};
 use crate::server::{self, App, Listener};
 use crate::store::Store;
 
@@ -83,12 +84,29 @@ pub async fn run(
     let store = Store::open(&config.state.dir).map_err(anyhow::Error::msg)?;
     let shutdown = CancellationToken::new();
     let broker = Arc::new(
-        Broker::new(&config, store, Metrics::new(), shutdown.clone())
+        Broker::new(&config, store, Metrics::new(STATES), shutdown.clone())
             .map_err(anyhow::Error::msg)?,
     );
+    let states: Weak<dyn StateSource> = Arc::downgrade(&broker) as Weak<Broker>;
+    broker.metrics().set_state_source(states);
     broker.start();
     let addresses: Vec<String> = listeners.iter().map(Listener::describe).collect();
     info!(listen = %addresses.join(","), credentials = config.credentials.len(), "token-broker serving");
+    // The broker holds each credential's settings; keeping a second copy of thousands
+    // of them here would only cost memory.
+    let Config {
+        server,
+        state,
+        idp,
+        credentials,
+    } = config;
+    drop(credentials);
+    let config = Config {
+        server,
+        state,
+        idp,
+        credentials: Vec::new(),
+    };
     let app = App {
         broker: broker.clone(),
         require_header: config.server.require_header,
@@ -121,19 +139,22 @@ pub async fn run(
 }
 
 /// Reloads on SIGHUP, and on file changes when `server.watch_config` is set. A config
-/// that does not validate is logged and ignored; the running one stays.
-async fn reloader(broker: Arc<Broker>, path: PathBuf, mut running: Config) {
+/// that does not validate is logged and ignored; the running one stays. `running`'s
+/// sections other than `[credentials]` are what a restart would change.
+async fn reloader(broker: Arc<Broker>, path: PathBuf, running: Config) {
     let Ok(mut hangups) = signal(SignalKind::hangup()) else {
         warn!("cannot listen for SIGHUP; reload is off");
         return;
     };
-    let mut seen = std::fs::read(&path).ok();
+    // A digest, not the text: the file may hold thousands of credentials.
+    let digest = |path: &PathBuf| std::fs::read(path).ok().map(Sha256::digest);
+    let mut seen = digest(&path);
     let mut poll = tokio::time::interval(WATCH_INTERVAL);
     loop {
         tokio::select! {
             _ = hangups.recv() => info!(config = %path.display(), "SIGHUP: reloading"),
             _ = poll.tick(), if running.server.watch_config => {
-                let now = std::fs::read(&path).ok();
+                let now = digest(&path);
                 if now == seen {
                     continue;
                 }
@@ -154,9 +175,8 @@ async fn reloader(broker: Arc<Broker>, path: PathBuf, mut running: Config) {
         {
             warn!("[server], [state] and [idp] changes take effect at the next restart");
         }
-        match broker.reload(&config).await {
-            Ok(_) => running.credentials = config.credentials,
-            Err(e) => error!(error = %e, "reload failed; keeping the running credentials"),
+        if let Err(e) = broker.reload(&config).await {
+            error!(error = %e, "reload failed; keeping the running credentials");
         }
     }
 }

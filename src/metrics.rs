@@ -1,40 +1,65 @@
 //! Prometheus metrics, all prefixed `token_broker_`.
 //!
 //! Per-credential handles are created once when a credential is added and kept in the
-//! credential, so counting a served request is one atomic add, not a map lookup.
+//! credential, so counting a served request is one atomic add, not a map lookup. The
+//! one-hot state of every credential is not stored at all: it is read from the broker
+//! when a scrape encodes it (`StateSource`).
 
-use std::sync::{Arc, Mutex};
+use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, LabelValueEncoder,
+};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+// Label sets share the credential's name (one allocation per credential, however many
+// series it has) and use static strings for the rest: with thousands of credentials,
+// a String per label per series costs megabytes.
+
+/// A credential's name as a label value.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+struct Label(Arc<str>);
+
+impl EncodeLabelValue for Label {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> fmt::Result {
+        EncodeLabelValue::encode(&&*self.0, encoder)
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Outcome {
-    credential: String,
-    outcome: String,
+    credential: Label,
+    outcome: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Refresh {
-    credential: String,
-    trigger: String,
-    result: String,
+    credential: Label,
+    trigger: &'static str,
+    result: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Name {
-    credential: String,
+    credential: Label,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct State {
-    credential: String,
-    state: String,
+/// Where the state metric is read from at scrape time: the broker.
+pub trait StateSource: Send + Sync + 'static {
+    /// Calls `each` with every credential's name and current state.
+    fn for_each_state(&self, each: &mut dyn FnMut(&str, &'static str));
 }
+
+/// The source, once the broker exists (the metrics are made before it).
+type Source = Arc<OnceLock<Weak<dyn StateSource>>>;
 
 /// The registry and every metric family.
 #[derive(Clone)]
@@ -45,15 +70,17 @@ pub struct Metrics {
     joined: Family<Name, Counter>,
     in_flight: Family<Name, Gauge>,
     expiry: Family<Name, Gauge>,
-    state: Family<State, Gauge>,
+    states: Source,
     idp_latency: Histogram,
     store_latency: Histogram,
+    /// Size of the last exposition, to size the next one's buffer.
+    last_size: Arc<AtomicUsize>,
 }
 
 /// Handles for one credential's hot counters.
 #[derive(Clone)]
 pub struct CredentialMetrics {
-    name: String,
+    name: Label,
     metrics: Metrics,
     served: Counter,
     pub joined: Counter,
@@ -61,14 +88,9 @@ pub struct CredentialMetrics {
     pub expiry: Gauge,
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl Metrics {
-    pub fn new() -> Metrics {
+    /// The metrics; `states` lists every state the state metric reports.
+    pub fn new(states: &'static [&'static str]) -> Metrics {
         let mut registry = Registry::with_prefix("token_broker");
         let m = Metrics {
             registry: Arc::default(),
@@ -77,9 +99,10 @@ impl Metrics {
             joined: Family::default(),
             in_flight: Family::default(),
             expiry: Family::default(),
-            state: Family::default(),
+            states: Source::default(),
             idp_latency: Histogram::new(exponential_buckets(0.005, 2.0, 14)),
             store_latency: Histogram::new(exponential_buckets(0.0001, 2.0, 14)),
+            last_size: Arc::default(),
         };
         registry.register(
             "requests",
@@ -106,11 +129,10 @@ impl Metrics {
             "Unix time at which the current access token expires",
             m.expiry.clone(),
         );
-        registry.register(
-            "credential_state",
-            "1 for the state each credential is in",
-            m.state.clone(),
-        );
+        registry.register_collector(Box::new(StateCollector {
+            source: m.states.clone(),
+            all: states,
+        }));
         registry.register(
             "idp_request_duration_seconds",
             "Latency of token requests to IdPs",
@@ -125,18 +147,24 @@ impl Metrics {
         m
     }
 
+    /// Where the state metric comes from; set once, when the broker exists.
+    pub fn set_state_source(&self, source: Weak<dyn StateSource>) {
+        let _ = self.states.set(source);
+    }
+
     /// The handles for one credential.
     pub fn credential(&self, name: &str) -> CredentialMetrics {
+        let name = Label(Arc::from(name));
         let label = Name {
-            credential: name.to_owned(),
+            credential: name.clone(),
         };
         CredentialMetrics {
-            name: name.to_owned(),
-            metrics: self.clone(),
-            served: self.requests.get_or_create(&outcome(name, "ok")).clone(),
+            served: self.requests.get_or_create(&outcome(&name, "ok")).clone(),
             joined: self.joined.get_or_create(&label).clone(),
             in_flight: self.in_flight.get_or_create(&label).clone(),
             expiry: self.expiry.get_or_create(&label).clone(),
+            metrics: self.clone(),
+            name,
         }
     }
 
@@ -148,49 +176,74 @@ impl Metrics {
         self.store_latency.observe(seconds);
     }
 
-    /// Sets the one-hot state gauge of a credential.
-    pub fn set_state(&self, credential: &str, current: &str, all: &[&str]) {
-        for state in all {
-            let label = State {
-                credential: credential.to_owned(),
-                state: (*state).to_owned(),
-            };
-            self.state
-                .get_or_create(&label)
-                .set(i64::from(*state == current));
-        }
-    }
-
     /// Drops every series of a credential that was removed.
-    pub fn forget(&self, credential: &str, states: &[&str]) {
+    pub fn forget(&self, credential: &str) {
         let name = Name {
-            credential: credential.to_owned(),
+            credential: Label(Arc::from(credential)),
         };
         self.joined.remove(&name);
         self.in_flight.remove(&name);
         self.expiry.remove(&name);
-        for state in states {
-            self.state.remove(&State {
-                credential: credential.to_owned(),
-                state: (*state).to_owned(),
-            });
-        }
     }
 
-    /// The text exposition.
+    /// The text exposition. With thousands of credentials it runs to megabytes: the
+    /// buffer is sized from the last scrape, so it is one allocation that the allocator
+    /// hands back to the system when it is freed, not a chain of doublings.
     pub fn encode(&self) -> String {
-        let mut out = String::new();
+        let expected = self.last_size.load(Ordering::Relaxed);
+        let mut out = String::with_capacity(expected + expected / 8 + 4096);
         let registry = self.registry.lock().unwrap_or_else(|e| e.into_inner());
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+        drop(registry);
+        self.last_size.store(out.len(), Ordering::Relaxed);
         out
     }
 }
 
-fn outcome(credential: &str, outcome: &str) -> Outcome {
+/// Encodes the one-hot `credential_state` from the broker at scrape time, so thousands
+/// of credentials do not keep six stored series each.
+struct StateCollector {
+    source: Source,
+    all: &'static [&'static str],
+}
+
+impl fmt::Debug for StateCollector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StateCollector").finish_non_exhaustive()
+    }
+}
+
+impl Collector for StateCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
+        let Some(source) = self.source.get().and_then(Weak::upgrade) else {
+            return Ok(());
+        };
+        let mut metric = encoder.encode_descriptor(
+            "credential_state",
+            "1 for the state each credential is in",
+            None,
+            MetricType::Gauge,
+        )?;
+        let mut result = Ok(());
+        source.for_each_state(&mut |name, current| {
+            for state in self.all {
+                if result.is_ok() {
+                    let labels = [("credential", name), ("state", *state)];
+                    result = metric
+                        .encode_family(&labels)
+                        .and_then(|mut m| m.encode_gauge(&i64::from(*state == current)));
+                }
+            }
+        });
+        result
+    }
+}
+
+fn outcome(credential: &Label, outcome: &'static str) -> Outcome {
     Outcome {
-        credential: credential.to_owned(),
-        outcome: outcome.to_owned(),
+        credential: credential.clone(),
+        outcome,
     }
 }
 
@@ -201,7 +254,7 @@ impl CredentialMetrics {
     }
 
     /// A request answered with an error code.
-    pub fn failed(&self, code: &str) {
+    pub fn failed(&self, code: &'static str) {
         self.metrics
             .requests
             .get_or_create(&outcome(&self.name, code))
@@ -209,11 +262,11 @@ impl CredentialMetrics {
     }
 
     /// A finished call to the IdP.
-    pub fn refreshed(&self, trigger: &str, result: &str) {
+    pub fn refreshed(&self, trigger: &'static str, result: &'static str) {
         let labels = Refresh {
             credential: self.name.clone(),
-            trigger: trigger.to_owned(),
-            result: result.to_owned(),
+            trigger,
+            result,
         };
         self.metrics.refreshes.get_or_create(&labels).inc();
     }

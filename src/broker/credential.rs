@@ -179,7 +179,7 @@ impl Credential {
     }
 
     /// Counts a request answered with an error code.
-    pub fn count_failed(&self, code: &str) {
+    pub fn count_failed(&self, code: &'static str) {
         self.metrics.failed(code);
     }
 

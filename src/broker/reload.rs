@@ -14,7 +14,7 @@ use std::time::Duration;
 use tracing::{info, warn};
 
 use super::credential::Credential;
-use super::{Broker, STATES, Set};
+use super::{Broker, Set};
 use crate::config::Config;
 
 /// What a reload changed.
@@ -62,7 +62,7 @@ impl Broker {
             if !map.contains_key(name) {
                 retiring.push(current.clone());
                 report.removed.push(name.clone());
-                self.shared.metrics.forget(name, STATES);
+                self.shared.metrics.forget(name);
             }
         }
         for credential in &retiring {

@@ -51,6 +51,16 @@ pub struct LastError {
     pub at: String,
 }
 
+/// The state metric reads every credential's state when it is scraped.
+impl crate::metrics::StateSource for super::Broker {
+    fn for_each_state(&self, each: &mut dyn FnMut(&str, &'static str)) {
+        let set = self.set.load();
+        for credential in set.names.iter().filter_map(|n| set.map.get(n)) {
+            each(credential.name(), credential.state());
+        }
+    }
+}
+
 /// The state name, from the fields the single flight keeps.
 fn state_of(inner: &Inner, valid: bool, has_token: bool) -> &'static str {
     if inner.reauth.is_some() {
@@ -70,7 +80,38 @@ fn state_of(inner: &Inner, valid: bool, has_token: bool) -> &'static str {
     }
 }
 
+/// What `/readyz` needs of a credential: no timestamps, and a reason only when the
+/// credential cannot serve or is in trouble.
+pub struct Readiness {
+    pub state: &'static str,
+    /// A valid token can be served now.
+    pub ready: bool,
+    /// Why it is not ready, or in trouble while still serving.
+    pub reason: Option<String>,
+}
+
 impl Credential {
+    /// Readiness, cheaply: `/readyz` is polled, and with thousands of credentials a full
+    /// status of each per poll would cost megabytes and milliseconds.
+    pub fn readiness(&self) -> Readiness {
+        let token = self.current();
+        let valid = token
+            .as_ref()
+            .is_some_and(|t| t.is_valid(SystemTime::now()));
+        let inner = self.lock();
+        let state = state_of(&inner, valid, token.is_some());
+        let troubled = !valid || matches!(state, "stale" | "reauth_required");
+        let reason = troubled.then(|| {
+            last_error(&inner, SystemTime::now())
+                .map_or_else(|| "no token yet".to_owned(), |e| e.message)
+        });
+        Readiness {
+            state,
+            ready: valid,
+            reason,
+        }
+    }
+
     /// Just the state, for the metrics scrape (a full status per credential would
     /// format every timestamp of every credential on each scrape).
     pub fn state(&self) -> &'static str {
@@ -109,20 +150,25 @@ impl Credential {
                 failed: inner.refreshes_failed,
                 joined: self.metrics.joined.get(),
             },
-            last_error: match (&inner.reauth, &inner.last_error) {
-                (Some(reason), _) => Some(LastError {
-                    message: format!("reauth required: {reason}"),
-                    at: inner
-                        .last_error
-                        .as_ref()
-                        .map_or_else(|| rfc3339(now), |(_, at)| rfc3339(*at)),
-                }),
-                (None, Some((error, at))) => Some(LastError {
-                    message: error.to_string(),
-                    at: rfc3339(*at),
-                }),
-                _ => None,
-            },
+            last_error: last_error(&inner, now),
         }
+    }
+}
+
+/// The error an operator should see: the reason to re-authenticate, or the last one.
+fn last_error(inner: &Inner, now: SystemTime) -> Option<LastError> {
+    match (&inner.reauth, &inner.last_error) {
+        (Some(reason), _) => Some(LastError {
+            message: format!("reauth required: {reason}"),
+            at: inner
+                .last_error
+                .as_ref()
+                .map_or_else(|| rfc3339(now), |(_, at)| rfc3339(*at)),
+        }),
+        (None, Some((error, at))) => Some(LastError {
+            message: error.to_string(),
+            at: rfc3339(*at),
+        }),
+        _ => None,
     }
 }

@@ -69,6 +69,8 @@ impl Token {
         let mut json = serde_json::to_vec(&head).unwrap_or_default();
         json.pop();
         json.extend_from_slice(br#","expires_in":"#);
+        // Serializing grows the buffer by doubling; thousands of tokens are held at once.
+        json.shrink_to_fit();
         Token {
             raw: Bytes::from_owner(Wiped(access_token.as_bytes().to_vec())),
             json_head: Bytes::from_owner(Wiped(json)),

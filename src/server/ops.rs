@@ -5,10 +5,10 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use serde::Serialize;
 use serde_json::json;
 
 use super::App;
-use crate::broker::STATES;
 
 /// `GET /healthz`: the process serves.
 pub async fn healthz() -> Response {
@@ -19,35 +19,53 @@ pub async fn healthz() -> Response {
 /// serve but are in trouble (refresh failing, refresh token refused) are listed too, so
 /// an operator sees them before their tokens expire.
 pub async fn readyz(State(app): State<App>) -> Response {
-    let statuses: Vec<_> = app
-        .broker
-        .credentials()
-        .iter()
-        .map(|c| c.status())
-        .collect();
-    let row = |s: &crate::broker::CredentialStatus| {
-        let reason = s
-            .last_error
-            .as_ref()
-            .map_or_else(|| "no token yet".to_owned(), |e| e.message.clone());
-        json!({"name": s.name, "state": s.state, "reason": reason})
-    };
-    let not_ready: Vec<_> = statuses
-        .iter()
-        .filter(|s| s.required && !s.ready)
-        .map(row)
-        .collect();
-    let degraded: Vec<_> = statuses
-        .iter()
-        .filter(|s| s.ready && matches!(s.state, "stale" | "reauth_required"))
-        .map(row)
-        .collect();
-    if not_ready.is_empty() {
-        Json(json!({"status": "ready", "degraded": degraded})).into_response()
-    } else {
-        let body = json!({"status": "not_ready", "credentials": not_ready, "degraded": degraded});
-        (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+    let mut not_ready = Vec::new();
+    let mut degraded = Vec::new();
+    for credential in app.broker.credentials() {
+        let readiness = credential.readiness();
+        let Some(reason) = readiness.reason else {
+            continue;
+        };
+        let row = Row {
+            name: credential.name().to_owned(),
+            state: readiness.state,
+            reason,
+        };
+        match (readiness.ready, credential.spec.required) {
+            (true, _) => degraded.push(row),
+            (false, true) => not_ready.push(row),
+            (false, false) => {}
+        }
     }
+    let ready = not_ready.is_empty();
+    let body = Readyz {
+        status: if ready { "ready" } else { "not_ready" },
+        credentials: (!ready).then_some(not_ready),
+        degraded,
+    };
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
+}
+
+/// The `/readyz` body, serialized straight from these rows.
+#[derive(Serialize)]
+struct Readyz {
+    status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    credentials: Option<Vec<Row>>,
+    degraded: Vec<Row>,
+}
+
+/// One credential in `/readyz`.
+#[derive(Serialize)]
+struct Row {
+    name: String,
+    state: &'static str,
+    reason: String,
 }
 
 /// `GET /v1/credentials`: status of every credential.
@@ -68,9 +86,6 @@ pub async fn credentials(State(app): State<App>) -> Response {
 /// `GET /metrics`: Prometheus text exposition.
 pub async fn metrics(State(app): State<App>) -> Response {
     let metrics = app.broker.metrics();
-    for credential in app.broker.credentials() {
-        metrics.set_state(credential.name(), credential.state(), STATES);
-    }
     let mut response = metrics.encode().into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,
