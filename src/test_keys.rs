@@ -28,6 +28,10 @@ impl Keys {
     pub fn private_pem(&self) -> String {
         std::fs::read_to_string(&self.private).unwrap()
     }
+
+    pub fn public_pem(&self) -> Vec<u8> {
+        std::fs::read(&self.public).unwrap()
+    }
 }
 
 /// Runs openssl, panicking with its stderr if it fails.
