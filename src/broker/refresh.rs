@@ -346,7 +346,7 @@ impl Credential {
                 credential = self.name(),
                 trigger,
                 error = %error,
-                "the identity provider refused the credential; no further calls until a new bootstrap token appears"
+                "the identity provider refused the credential; no further calls until a new bootstrap token (or a changed input) appears"
             );
         } else {
             warn!(
