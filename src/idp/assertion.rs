@@ -59,6 +59,8 @@ impl SigningKey {
     ) -> Result<SigningKey, String> {
         let der = PrivateKeyDer::from_pem_slice(pem.expose_secret().as_bytes())
             .map_err(|_| "not a PEM private key (PKCS#8, PKCS#1 or SEC1)".to_owned())?;
+        // The DER copy is wiped when this function returns, whatever it returns.
+        let der = Zeroizing::new(der);
         let pair = match alg {
             Some(SigningAlg::Rs256) => Pair::Rsa(rsa_pair(&der).map_err(|e| {
                 format!("signing_alg = \"RS256\" needs an RSA key of 2048 bits or more ({e})")
