@@ -449,3 +449,63 @@ async fn a_public_client_refreshes_with_only_its_client_id() {
     assert_eq!(idp.stat("refresh_grants").await, 2);
     assert_eq!(idp.stat("invalid_client").await, 0);
 }
+
+#[test]
+fn check_secrets_reads_every_new_source_and_parses_private_keys() {
+    let dir = tempdir();
+    let (ec_key, _) = keypair(dir.path(), "ec", "ec");
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[state]
+dir = "{state}"
+
+[credentials.signed]
+grant = "client_credentials"
+token_url = "https://idp.example/token"
+client_id = "c"
+client_auth = "private_key_jwt"
+private_key = {{ file = "{key}" }}
+signing_alg = "RS256"
+
+[credentials.exchange]
+grant = "token_exchange"
+token_url = "https://idp.example/token"
+client_id = "c"
+subject_token = {{ file = "{missing}" }}
+
+[credentials.command]
+grant = "exec"
+exec.command = ["/bin/true"]
+exec.env = {{ TOKEN = {{ env = "TB_TEST_SURELY_UNSET" }} }}
+"#,
+            state = dir.path().join("state").display(),
+            key = ec_key.display(),
+            missing = dir.path().join("missing").display(),
+        ),
+    )
+    .unwrap();
+    let run = |extra: &[&str]| {
+        Command::new(bin())
+            .args(["check-config", "--config", config.to_str().unwrap()])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    assert!(run(&[]).status.success(), "the config itself is valid");
+    let output = run(&["--check-secrets"]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    for problem in [
+        "credentials.signed.private_key: signing_alg = \"RS256\" needs an RSA key",
+        "credentials.exchange.subject_token: cannot read file",
+        "credentials.command.exec.env.TOKEN: environment variable TB_TEST_SURELY_UNSET",
+    ] {
+        assert!(
+            stderr.contains(problem),
+            "{problem} missing from:\n{stderr}"
+        );
+    }
+}
