@@ -10,6 +10,8 @@ use reqwest::Url;
 use super::raw::{OneOrMany, RawConfig, RawCredential, RawIdp, RawServer};
 use super::*;
 
+mod client;
+mod exec;
 mod grant;
 
 /// Collects problems while building a value.

@@ -70,17 +70,23 @@ pub async fn run(spec: &Exec) -> Result<TokenResponse, String> {
         }
     };
     if !finished.status.success() {
-        let how = match (finished.status.code(), finished.status.signal()) {
-            (Some(code), _) => format!("exited with status {code}"),
-            (None, Some(signal)) => format!("was killed by signal {signal}"),
-            (None, None) => "failed".to_owned(),
-        };
-        return Err(fail(format!(
-            "{how} ({} bytes on stderr, not shown: they may hold secrets; run the command by hand to see them)",
-            finished.stderr_bytes
-        )));
+        return Err(fail(exit_error(finished.status, finished.stderr_bytes)));
     }
     output::parse(&finished.stdout, spec.format).map_err(fail)
+}
+
+/// How the command failed. Its stderr is described by size only: CLIs print secrets there
+/// too (a refresh token in a debug line, a key in an error), and this text reaches logs,
+/// status and error bodies.
+fn exit_error(status: ExitStatus, stderr_bytes: u64) -> String {
+    let how = match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exited with status {code}"),
+        (None, Some(signal)) => format!("was killed by signal {signal}"),
+        (None, None) => "failed".to_owned(),
+    };
+    format!(
+        "{how} ({stderr_bytes} bytes on stderr, not shown: they may hold secrets; run the command by hand to see them)"
+    )
 }
 
 /// The child process: no shell, stdin closed, a clean environment, its own group.

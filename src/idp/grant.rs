@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 use url::Url;
 
 use super::assertion::{self, CLIENT_ASSERTION_TYPE, SigningKey};
-use crate::config::{ClientAuth, CredentialSpec, Grant, JwtBearer};
+use crate::config::{ClientAuth, CredentialSpec, Grant, JwtBearer, TokenExchange};
 use crate::secret::{ExposeSecret, SecretSource, hex};
 
 /// `grant_type` of RFC 8693.
@@ -101,40 +101,41 @@ pub(super) fn form(
     if let Some(audience) = &spec.audience {
         form.append_pair("audience", audience);
     }
-    let mut authorization = None;
+    let authorization = client_params(&mut form, spec, inputs, token_url)?;
+    Ok(Form {
+        body: form.finish(),
+        authorization,
+    })
+}
+
+/// The client's authentication: added to the form, or returned as a Basic header.
+fn client_params(
+    form: &mut url::form_urlencoded::Serializer<'_, String>,
+    spec: &CredentialSpec,
+    inputs: &Inputs,
+    token_url: &Url,
+) -> Result<Option<String>, String> {
     match (spec.client_auth, &inputs.client_secret) {
         (ClientAuth::Basic, Some(secret)) => {
-            authorization = Some(super::basic_auth(&spec.client_id, secret));
+            return Ok(Some(super::basic_auth(&spec.client_id, secret)));
         }
         (ClientAuth::Post, Some(secret)) => {
             form.append_pair("client_id", &spec.client_id);
             form.append_pair("client_secret", secret.expose_secret());
         }
         (ClientAuth::PrivateKeyJwt, _) => {
-            let key = inputs
-                .private_key
-                .as_ref()
-                .ok_or("private_key_jwt needs private_key")?;
-            let lifetime = spec
-                .private_key
-                .as_ref()
-                .map(|k| k.lifetime)
-                .unwrap_or_default();
             let id = &spec.client_id;
-            let claims = assertion::claims(id, id, token_url.as_str(), lifetime);
+            let claims = assertion::claims(id, id, token_url.as_str(), lifetime(spec));
             form.append_pair("client_id", id);
             form.append_pair("client_assertion_type", CLIENT_ASSERTION_TYPE);
-            form.append_pair("client_assertion", key.sign(&claims)?.expose_secret());
+            form.append_pair("client_assertion", sign(inputs, &claims)?.expose_secret());
         }
         // A public client (or one whose secret is missing) names itself.
         _ => {
             form.append_pair("client_id", &spec.client_id);
         }
     }
-    Ok(Form {
-        body: form.finish(),
-        authorization,
-    })
+    Ok(None)
 }
 
 fn grant_params(
@@ -153,40 +154,23 @@ fn grant_params(
         Grant::ClientCredentials => {
             form.append_pair("grant_type", "client_credentials");
         }
-        Grant::TokenExchange(x) => {
-            form.append_pair("grant_type", TOKEN_EXCHANGE);
-            let subject = inputs.subject_token.as_ref().ok_or("no subject_token")?;
-            form.append_pair("subject_token", subject.expose_secret());
-            form.append_pair("subject_token_type", &x.subject_token_type);
-            if let (Some(actor), Some(kind)) = (&inputs.actor_token, &x.actor_token_type) {
-                form.append_pair("actor_token", actor.expose_secret());
-                form.append_pair("actor_token_type", kind);
-            }
-            if let Some(kind) = &x.requested_token_type {
-                form.append_pair("requested_token_type", kind);
-            }
-            for resource in &x.resource {
-                form.append_pair("resource", resource);
-            }
-        }
+        Grant::TokenExchange(exchange) => exchange_params(form, exchange, inputs)?,
         Grant::JwtBearer(bearer) => {
             form.append_pair("grant_type", JWT_BEARER);
             let assertion = match bearer {
                 JwtBearer::Assertion(_) => inputs.assertion.clone().ok_or("no assertion")?,
                 JwtBearer::Signed(signed) => {
-                    let key = inputs.private_key.as_ref().ok_or("no private_key")?;
-                    let lifetime = spec
-                        .private_key
-                        .as_ref()
-                        .map(|k| k.lifetime)
-                        .unwrap_or_default();
                     let audience = signed.audience.as_deref().unwrap_or(token_url.as_str());
-                    let mut claims =
-                        assertion::claims(&signed.issuer, &signed.subject, audience, lifetime);
+                    let mut claims = assertion::claims(
+                        &signed.issuer,
+                        &signed.subject,
+                        audience,
+                        lifetime(spec),
+                    );
                     for (name, value) in &signed.claims {
                         claims.insert(name.clone(), serde_json::json!(value));
                     }
-                    key.sign(&claims)?
+                    sign(inputs, &claims)?
                 }
             };
             form.append_pair("assertion", assertion.expose_secret());
@@ -194,6 +178,45 @@ fn grant_params(
         Grant::Exec(_) => return Err("an exec credential makes no token request".into()),
     }
     Ok(())
+}
+
+/// RFC 8693 section 2.1.
+fn exchange_params(
+    form: &mut url::form_urlencoded::Serializer<'_, String>,
+    exchange: &TokenExchange,
+    inputs: &Inputs,
+) -> Result<(), String> {
+    form.append_pair("grant_type", TOKEN_EXCHANGE);
+    let subject = inputs.subject_token.as_ref().ok_or("no subject_token")?;
+    form.append_pair("subject_token", subject.expose_secret());
+    form.append_pair("subject_token_type", &exchange.subject_token_type);
+    if let (Some(actor), Some(kind)) = (&inputs.actor_token, &exchange.actor_token_type) {
+        form.append_pair("actor_token", actor.expose_secret());
+        form.append_pair("actor_token_type", kind);
+    }
+    if let Some(kind) = &exchange.requested_token_type {
+        form.append_pair("requested_token_type", kind);
+    }
+    for resource in &exchange.resource {
+        form.append_pair("resource", resource);
+    }
+    Ok(())
+}
+
+fn sign(
+    inputs: &Inputs,
+    claims: &serde_json::Map<String, serde_json::Value>,
+) -> Result<SecretString, String> {
+    let key = inputs.private_key.as_ref().ok_or("no private_key")?;
+    key.sign(claims)
+}
+
+/// The lifetime of JWTs signed for `spec`.
+fn lifetime(spec: &CredentialSpec) -> std::time::Duration {
+    spec.private_key
+        .as_ref()
+        .map(|k| k.lifetime)
+        .unwrap_or_default()
 }
 
 #[cfg(test)]

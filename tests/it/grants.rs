@@ -1,9 +1,10 @@
-//! The grants beyond refresh tokens and the ways a client authenticates, end to end:
-//! the real broker against the real dev IdP, keys made by openssl, secrets in files.
+//! The grants beyond refresh tokens, end to end: token exchange and JWT bearer, the real
+//! broker against the real dev IdP, keys made by openssl, secrets in files. Also the
+//! helpers `client_auth` and `exec` share.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -12,7 +13,7 @@ use serde_json::{Value, json};
 use crate::failures::eventually;
 use crate::harness::*;
 
-fn openssl(args: &[&str]) {
+pub fn openssl(args: &[&str]) {
     let output = Command::new("openssl")
         .args(args)
         .output()
@@ -26,7 +27,7 @@ fn openssl(args: &[&str]) {
 
 /// A key pair made by openssl: `rsa` (PKCS#8), `rsa-pkcs1`, `ec` (PKCS#8) or
 /// `ec-sec1`. Returns the private and public PEM paths.
-fn keypair(dir: &Path, name: &str, kind: &str) -> (PathBuf, PathBuf) {
+pub fn keypair(dir: &Path, name: &str, kind: &str) -> (PathBuf, PathBuf) {
     let private = dir.join(format!("{name}.key"));
     let public = dir.join(format!("{name}.pub"));
     let out = private.to_str().unwrap();
@@ -73,7 +74,7 @@ fn keypair(dir: &Path, name: &str, kind: &str) -> (PathBuf, PathBuf) {
 }
 
 /// An RS256 JWT signed by openssl itself: an assertion made by "another system".
-fn openssl_jwt(key: &Path, claims: &Value) -> String {
+pub fn openssl_jwt(key: &Path, claims: &Value) -> String {
     let header = URL_SAFE_NO_PAD.encode(json!({"alg": "RS256", "typ": "JWT"}).to_string());
     let input = format!("{header}.{}", URL_SAFE_NO_PAD.encode(claims.to_string()));
     let dir = tempdir();
@@ -95,7 +96,7 @@ fn openssl_jwt(key: &Path, claims: &Value) -> String {
 }
 
 /// A JWT-shaped subject token naming `sub`, like a service-account token.
-fn subject_token(sub: &str) -> String {
+pub fn subject_token(sub: &str) -> String {
     let header = URL_SAFE_NO_PAD.encode(r#"{"alg":"RS256","kid":"cluster"}"#);
     let claims = json!({"sub": sub, "iss": "https://kubernetes.default.svc", "jti": rand_suffix()});
     let sig = URL_SAFE_NO_PAD.encode(rand_suffix());
@@ -105,7 +106,7 @@ fn subject_token(sub: &str) -> String {
     )
 }
 
-fn now_secs() -> u64 {
+pub fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
@@ -113,14 +114,14 @@ fn now_secs() -> u64 {
 }
 
 /// Replaces a file the way the kubelet and Secret volumes do: write aside, rename.
-fn replace(path: &Path, content: &str) {
+pub fn replace(path: &Path, content: &str) {
     let aside = path.with_extension("new");
     std::fs::write(&aside, content).unwrap();
     std::fs::rename(aside, path).unwrap();
 }
 
 /// `GET /api/whoami` at the IdP with `token`.
-async fn whoami(idp: &Idp, token: &str) -> Value {
+pub async fn whoami(idp: &Idp, token: &str) -> Value {
     let response = client()
         .get(format!("{}/api/whoami", idp.url))
         .bearer_auth(token)
@@ -132,7 +133,7 @@ async fn whoami(idp: &Idp, token: &str) -> Value {
 }
 
 /// `GET /token/NAME?min_ttl=1h`: always a new token, as lifetimes here are shorter.
-async fn fresh(broker: &Broker, name: &str) -> reqwest::Response {
+pub async fn fresh(broker: &Broker, name: &str) -> reqwest::Response {
     broker.get(&format!("/token/{name}?min_ttl=1h")).await
 }
 
@@ -156,7 +157,7 @@ pub fn assert_no_leak(logs: &str, secrets: &[&str]) {
     }
 }
 
-async fn state_of(broker: &Broker, name: &str) -> Value {
+pub async fn state_of(broker: &Broker, name: &str) -> Value {
     let status = broker.status().await;
     status["credentials"]
         .as_array()
@@ -233,91 +234,6 @@ bootstrap_poll = "200ms"
 
     let logs = broker.proc.logs() + &idp.proc.logs();
     assert_no_leak(&logs, &[&pod_a, &pod_b, &first, &second]);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn private_key_jwt_with_rsa_and_ec_keys_authenticates_every_grant() {
-    let dir = tempdir();
-    for (kind, alg) in [("rsa", "RS256"), ("ec-sec1", "ES256")] {
-        let (private, public) = keypair(dir.path(), kind, kind);
-        let idp = Idp::start(&["--client-public-key", public.to_str().unwrap()]);
-        let state = tempdir();
-        let bootstrap = state.path().join("bootstrap");
-        std::fs::write(&bootstrap, &idp.refresh_token).unwrap();
-        let auth = format!(
-            "client_id = \"dev-client\"\nclient_auth = \"private_key_jwt\"\nprivate_key = {{ file = \"{}\" }}\nsigning_alg = \"{alg}\"\nkey_id = \"k1\"\n",
-            private.display()
-        );
-        let config = base_config(state.path())
-            + &format!(
-                "[credentials.machine]\ngrant = \"client_credentials\"\ntoken_url = \"{url}/token\"\n{auth}\n\
-                 [credentials.user]\ntoken_url = \"{url}/token\"\nrefresh_token = {{ file = \"{rt}\" }}\n{auth}",
-                url = idp.url,
-                rt = bootstrap.display()
-            );
-        let broker = Broker::start(state.path(), &config);
-        broker.ready().await;
-        for name in ["machine", "user", "machine", "user"] {
-            let response = fresh(&broker, name).await;
-            assert_eq!(response.status(), 200, "{kind} {name}");
-            let body: Value = response.json().await.unwrap();
-            assert_eq!(
-                idp.whoami(body["access_token"].as_str().unwrap()).await,
-                200
-            );
-        }
-        // Two start-up fetches and four more: each with a fresh assertion (new jti).
-        assert_eq!(idp.stat("client_assertions").await, 6, "{kind}");
-        assert_eq!(idp.stat("assertion_replays").await, 0);
-        assert_eq!(idp.stat("refresh_grants").await, 3);
-        assert_eq!(idp.stat("client_credentials_grants").await, 3);
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_key_the_idp_does_not_know_is_reauth_required_until_the_key_file_changes() {
-    let dir = tempdir();
-    let (registered, public) = keypair(dir.path(), "registered", "ec");
-    let (other, _) = keypair(dir.path(), "other", "ec");
-    let idp = Idp::start(&["--client-public-key", public.to_str().unwrap()]);
-    let key_file = dir.path().join("client.key");
-    std::fs::copy(&other, &key_file).unwrap();
-    let config = base_config(dir.path())
-        + &format!(
-            "[credentials.x]\ngrant = \"client_credentials\"\ntoken_url = \"{url}/token\"\nclient_id = \"dev-client\"\n\
-             client_auth = \"private_key_jwt\"\nprivate_key = {{ file = \"{key}\" }}\nbootstrap_poll = \"200ms\"\n",
-            url = idp.url,
-            key = key_file.display()
-        );
-    let broker = Broker::start(dir.path(), &config);
-    let response = broker.get("/token/x").await;
-    assert_eq!(response.status(), 503);
-    let body: Value = response.json().await.unwrap();
-    assert_eq!(body["error"], "reauth_required", "{body}");
-    let message = body["message"].as_str().unwrap();
-    assert!(
-        message.contains("invalid_client") && message.contains("does not verify"),
-        "{message}"
-    );
-    let calls = idp.stat("token_requests").await;
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    assert_eq!(
-        idp.stat("token_requests").await,
-        calls,
-        "no retries with the same key"
-    );
-
-    // The operator installs the registered key: the broker notices and resumes.
-    replace(&key_file, &std::fs::read_to_string(&registered).unwrap());
-    eventually("the credential to resume", || async {
-        broker.get("/token/x").await.status() == 200
-    })
-    .await;
-    let logs = broker.proc.logs();
-    let pem = std::fs::read_to_string(&registered).unwrap();
-    for line in pem.lines().filter(|l| !l.starts_with("-----")) {
-        assert!(!logs.contains(line), "the private key leaked into the logs");
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -427,85 +343,4 @@ required = false
     let mut secrets = vec![first_assertion.as_str(), &signed, &from_file, renewed];
     secrets.extend(pem.lines().filter(|l| !l.starts_with("-----")));
     assert_no_leak(&(broker.proc.logs() + &idp.proc.logs()), &secrets);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_public_client_refreshes_with_only_its_client_id() {
-    let idp = Idp::start(&["--public-client-id", "cli-app"]);
-    let dir = tempdir();
-    let bootstrap = dir.path().join("bootstrap");
-    std::fs::write(&bootstrap, &idp.refresh_token).unwrap();
-    let config = base_config(dir.path())
-        + &format!(
-            "[credentials.x]\ntoken_url = \"{}/token\"\nclient_id = \"cli-app\"\nclient_auth = \"none\"\nrefresh_token = {{ file = \"{}\" }}\n",
-            idp.url,
-            bootstrap.display()
-        );
-    let broker = Broker::start(dir.path(), &config);
-    let token = broker.access_token("x").await;
-    assert_eq!(whoami(&idp, &token).await["client_id"], "cli-app");
-    let next: Value = fresh(&broker, "x").await.json().await.unwrap();
-    assert_ne!(next["access_token"], token.as_str());
-    assert_eq!(idp.stat("refresh_grants").await, 2);
-    assert_eq!(idp.stat("invalid_client").await, 0);
-}
-
-#[test]
-fn check_secrets_reads_every_new_source_and_parses_private_keys() {
-    let dir = tempdir();
-    let (ec_key, _) = keypair(dir.path(), "ec", "ec");
-    let config = dir.path().join("config.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[state]
-dir = "{state}"
-
-[credentials.signed]
-grant = "client_credentials"
-token_url = "https://idp.example/token"
-client_id = "c"
-client_auth = "private_key_jwt"
-private_key = {{ file = "{key}" }}
-signing_alg = "RS256"
-
-[credentials.exchange]
-grant = "token_exchange"
-token_url = "https://idp.example/token"
-client_id = "c"
-subject_token = {{ file = "{missing}" }}
-
-[credentials.command]
-grant = "exec"
-exec.command = ["/bin/true"]
-exec.env = {{ TOKEN = {{ env = "TB_TEST_SURELY_UNSET" }} }}
-"#,
-            state = dir.path().join("state").display(),
-            key = ec_key.display(),
-            missing = dir.path().join("missing").display(),
-        ),
-    )
-    .unwrap();
-    let run = |extra: &[&str]| {
-        Command::new(bin())
-            .args(["check-config", "--config", config.to_str().unwrap()])
-            .args(extra)
-            .output()
-            .unwrap()
-    };
-    assert!(run(&[]).status.success(), "the config itself is valid");
-    let output = run(&["--check-secrets"]);
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    for problem in [
-        "credentials.signed.private_key: signing_alg = \"RS256\" needs an RSA key",
-        "credentials.exchange.subject_token: cannot read file",
-        "credentials.command.exec.env.TOKEN: environment variable TB_TEST_SURELY_UNSET",
-    ] {
-        assert!(
-            stderr.contains(problem),
-            "{problem} missing from:\n{stderr}"
-        );
-    }
 }

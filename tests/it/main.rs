@@ -6,6 +6,7 @@ mod harness;
 
 mod api;
 mod chaos;
+mod client_auth;
 mod commands;
 mod exec;
 mod failures;

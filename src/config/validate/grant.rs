@@ -1,16 +1,17 @@
-//! Validation of how a credential gets its token: the grant and the keys it owns, the
-//! client authentication method, and the private key. Every impossible combination is
-//! a problem naming the key to change (a key another grant owns, a public client asking
-//! for `client_credentials`, `private_key_jwt` without a key, ...).
+//! Validation of how a credential gets its token: the grant and the keys it owns (the
+//! `exec` table in `exec`), then the client authentication and private key (`client`).
+//! Every impossible combination is a problem naming the key to change (a key another
+//! grant owns, a public client asking for `client_credentials`, `private_key_jwt`
+//! without a key, ...).
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
-use super::super::raw::{OneOrMany, RawCredential, RawExec};
+use super::super::raw::{OneOrMany, RawCredential};
 use super::Check;
+use super::client::{client_auth, private_key};
+use super::exec::exec;
 use crate::config::{
-    ClientAuth, Exec, ExecFormat, Grant, JwtBearer, PrivateKey, SignedAssertion, SigningAlg,
-    TOKEN_TYPE_JWT, TokenExchange,
+    ClientAuth, Grant, JwtBearer, PrivateKey, SignedAssertion, TOKEN_TYPE_JWT, TokenExchange,
 };
 
 /// The validated grant, client authentication and signing key of one credential.
@@ -104,7 +105,27 @@ fn token_exchange(
     if raw.actor_token.is_none() && actor_token_type.is_some() {
         check.fail(key("actor_token_type"), "is only used with actor_token");
     }
-    let resource = match &raw.resource {
+    let resource = resources(check, key, raw.resource.as_ref());
+    Some(TokenExchange {
+        subject_token,
+        subject_token_type,
+        actor_token_type: raw
+            .actor_token
+            .as_ref()
+            .map(|_| actor_token_type.unwrap_or_else(|| TOKEN_TYPE_JWT.to_owned())),
+        actor_token: raw.actor_token.clone(),
+        requested_token_type,
+        resource,
+    })
+}
+
+/// The `resource` URIs, one or a list.
+fn resources(
+    check: &mut Check,
+    key: &dyn Fn(&str) -> String,
+    raw: Option<&OneOrMany>,
+) -> Vec<String> {
+    let resource = match raw {
         None => Vec::new(),
         Some(OneOrMany::One(one)) => vec![one.clone()],
         Some(OneOrMany::Many(many)) => many.clone(),
@@ -117,17 +138,7 @@ fn token_exchange(
             );
         }
     }
-    Some(TokenExchange {
-        subject_token,
-        subject_token_type,
-        actor_token_type: raw
-            .actor_token
-            .as_ref()
-            .map(|_| actor_token_type.unwrap_or_else(|| TOKEN_TYPE_JWT.to_owned())),
-        actor_token: raw.actor_token.clone(),
-        requested_token_type,
-        resource,
-    })
+    resource
 }
 
 /// A token type URI, or a short name of RFC 8693 section 3 expanded to one.
@@ -176,6 +187,15 @@ fn jwt_bearer(
         );
         return None;
     }
+    Some(JwtBearer::Signed(signed_assertion(check, key, raw)))
+}
+
+/// The claims of an assertion the broker signs, defaults filled in.
+fn signed_assertion(
+    check: &mut Check,
+    key: &dyn Fn(&str) -> String,
+    raw: &RawCredential,
+) -> SignedAssertion {
     let non_empty = |check: &mut Check, field: &str, value: &Option<String>| {
         if value.as_deref() == Some("") {
             check.fail(key(field), "must not be empty");
@@ -197,60 +217,12 @@ fn jwt_bearer(
             format!("`{claim}` is set by the broker (use assertion_issuer, assertion_subject, assertion_audience or assertion_lifetime)"),
         );
     }
-    Some(JwtBearer::Signed(SignedAssertion {
+    SignedAssertion {
         issuer,
         subject,
         audience,
         claims,
-    }))
-}
-
-fn exec(check: &mut Check, key: &dyn Fn(&str) -> String, raw: Option<&RawExec>) -> Option<Exec> {
-    let Some(raw) = raw else {
-        check.fail(
-            key("exec"),
-            "is required for grant = \"exec\" (e.g. exec.command = [\"/usr/bin/gcloud\", \"auth\", \"print-access-token\"])",
-        );
-        return None;
-    };
-    let command = raw.command.clone().unwrap_or_default();
-    if command.first().is_none_or(|program| program.is_empty()) {
-        check.fail(
-            key("exec.command"),
-            "needs the program and its arguments, e.g. [\"/usr/local/bin/get-token\", \"--quiet\"]",
-        );
     }
-    if command.iter().any(|arg| arg.contains('\0')) {
-        check.fail(key("exec.command"), "must not contain NUL characters");
-    }
-    let timeout = raw.timeout.unwrap_or(Duration::from_secs(30));
-    if timeout.is_zero() {
-        check.fail(key("exec.timeout"), "must be more than 0s");
-    }
-    let format = match raw.format.as_deref() {
-        None | Some("auto") => ExecFormat::Auto,
-        Some("raw") => ExecFormat::Raw,
-        Some("json") => ExecFormat::Json,
-        Some(other) => {
-            check.fail(
-                key("exec.format"),
-                format!("unknown format `{other}`; expected auto, raw or json"),
-            );
-            ExecFormat::Auto
-        }
-    };
-    let env = raw.env.clone().unwrap_or_default();
-    for name in env.keys() {
-        if name.is_empty() || name.contains(['=', '\0']) {
-            check.fail(key("exec.env"), format!("`{name}` is not a variable name"));
-        }
-    }
-    Some(Exec {
-        command,
-        env,
-        timeout,
-        format,
-    })
 }
 
 /// Keys that belong to another grant than the one chosen.
@@ -338,120 +310,6 @@ fn unused_keys(
             );
         }
     }
-}
-
-fn private_key(
-    check: &mut Check,
-    key: &dyn Fn(&str) -> String,
-    raw: &RawCredential,
-) -> Option<PrivateKey> {
-    let Some(source) = raw.private_key.clone() else {
-        for (field, set) in [
-            ("signing_alg", raw.signing_alg.is_some()),
-            ("key_id", raw.key_id.is_some()),
-            ("assertion_lifetime", raw.assertion_lifetime.is_some()),
-        ] {
-            if set {
-                check.fail(key(field), "is only used with private_key");
-            }
-        }
-        return None;
-    };
-    let alg = match raw.signing_alg.as_deref() {
-        None => None,
-        Some("RS256") => Some(SigningAlg::Rs256),
-        Some("ES256") => Some(SigningAlg::Es256),
-        Some(other) => {
-            check.fail(
-                key("signing_alg"),
-                format!("unsupported algorithm `{other}`; expected RS256 or ES256"),
-            );
-            None
-        }
-    };
-    if raw.key_id.as_deref() == Some("") {
-        check.fail(key("key_id"), "must not be empty");
-    }
-    let lifetime = raw.assertion_lifetime.unwrap_or(Duration::from_secs(300));
-    if !(Duration::from_secs(10)..=Duration::from_secs(3600)).contains(&lifetime) {
-        check.fail(key("assertion_lifetime"), "must be between 10s and 1h");
-    }
-    Some(PrivateKey {
-        source,
-        alg,
-        key_id: raw.key_id.clone(),
-        lifetime,
-    })
-}
-
-fn client_auth(
-    check: &mut Check,
-    key: &dyn Fn(&str) -> String,
-    raw: &RawCredential,
-    grant: &Grant,
-    has_key: bool,
-) -> ClientAuth {
-    let has_secret = raw.client_secret.is_some();
-    let method = match raw.client_auth.as_deref() {
-        None if has_secret => ClientAuth::Basic,
-        None => ClientAuth::None,
-        Some("client_secret_basic") => ClientAuth::Basic,
-        Some("client_secret_post") => ClientAuth::Post,
-        Some("private_key_jwt") => ClientAuth::PrivateKeyJwt,
-        Some("none") => ClientAuth::None,
-        Some(other) => {
-            check.fail(
-                key("client_auth"),
-                format!(
-                    "unknown method `{other}`; expected client_secret_basic, client_secret_post, \
-                     private_key_jwt or none"
-                ),
-            );
-            return ClientAuth::None;
-        }
-    };
-    if let Grant::Exec(_) = grant {
-        return method;
-    }
-    let name = method.as_str();
-    match method {
-        ClientAuth::Basic | ClientAuth::Post if !has_secret => check.fail(
-            key("client_secret"),
-            format!(
-                "is required for client_auth = \"{name}\" (a public client sets client_auth = \"none\")"
-            ),
-        ),
-        ClientAuth::PrivateKeyJwt if !has_key => check.fail(
-            key("private_key"),
-            "is required for client_auth = \"private_key_jwt\" (a PEM RSA or EC P-256 key)",
-        ),
-        ClientAuth::PrivateKeyJwt | ClientAuth::None if has_secret => check.fail(
-            key("client_secret"),
-            format!("is not used with client_auth = \"{name}\"; remove it"),
-        ),
-        _ => {}
-    }
-    if method == ClientAuth::None && *grant == Grant::ClientCredentials {
-        if raw.client_auth.is_none() {
-            check.fail(
-                key("client_secret"),
-                "is required for grant = \"client_credentials\" (or client_auth = \"private_key_jwt\" with a private_key)",
-            );
-        } else {
-            check.fail(
-                key("client_auth"),
-                "\"none\" is a public client, and public clients cannot use grant = \"client_credentials\" (RFC 6749 section 4.4)",
-            );
-        }
-    }
-    let signs_assertion = matches!(grant, Grant::JwtBearer(JwtBearer::Signed(_)));
-    if has_key && method != ClientAuth::PrivateKeyJwt && !signs_assertion {
-        check.fail(
-            key("private_key"),
-            "is not used: set client_auth = \"private_key_jwt\", or grant = \"jwt_bearer\" without `assertion`",
-        );
-    }
-    method
 }
 
 #[cfg(test)]
