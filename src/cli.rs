@@ -46,7 +46,7 @@ enum Command {
         listen: String,
     },
     /// A strict OAuth2 token server for development and tests only. Never for production.
-    DevIdp(crate::dev_idp::DevIdpArgs),
+    DevIdp(Box<crate::dev_idp::DevIdpArgs>),
     /// Print a credential's bare access token (exit 0), or a message on stderr
     /// (exit 1: the broker answered an error; 3: the broker cannot be reached).
     Get {
@@ -131,7 +131,7 @@ async fn dispatch(cli: Cli) -> ExitCode {
         }
         Command::DevIdp(args) => {
             init_logging(cli.log_format);
-            outcome(crate::dev_idp::run(args).await)
+            outcome(crate::dev_idp::run(*args).await)
         }
     }
 }

@@ -26,9 +26,10 @@ pub enum Error {
     BadRequest(String),
 
     /// The IdP refused the refresh token or the client; retrying cannot help until an
-    /// operator supplies a new bootstrap token (or fixes the client secret).
+    /// operator supplies a new bootstrap token (or fixes the client secret, key, subject
+    /// token or assertion, for grants without a refresh token).
     #[error(
-        "the identity provider refused the credential ({reason}); supply a new bootstrap refresh token"
+        "the identity provider refused the credential ({reason}); supply a new bootstrap refresh token (or a new secret, key, subject token or assertion)"
     )]
     ReauthRequired {
         /// The IdP's error code and description, as far as it gave them.

@@ -6,7 +6,9 @@
 //! - `config`: raw config (as written) and validated config (as used), layered from a
 //!   TOML file and `TOKEN_BROKER__...` variables.
 //! - `secret`: secret sources (`"..."`, `{ file }`, `{ env }`) and redaction.
-//! - `idp`: one token request to an identity provider, with every failure classified.
+//! - `idp`: one token request to an identity provider (every grant and client
+//!   authentication method, signed assertions), with every failure classified.
+//! - `exec`: the `exec` source, a local command that prints a token.
 //! - `broker`: per-credential state, the single flight, proactive timers.
 //! - `store`: durable, crash-safe persistence of rotated refresh tokens.
 //! - `server`: the HTTP API (routes, guards, listeners, error mapping).
@@ -25,9 +27,13 @@ pub mod dev;
 pub mod dev_idp;
 pub mod duration;
 pub mod error;
+pub mod exec;
 pub mod idp;
 pub mod metrics;
 pub mod secret;
 pub mod server;
 pub mod signal;
 pub mod store;
+
+#[cfg(test)]
+mod test_keys;

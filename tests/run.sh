@@ -6,9 +6,13 @@ cd "$(dirname "$0")/.."
 
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
-# The unix-socket tests drive the broker with curl --unix-socket.
+# The unix-socket tests drive the broker with curl --unix-socket; the signing tests
+# make their keys, and check signatures, with the openssl command line.
 if ! command -v curl >/dev/null; then
   apt-get update -qq && apt-get install -y -qq curl >/dev/null
+fi
+if ! command -v openssl >/dev/null; then
+  apt-get update -qq && apt-get install -y -qq openssl >/dev/null
 fi
 
 cargo fmt --all -- --check

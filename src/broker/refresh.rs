@@ -19,7 +19,7 @@ use super::schedule;
 use super::token::{Token, rfc3339};
 use crate::config::{Grant, LostAnswer};
 use crate::error::Error;
-use crate::idp::{IdpError, TokenRequest, TokenResponse};
+use crate::idp::{IdpError, Inputs, TokenRequest, TokenResponse};
 use crate::secret::ExposeSecret;
 use crate::store::Saved;
 
@@ -56,35 +56,52 @@ impl Credential {
                 reason: "no refresh token".into(),
             });
         }
-        let client_secret = match &self.spec.client_secret {
-            Some(source) => Some(source.read().map_err(|reason| Error::UpstreamUnavailable {
-                reason: format!("client_secret: {reason}"),
-                retry_after: Duration::from_secs(1),
-            })?),
-            None => None,
+        let answer = match &self.spec.grant {
+            // Not an IdP: its failures are all retryable (`Unavailable`), never a refusal.
+            Grant::Exec(exec) => {
+                crate::exec::run(exec)
+                    .await
+                    .map_err(|reason| IdpError::Unavailable {
+                        reason,
+                        retry_after: None,
+                    })
+            }
+            _ => self.call_idp(refresh_token.as_ref()).await?,
         };
+        match answer {
+            Ok(response) => self.accept(response, refresh_token, first).await,
+            Err(error) => Err(self.refused(error).await),
+        }
+    }
+
+    /// Reads the request's secrets and asks the IdP. The outer error means nothing was
+    /// sent.
+    async fn call_idp(
+        &self,
+        refresh_token: Option<&SecretString>,
+    ) -> Result<Result<TokenResponse, IdpError>, Error> {
+        let inputs = Inputs::read(&self.spec).map_err(|reason| Error::UpstreamUnavailable {
+            reason,
+            retry_after: Duration::from_secs(1),
+        })?;
         if self.spec.grant == Grant::RefreshToken {
             self.mark_sending().await?;
+        } else {
+            // What the IdP judges this time: after a refusal, the credential resumes
+            // once an input differs from these (see `restore::read_bootstrap`).
+            self.lock().bootstrap = Some(inputs.fingerprint().to_owned());
         }
         let request = TokenRequest {
-            endpoint: &self.spec.endpoint,
-            grant: self.spec.grant,
-            client_id: &self.spec.client_id,
-            client_secret: client_secret.as_ref(),
-            client_auth: self.spec.client_auth,
-            refresh_token: refresh_token.as_ref(),
-            scope: self.spec.scope.as_deref(),
-            audience: self.spec.audience.as_deref(),
+            spec: &self.spec,
+            inputs: &inputs,
+            refresh_token,
         };
         let started = Instant::now();
         let answer = self.shared.idp.request_token(&request).await;
         self.shared
             .metrics
             .observe_idp(started.elapsed().as_secs_f64());
-        match answer {
-            Ok(response) => self.accept(response, refresh_token, first).await,
-            Err(error) => Err(self.refused(error).await),
-        }
+        Ok(answer)
     }
 
     /// Takes a successful answer: rotate in memory, persist, then hand back for publishing.
@@ -122,7 +139,11 @@ impl Credential {
         {
             let mut inner = self.lock();
             // A non-rotating IdP sends no new refresh token: the old one stays live.
-            inner.refresh_token = response.refresh_token.or(old);
+            // Other grants get a new token by repeating the grant, so a refresh token
+            // they are handed is neither kept nor sent.
+            if self.spec.grant == Grant::RefreshToken {
+                inner.refresh_token = response.refresh_token.or(old);
+            }
             inner.unanswered_since = None;
             inner.unsaved = Some(token.clone());
         }
@@ -337,7 +358,7 @@ impl Credential {
                 credential = self.name(),
                 trigger,
                 error = %error,
-                "the identity provider refused the credential; no further calls until a new bootstrap token appears"
+                "the identity provider refused the credential; no further calls until a new bootstrap token (or a changed input) appears"
             );
         } else {
             warn!(

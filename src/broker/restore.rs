@@ -6,6 +6,12 @@
 //! (rotated) refresh token wins, because the bootstrap one is already spent. Only a
 //! bootstrap with different content — an operator supplying a new token — restarts
 //! the chain from the bootstrap.
+//!
+//! Grants without a chain (client credentials, token exchange, JWT bearer) have no
+//! bootstrap token; their "bootstrap" is the fingerprint of their inputs (secrets,
+//! subject token, key, assertion). A refusal stops them until that fingerprint changes:
+//! a rotated subject-token file or a new key lets them resume, a restart with the same
+//! inputs does not repeat a refused call.
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -16,6 +22,7 @@ use tracing::{error, info, warn};
 use super::credential::{Credential, Inner};
 use super::token::Token;
 use crate::config::Grant;
+use crate::idp::Inputs;
 use crate::secret::{ExposeSecret, fingerprint};
 use crate::store::{Loaded, Saved};
 
@@ -39,8 +46,7 @@ impl Credential {
                         file, "skipped an unreadable state generation"
                     );
                 }
-                let new_bootstrap =
-                    matches!(&bootstrap, Some(Ok((_, fp))) if saved.bootstrap.as_ref() != Some(fp));
+                let new_bootstrap = matches!(&bootstrap, Some(Ok(b)) if saved.bootstrap.as_ref() != Some(&b.fingerprint));
                 if new_bootstrap && self.spec.grant == Grant::RefreshToken {
                     info!(
                         credential = self.name(),
@@ -49,7 +55,19 @@ impl Credential {
                     self.start_chain(&mut inner, bootstrap);
                 } else {
                     self.adopt(&mut inner, saved);
+                    if new_bootstrap {
+                        // No chain to lose: new inputs only lift an earlier refusal.
+                        self.start_chain(&mut inner, bootstrap);
+                    }
                 }
+            }
+            Loaded::Corrupt(problems) if self.spec.grant != Grant::RefreshToken => {
+                warn!(
+                    credential = self.name(),
+                    ?problems,
+                    "no readable state; fetching a new token"
+                );
+                self.start_chain(&mut inner, bootstrap);
             }
             Loaded::Corrupt(problems) => {
                 error!(
@@ -57,38 +75,55 @@ impl Credential {
                     ?problems,
                     "no readable state; waiting for a new bootstrap token rather than reusing a spent one"
                 );
-                inner.bootstrap = bootstrap.and_then(|b| b.ok()).map(|(_, fp)| fp);
+                inner.bootstrap = bootstrap.and_then(|b| b.ok()).map(|b| b.fingerprint);
                 inner.reauth =
                     Some("stored state unreadable; supply a new bootstrap refresh token".into());
             }
         }
     }
 
-    /// The bootstrap value and its fingerprint; `None` when the grant has none.
-    pub(super) fn read_bootstrap(&self) -> Option<Result<(SecretString, String), String>> {
-        let source = self.spec.refresh_token.as_ref()?;
-        Some(source.read().map(|value| {
-            let fp = fingerprint(&value);
-            (value, fp)
-        }))
+    /// The bootstrap and its fingerprint; `None` when the grant has neither (exec).
+    pub(super) fn read_bootstrap(&self) -> Option<Result<Bootstrap, String>> {
+        match &self.spec.grant {
+            Grant::RefreshToken => {
+                let source = self.spec.refresh_token.as_ref()?;
+                Some(source.read().map(|value| Bootstrap {
+                    fingerprint: fingerprint(&value),
+                    refresh_token: Some(value),
+                }))
+            }
+            Grant::Exec(_) => None,
+            _ => Some(Inputs::read(&self.spec).map(|inputs| Bootstrap {
+                refresh_token: None,
+                fingerprint: inputs.fingerprint().to_owned(),
+            })),
+        }
     }
 
-    /// Starts a fresh chain from the bootstrap token.
+    /// Starts a fresh chain from the bootstrap (for grants without a chain: clears an
+    /// earlier refusal).
     pub(super) fn start_chain(
         &self,
         inner: &mut Inner,
-        bootstrap: Option<Result<(SecretString, String), String>>,
+        bootstrap: Option<Result<Bootstrap, String>>,
     ) {
         match bootstrap {
             None => {}
-            Some(Ok((value, fp))) => {
-                inner.refresh_token = Some(value);
+            Some(Ok(bootstrap)) => {
+                inner.refresh_token = bootstrap.refresh_token;
                 inner.unanswered_since = None;
-                inner.bootstrap = Some(fp);
+                inner.bootstrap = Some(bootstrap.fingerprint);
                 inner.reauth = None;
                 inner.failures = 0;
                 inner.retry_at = None;
                 inner.last_error = None;
+            }
+            Some(Err(reason)) if self.spec.grant != Grant::RefreshToken => {
+                // Read again before the next request, which reports it if it persists.
+                warn!(
+                    credential = self.name(),
+                    reason, "cannot read the credential's inputs"
+                );
             }
             Some(Err(reason)) => {
                 error!(
@@ -138,18 +173,33 @@ impl Credential {
 
     /// In `reauth_required`: resume if the bootstrap source now holds a new token.
     pub(super) fn check_bootstrap(&self) -> bool {
-        let Some(Ok((value, fp))) = self.read_bootstrap() else {
+        let Some(Ok(bootstrap)) = self.read_bootstrap() else {
             return false;
         };
         let mut inner = self.lock();
-        if inner.reauth.is_none() || inner.bootstrap.as_deref() == Some(fp.as_str()) {
+        if inner.reauth.is_none() || inner.bootstrap.as_deref() == Some(&bootstrap.fingerprint) {
             return false;
         }
-        info!(
-            credential = self.name(),
-            "a new bootstrap token appeared; resuming"
-        );
-        self.start_chain(&mut inner, Some(Ok((value, fp))));
+        if bootstrap.refresh_token.is_some() {
+            info!(
+                credential = self.name(),
+                "a new bootstrap token appeared; resuming"
+            );
+        } else {
+            info!(
+                credential = self.name(),
+                "the credential's inputs changed; resuming"
+            );
+        }
+        self.start_chain(&mut inner, Some(Ok(bootstrap)));
         true
     }
+}
+
+/// Where a chain starts.
+pub(super) struct Bootstrap {
+    /// The bootstrap refresh token; `None` for grants without a chain.
+    refresh_token: Option<SecretString>,
+    /// Its fingerprint, or that of the grant's inputs.
+    fingerprint: String,
 }

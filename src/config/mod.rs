@@ -5,6 +5,7 @@
 //! and returns either a `Config` whose values are all usable, or every problem at once,
 //! each naming its key, so `check-config` can report them together.
 
+mod grant;
 mod load;
 mod raw;
 mod validate;
@@ -15,6 +16,7 @@ use std::time::Duration;
 
 use reqwest::Url;
 
+pub use grant::*;
 pub use load::{Source, lenient};
 pub use raw::RawConfig;
 pub use validate::{checked_url, parse_listen, validate};
@@ -127,31 +129,6 @@ pub struct IdpConfig {
     pub client_key: Option<PathBuf>,
 }
 
-/// The OAuth2 grant a credential uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Grant {
-    RefreshToken,
-    ClientCredentials,
-}
-
-impl Grant {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Grant::RefreshToken => "refresh_token",
-            Grant::ClientCredentials => "client_credentials",
-        }
-    }
-}
-
-/// How the client authenticates at the token endpoint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ClientAuth {
-    /// HTTP Basic (RFC 6749 2.3.1), the default.
-    Basic,
-    /// `client_id` and `client_secret` in the form body.
-    Post,
-}
-
 /// Where the token endpoint is found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Endpoint {
@@ -165,10 +142,13 @@ pub enum Endpoint {
 pub struct CredentialSpec {
     pub name: String,
     pub grant: Grant,
-    pub endpoint: Endpoint,
+    /// The token endpoint; `None` only for `Grant::Exec`, which asks no IdP.
+    pub endpoint: Option<Endpoint>,
     pub client_id: String,
     pub client_secret: Option<SecretSource>,
     pub client_auth: ClientAuth,
+    /// For `private_key_jwt` and for `jwt_bearer` assertions the broker signs.
+    pub private_key: Option<PrivateKey>,
     /// The bootstrap refresh token; rotated successors live in the state store.
     pub refresh_token: Option<SecretSource>,
     pub scope: Option<String>,
@@ -266,16 +246,19 @@ pub fn listen_hint(table: &toml::Table) -> Option<Vec<Listen>> {
 pub fn check_sources(config: &Config) -> Vec<Problem> {
     let mut problems = Vec::new();
     for c in &config.credentials {
-        for (field, source) in [
-            ("client_secret", &c.client_secret),
-            ("refresh_token", &c.refresh_token),
-        ] {
-            if let Some(Err(message)) = source.as_ref().map(SecretSource::read) {
+        for (field, source) in c.secret_sources() {
+            if let Err(message) = source.read() {
                 problems.push(Problem {
                     key: format!("credentials.{}.{field}", c.name),
                     message,
                 });
             }
+        }
+        if let Some(Err(message)) = c.private_key.as_ref().map(crate::idp::check_key) {
+            problems.push(Problem {
+                key: format!("credentials.{}.private_key", c.name),
+                message,
+            });
         }
     }
     problems

@@ -106,4 +106,33 @@ pub struct RawCredential {
     pub allowed_uids: Option<Vec<u32>>,
     pub allowed_gids: Option<Vec<u32>>,
     pub client_keys: Option<Vec<SecretSource>>,
+    // Grants beyond refresh_token and client_credentials (checked in validate/grant.rs).
+    pub subject_token: Option<SecretSource>,
+    pub subject_token_type: Option<String>,
+    pub actor_token: Option<SecretSource>,
+    pub actor_token_type: Option<String>,
+    pub requested_token_type: Option<String>,
+    pub resource: Option<OneOrMany>,
+    pub assertion: Option<SecretSource>,
+    pub assertion_issuer: Option<String>,
+    pub assertion_subject: Option<String>,
+    pub assertion_audience: Option<String>,
+    pub assertion_claims: Option<BTreeMap<String, String>>,
+    #[serde(default, with = "serde_opt")]
+    pub assertion_lifetime: Option<Duration>,
+    pub private_key: Option<SecretSource>,
+    pub signing_alg: Option<String>,
+    pub key_id: Option<String>,
+    pub exec: Option<RawExec>,
+}
+
+/// `credentials.NAME.exec`: the command of `grant = "exec"`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawExec {
+    pub command: Option<Vec<String>>,
+    pub env: Option<BTreeMap<String, SecretSource>>,
+    #[serde(default, with = "serde_opt")]
+    pub timeout: Option<Duration>,
+    pub format: Option<String>,
 }

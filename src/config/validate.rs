@@ -10,6 +10,10 @@ use reqwest::Url;
 use super::raw::{OneOrMany, RawConfig, RawCredential, RawIdp, RawServer};
 use super::*;
 
+mod client;
+mod exec;
+mod grant;
+
 /// Collects problems while building a value.
 #[derive(Default)]
 struct Check {
@@ -184,52 +188,16 @@ fn credential(check: &mut Check, name: String, raw: RawCredential) -> Option<Cre
             "a name is 1-64 letters, digits, `-`, `_` or `.` (it appears in URLs and file names)",
         );
     }
-    let grant = match raw.grant.as_deref() {
-        None | Some("refresh_token") => Grant::RefreshToken,
-        Some("client_credentials") => Grant::ClientCredentials,
-        Some(other) => {
-            check.fail(
-                key("grant"),
-                format!("unknown grant `{other}`; expected refresh_token or client_credentials"),
-            );
-            Grant::RefreshToken
-        }
+    let parts = grant::parts(check, &name, &raw);
+    // The exec grant asks no IdP: `grant::parts` refuses IdP keys on it instead.
+    let is_exec = raw.grant.as_deref() == Some("exec");
+    let endpoint = match is_exec {
+        true => Some(None),
+        false => endpoint(check, &name, &raw).map(Some),
     };
-    let endpoint = endpoint(check, &name, &raw);
     let client_id = raw.client_id.clone().unwrap_or_default();
-    if client_id.is_empty() {
+    if client_id.is_empty() && !is_exec {
         check.fail(key("client_id"), "is required");
-    }
-    let client_auth = match raw.client_auth.as_deref() {
-        None | Some("client_secret_basic") => ClientAuth::Basic,
-        Some("client_secret_post") => ClientAuth::Post,
-        Some(other) => {
-            check.fail(
-                key("client_auth"),
-                format!(
-                    "unknown method `{other}`; expected client_secret_basic or client_secret_post"
-                ),
-            );
-            ClientAuth::Basic
-        }
-    };
-    if grant == Grant::RefreshToken && raw.refresh_token.is_none() {
-        check.fail(
-            key("refresh_token"),
-            "is required for grant = \"refresh_token\"",
-        );
-    }
-    if grant == Grant::ClientCredentials && raw.refresh_token.is_some() {
-        check.fail(
-            key("refresh_token"),
-            "is not used by grant = \"client_credentials\"; remove it",
-        );
-    }
-    if grant == Grant::ClientCredentials && raw.client_secret.is_none() {
-        check.fail(
-            key("client_secret"),
-            "is required for grant = \"client_credentials\"",
-        );
     }
     let refresh_ratio = raw.refresh_ratio.unwrap_or(0.8);
     if !(0.1..=0.95).contains(&refresh_ratio) {
@@ -268,12 +236,14 @@ fn credential(check: &mut Check, name: String, raw: RawCredential) -> Option<Cre
     if check.problems.len() > before {
         return None;
     }
+    let parts = parts?;
     Some(CredentialSpec {
-        grant,
+        grant: parts.grant,
         endpoint: endpoint?,
         client_id,
         client_secret: raw.client_secret,
-        client_auth,
+        client_auth: parts.client_auth,
+        private_key: parts.private_key,
         refresh_token: raw.refresh_token,
         scope: raw.scope.filter(|s| !s.is_empty()),
         audience: raw.audience,

@@ -160,14 +160,21 @@ async fn discovery_uses_the_host_header() {
     assert_eq!(json["token_endpoint"], "http://idp.test:8657/token");
     assert_eq!(
         json["token_endpoint_auth_methods_supported"],
-        json!(["client_secret_basic", "client_secret_post"])
+        json!([
+            "client_secret_basic",
+            "client_secret_post",
+            "private_key_jwt",
+            "none"
+        ])
     );
-    assert!(
-        json["grant_types_supported"]
-            .as_array()
-            .unwrap()
-            .contains(&json!("refresh_token"))
-    );
+    let grants = json["grant_types_supported"].as_array().unwrap();
+    for grant in [
+        "refresh_token",
+        "urn:ietf:params:oauth:grant-type:token-exchange",
+        "urn:ietf:params:oauth:grant-type:jwt-bearer",
+    ] {
+        assert!(grants.contains(&json!(grant)), "{grant}");
+    }
     let request = Request::get("/.well-known/openid-configuration")
         .header(header::HOST, "evil\"/path")
         .body(Body::empty())

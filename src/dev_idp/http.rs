@@ -6,6 +6,7 @@
 
 use super::DevIdp;
 use super::admin;
+use super::clients;
 use super::faults::{self, Fault};
 use super::protocol::{self, Params, TokenError};
 use super::state::{Arrival, Issued};
@@ -133,9 +134,12 @@ fn handle_token(
         Some(Ok(value)) => Some(value),
         Some(Err(_)) => Some(""), // not visible ASCII: fails as malformed Basic
     };
-    let client = protocol::client_credentials(authorization, &params);
+    let client = clients::presented(authorization, &params);
     let result = idp.with_state(|state| match client {
-        Ok(client) => state.token(SystemTime::now(), client.as_ref(), &params),
+        Ok(client) => {
+            let audiences = token_endpoints(headers, state.listen_addr());
+            state.token(SystemTime::now(), &client, &params, &audiences)
+        }
         Err(err) => {
             // Malformed credentials fail before the state sees them; count them alike.
             state.count_error(&err);
@@ -143,6 +147,15 @@ fn handle_token(
         }
     });
     (grant, result)
+}
+
+/// The URLs this token endpoint answers to, as the `aud` of signed assertions must
+/// name it: through the request's `Host` and the listen address, over http or https.
+fn token_endpoints(headers: &HeaderMap, listen: Option<&str>) -> Vec<String> {
+    let hosts = request_host(headers).into_iter().chain(listen);
+    hosts
+        .flat_map(|host| ["http", "https"].map(|scheme| format!("{scheme}://{host}/token")))
+        .collect()
 }
 
 /// The form body, insisting on the content type RFC 6749 mandates.
@@ -180,6 +193,9 @@ fn token_success_response(issued: &Issued) -> Response {
     }
     if let Some(scope) = &issued.scope {
         body["scope"] = json!(scope);
+    }
+    if let Some(kind) = issued.issued_token_type {
+        body["issued_token_type"] = json!(kind);
     }
     no_store_json(StatusCode::OK, &body)
 }
@@ -219,8 +235,19 @@ async fn discovery(State(idp): State<DevIdp>, headers: HeaderMap) -> Response {
     axum::Json(json!({
         "issuer": issuer,
         "token_endpoint": format!("{issuer}/token"),
-        "grant_types_supported": ["refresh_token", "client_credentials"],
-        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+        "grant_types_supported": [
+            "refresh_token",
+            "client_credentials",
+            protocol::TOKEN_EXCHANGE,
+            protocol::JWT_BEARER,
+        ],
+        "token_endpoint_auth_methods_supported": [
+            "client_secret_basic",
+            "client_secret_post",
+            "private_key_jwt",
+            "none",
+        ],
+        "token_endpoint_auth_signing_alg_values_supported": ["RS256", "ES256"],
     }))
     .into_response()
 }

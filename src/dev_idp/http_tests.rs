@@ -232,3 +232,51 @@ async fn client_credentials_no_rotation_and_omitted_expiry() {
         (2, 1)
     );
 }
+
+#[tokio::test]
+async fn a_client_assertion_must_name_the_endpoint_the_request_reached() {
+    let keys = crate::test_keys::generate(crate::test_keys::Kind::RsaPkcs8);
+    let idp = DevIdp::new(DevIdpOptions {
+        client_public_key: Some(super::PublicKey::from_pem(&keys.public_pem()).unwrap()),
+        ..DevIdpOptions::default()
+    });
+    let signer = crate::idp::SigningKey::from_pem(
+        &secrecy::SecretString::from(keys.private_pem()),
+        None,
+        None,
+    )
+    .unwrap();
+    let request = |aud: &str| {
+        let claims = crate::idp::assertion_claims(
+            "dev-client",
+            "dev-client",
+            aud,
+            std::time::Duration::from_secs(60),
+        );
+        let jwt = signer.sign(&claims).unwrap();
+        let body = format!(
+            "grant_type=client_credentials&client_assertion_type={}&client_assertion={}",
+            crate::dev_idp::clients::CLIENT_ASSERTION_TYPE,
+            secrecy::ExposeSecret::expose_secret(&jwt)
+        );
+        let mut request = token_request(&body, None);
+        request
+            .headers_mut()
+            .insert(header::HOST, "idp.test:8657".parse().unwrap());
+        request
+    };
+    let answer = send(&idp, request("http://idp.test:8657/token")).await;
+    assert_eq!(
+        answer.status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&answer.body)
+    );
+    let answer = send(&idp, request("http://other.test:8657/token")).await;
+    assert_error(&answer, 401, "invalid_client");
+    assert_eq!(
+        answer.json()["error_description"],
+        "the assertion's aud is not this token endpoint"
+    );
+    assert_eq!(idp.stats().client_assertions, 1);
+}

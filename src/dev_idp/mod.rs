@@ -8,15 +8,19 @@
 //! and revoke credentials, so tests can model a bad day at the IdP.
 //!
 //! Layout: `state` holds the rules and is pure, with the refresh token lineage rules
-//! in `families`; `protocol` parses RFC 6749 requests; `tokens` mints token strings;
+//! in `families` and token exchange and jwt-bearer in `exchange`; `clients` authenticates
+//! callers (secrets, `private_key_jwt`, public clients) and `jwt` verifies signed
+//! assertions; `protocol` parses RFC 6749 requests; `tokens` mints token strings;
 //! `faults` describes and renders injected faults; `http` and `admin` are the axum
 //! handlers; `options` is the command line. This file ties them together and runs the
 //! server.
 
 mod admin;
+mod clients;
 mod families;
 mod faults;
 mod http;
+mod jwt;
 mod options;
 mod protocol;
 mod state;
@@ -24,6 +28,7 @@ mod stats;
 mod tls;
 mod tokens;
 
+pub use jwt::PublicKey;
 pub use options::{DevIdpArgs, DevIdpOptions};
 pub use stats::Stats;
 

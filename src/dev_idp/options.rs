@@ -1,13 +1,17 @@
 //! Command-line arguments of `token-broker dev-idp`, and the same options for
 //! in-process use by tests. Parsing only; the behaviour lives in the state.
 
+use super::clients::Clients;
+use super::jwt::PublicKey;
 use super::state::Config;
 use std::fmt;
 use std::time::Duration;
 
 /// Run a strict OAuth2 token server for development and tests only, never production.
 ///
-/// It issues unsigned tokens to one client, keeps everything in memory, and exposes
+/// It issues unsigned tokens to one confidential client (and optionally one public
+/// client), speaks refresh_token, client_credentials, token exchange (RFC 8693) and
+/// jwt-bearer (RFC 7523), keeps everything in memory, and exposes
 /// unauthenticated admin endpoints to inject faults and revoke credentials. Development
 /// and tests only: never run it in production or expose it beyond localhost.
 #[derive(clap::Args, Debug, Clone)]
@@ -36,7 +40,7 @@ pub struct DevIdpArgs {
 /// that let tests model real IdPs.
 #[derive(clap::Args, Clone)]
 pub struct DevIdpOptions {
-    /// The only client id accepted at /token.
+    /// The confidential client's id (see also --public-client-id).
     #[arg(long, default_value = "dev-client")]
     pub client_id: String,
     /// That client's secret.
@@ -63,6 +67,27 @@ pub struct DevIdpOptions {
     /// the truth.
     #[arg(long)]
     pub omit_expires_in: bool,
+    /// The client's public key (PEM, RSA or EC P-256): it may then authenticate with
+    /// private_key_jwt, a signed client assertion (iss = sub = client id, aud = this
+    /// token endpoint, a jti used once).
+    #[arg(long, value_name = "FILE", value_parser = PublicKey::from_file)]
+    pub client_public_key: Option<PublicKey>,
+    /// A public client: it sends only its client_id, no secret, and may use refresh
+    /// tokens, token exchange and jwt-bearer, never client_credentials.
+    #[arg(long, value_name = "ID")]
+    pub public_client_id: Option<String>,
+    /// Public key (PEM, RSA or EC P-256) that signs jwt-bearer grant assertions
+    /// (RFC 7523); without it the jwt-bearer grant is refused.
+    #[arg(long, value_name = "FILE", value_parser = PublicKey::from_file)]
+    pub jwt_bearer_key: Option<PublicKey>,
+    /// The iss a jwt-bearer assertion must carry [default: the --client-id].
+    #[arg(long, value_name = "ISS")]
+    pub jwt_bearer_issuer: Option<String>,
+    /// A subject token accepted for token exchange (RFC 8693, type jwt), e.g. a
+    /// Kubernetes service-account token; repeat for several. Access tokens this IdP
+    /// issued are accepted too.
+    #[arg(long, value_name = "TOKEN")]
+    pub subject_token: Vec<String>,
 }
 
 impl Default for DevIdpOptions {
@@ -76,6 +101,11 @@ impl Default for DevIdpOptions {
             reuse_grace: Duration::ZERO,
             no_rotation: false,
             omit_expires_in: false,
+            client_public_key: None,
+            public_client_id: None,
+            jwt_bearer_key: None,
+            jwt_bearer_issuer: None,
+            subject_token: Vec::new(),
         }
     }
 }
@@ -97,6 +127,11 @@ impl fmt::Debug for DevIdpOptions {
             .field("reuse_grace", &self.reuse_grace)
             .field("no_rotation", &self.no_rotation)
             .field("omit_expires_in", &self.omit_expires_in)
+            .field("client_public_key", &self.client_public_key)
+            .field("public_client_id", &self.public_client_id)
+            .field("jwt_bearer_key", &self.jwt_bearer_key)
+            .field("jwt_bearer_issuer", &self.jwt_bearer_issuer)
+            .field("subject_tokens", &self.subject_token.len())
             .finish()
     }
 }
@@ -105,12 +140,22 @@ impl DevIdpOptions {
     /// The fixed rules the state enforces.
     pub(super) fn config(&self) -> Config {
         Config {
-            client_id: self.client_id.clone(),
-            client_secret: self.client_secret.clone(),
+            clients: Clients {
+                id: self.client_id.clone(),
+                secret: self.client_secret.clone(),
+                key: self.client_public_key.clone(),
+                public_id: self.public_client_id.clone(),
+            },
             access_ttl: self.access_ttl,
             reuse_grace: self.reuse_grace,
             rotation: !self.no_rotation,
             omit_expires_in: self.omit_expires_in,
+            bearer_key: self.jwt_bearer_key.clone(),
+            bearer_issuer: self
+                .jwt_bearer_issuer
+                .clone()
+                .unwrap_or_else(|| self.client_id.clone()),
+            subject_tokens: self.subject_token.clone(),
         }
     }
 }
@@ -167,6 +212,29 @@ mod tests {
         assert_eq!(o.initial_refresh_token.as_deref(), Some("abc"));
         assert!(!format!("{o:?}").contains("abc"));
         assert!(Cli::try_parse_from(["tb", "dev-idp", "--latency=soon"]).is_err());
+    }
+
+    #[test]
+    fn keys_are_read_at_parse_time_and_subject_tokens_repeat() {
+        let keys = crate::test_keys::generate(crate::test_keys::Kind::EcPkcs8);
+        let public = keys.public.to_str().unwrap();
+        let args = parse(&[
+            "--client-public-key",
+            public,
+            "--jwt-bearer-key",
+            public,
+            "--subject-token=a",
+            "--subject-token=b",
+            "--public-client-id=spa",
+        ]);
+        let config = args.options.config();
+        assert!(config.clients.key.is_some() && config.bearer_key.is_some());
+        assert_eq!(config.bearer_issuer, "dev-client");
+        assert_eq!(config.subject_tokens, ["a", "b"]);
+        assert!(!format!("{:?}", args.options).contains("\"a\""));
+        let private = keys.private.to_str().unwrap();
+        let err = Cli::try_parse_from(["tb", "dev-idp", "--client-public-key", private]);
+        assert!(err.err().unwrap().to_string().contains("BEGIN PUBLIC KEY"));
     }
 
     #[test]

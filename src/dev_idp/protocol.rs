@@ -29,7 +29,9 @@ pub enum TokenError {
     #[error("{0}")]
     InvalidScope(&'static str),
     /// A `grant_type` this IdP does not implement.
-    #[error("grant_type is not supported; use refresh_token or client_credentials")]
+    #[error(
+        "grant_type is not supported; use refresh_token, client_credentials, token exchange or jwt-bearer"
+    )]
     UnsupportedGrantType,
 }
 
@@ -54,34 +56,40 @@ impl TokenError {
     }
 }
 
+/// Parameters RFC 8693 section 2.1 lets a token-exchange request repeat.
+const REPEATABLE: &[&str] = &["resource", "audience"];
+
 /// The form parameters of a token request, with empty values dropped as RFC 6749 3.1
 /// requires ("parameters sent without a value MUST be treated as if they were omitted").
 #[derive(Default)]
-pub struct Params(HashMap<String, String>);
+pub struct Params(HashMap<String, Vec<String>>);
 
 impl Params {
     /// Parses an `application/x-www-form-urlencoded` body. Repeated parameters are an
-    /// `invalid_request` (RFC 6749 3.2), as is a body that is not UTF-8.
+    /// `invalid_request` (RFC 6749 3.2), except `resource` and `audience` (RFC 8693),
+    /// as is a body that is not UTF-8.
     pub fn parse(body: &[u8]) -> Result<Params, TokenError> {
         let malformed = TokenError::InvalidRequest("the body is not a valid form");
         std::str::from_utf8(body).map_err(|_| malformed.clone())?;
         let pairs: Vec<(String, String)> =
             serde_urlencoded::from_bytes(body).map_err(|_| malformed)?;
-        let mut map = HashMap::new();
+        let mut map: HashMap<String, Vec<String>> = HashMap::new();
         for (key, value) in pairs {
             if value.is_empty() {
                 continue;
             }
-            if map.insert(key, value).is_some() {
+            let values = map.entry(key.clone()).or_default();
+            if !values.is_empty() && !REPEATABLE.contains(&key.as_str()) {
                 return Err(TokenError::InvalidRequest("a parameter is repeated"));
             }
+            values.push(value);
         }
         Ok(Params(map))
     }
 
-    /// The value of one parameter, if present and non-empty.
+    /// The value of one parameter, if present and non-empty (the first, if repeated).
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).map(String::as_str)
+        self.0.get(key)?.first().map(String::as_str)
     }
 }
 
@@ -180,7 +188,31 @@ pub enum Grant {
         /// The requested scope, echoed back.
         scope: Option<String>,
     },
+    /// RFC 8693 token exchange.
+    TokenExchange(Exchange),
+    /// RFC 7523 section 2.1: a signed JWT as the grant.
+    JwtBearer {
+        /// The presented assertion.
+        assertion: String,
+        /// The requested scope, echoed back.
+        scope: Option<String>,
+    },
 }
+
+/// The parameters of an RFC 8693 token-exchange request.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Exchange {
+    pub subject_token: String,
+    pub subject_token_type: String,
+    pub actor_token: Option<(String, String)>,
+    pub requested_token_type: Option<String>,
+    pub scope: Option<String>,
+}
+
+/// `grant_type` of RFC 8693.
+pub const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+/// `grant_type` of RFC 7523 section 2.1.
+pub const JWT_BEARER: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
 
 impl fmt::Debug for Grant {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -203,6 +235,14 @@ impl Grant {
                 None => Err(TokenError::InvalidRequest("refresh_token is required")),
             },
             Some("client_credentials") => Ok(Grant::ClientCredentials { scope }),
+            Some(TOKEN_EXCHANGE) => exchange(params, scope).map(Grant::TokenExchange),
+            Some(JWT_BEARER) => match params.get("assertion") {
+                Some(assertion) => Ok(Grant::JwtBearer {
+                    assertion: assertion.to_owned(),
+                    scope,
+                }),
+                None => Err(TokenError::InvalidRequest("assertion is required")),
+            },
             Some(_) => Err(TokenError::UnsupportedGrantType),
         }
     }
@@ -212,8 +252,39 @@ impl Grant {
         match self {
             Grant::Refresh { .. } => "refresh_token",
             Grant::ClientCredentials { .. } => "client_credentials",
+            Grant::TokenExchange(_) => "token_exchange",
+            Grant::JwtBearer { .. } => "jwt_bearer",
         }
     }
+}
+
+/// RFC 8693 section 2.1: the subject token and its type are required, an actor token
+/// needs its type, and a type without its token is malformed too.
+fn exchange(params: &Params, scope: Option<String>) -> Result<Exchange, TokenError> {
+    let owned = |key: &str| params.get(key).map(str::to_owned);
+    let (Some(subject_token), Some(subject_token_type)) =
+        (owned("subject_token"), owned("subject_token_type"))
+    else {
+        return Err(TokenError::InvalidRequest(
+            "subject_token and subject_token_type are required",
+        ));
+    };
+    let actor_token = match (owned("actor_token"), owned("actor_token_type")) {
+        (Some(token), Some(kind)) => Some((token, kind)),
+        (None, None) => None,
+        _ => {
+            return Err(TokenError::InvalidRequest(
+                "actor_token and actor_token_type go together",
+            ));
+        }
+    };
+    Ok(Exchange {
+        subject_token,
+        subject_token_type,
+        actor_token,
+        requested_token_type: owned("requested_token_type"),
+        scope,
+    })
 }
 
 /// A fixed name for the requested grant type, for logs: the raw parameter is client
@@ -222,6 +293,8 @@ pub fn grant_label(params: &Params) -> &'static str {
     match params.get("grant_type") {
         Some("refresh_token") => "refresh_token",
         Some("client_credentials") => "client_credentials",
+        Some(TOKEN_EXCHANGE) => "token_exchange",
+        Some(JWT_BEARER) => "jwt_bearer",
         Some(_) => "other",
         None => "missing",
     }

@@ -6,9 +6,11 @@
 //! rules can be unit tested exactly. The HTTP layer owns the one lock around `State`
 //! and the sleeping; this file never waits.
 
+use super::clients::{Caller, Clients, Presented};
 use super::families::{Families, FamilyId, Policy, RefreshKind, Refusal};
 use super::faults::{Fault, PendingFault};
-use super::protocol::{ClientCredentials, Grant, Params, TokenError};
+use super::jwt::{Expect, PublicKey, Replay};
+use super::protocol::{Grant, Params, TokenError};
 use super::stats::Stats;
 use super::tokens::Claims;
 use serde::Serialize;
@@ -25,10 +27,8 @@ const ACCESS_TOKEN_PRUNE_AT: usize = 4096;
 /// The fixed rules of one IdP instance, taken from its options.
 #[derive(Clone)]
 pub struct Config {
-    /// The only client this IdP knows.
-    pub client_id: String,
-    /// That client's secret.
-    pub client_secret: String,
+    /// The clients this IdP knows.
+    pub clients: Clients,
     /// Lifetime of every access token.
     pub access_ttl: Duration,
     /// How long after its first use a refresh token may be replayed harmlessly.
@@ -37,6 +37,12 @@ pub struct Config {
     pub rotation: bool,
     /// Leave `expires_in` out of token responses, to test clients that read `exp`.
     pub omit_expires_in: bool,
+    /// Verifies jwt-bearer grant assertions; without it that grant is refused.
+    pub bearer_key: Option<PublicKey>,
+    /// The `iss` a jwt-bearer assertion must carry.
+    pub bearer_issuer: String,
+    /// Subject tokens accepted for token exchange besides this IdP's own access tokens.
+    pub subject_tokens: Vec<String>,
 }
 
 /// What the IdP remembers of one access token, to answer `/api/whoami`.
@@ -60,6 +66,10 @@ pub enum Outcome {
     NotRotated,
     /// A `client_credentials` grant.
     ClientCredentials,
+    /// A token exchange (RFC 8693).
+    TokenExchange,
+    /// A jwt-bearer grant (RFC 7523).
+    JwtBearer,
 }
 
 /// A successful token response, before rendering (RFC 6749 5.1).
@@ -75,6 +85,8 @@ pub struct Issued {
     pub scope: Option<String>,
     /// What kind of success this was.
     pub outcome: Outcome,
+    /// RFC 8693's `issued_token_type`, for token exchanges.
+    pub issued_token_type: Option<&'static str>,
 }
 
 /// The answer of `/api/whoami` for a valid access token.
@@ -108,6 +120,8 @@ pub struct State {
     access_tokens: HashMap<String, AccessRecord>,
     fault: Option<PendingFault>,
     stats: Stats,
+    /// `jti`s of client and grant assertions already used.
+    replay: Replay,
 }
 
 impl State {
@@ -121,6 +135,7 @@ impl State {
             access_tokens: HashMap::new(),
             fault: None,
             stats: Stats::default(),
+            replay: Replay::default(),
         }
     }
 
@@ -159,17 +174,22 @@ impl State {
     }
 
     /// Handles a parsed token request. Client authentication comes first, so a wrong
-    /// secret never touches (or uses up) the refresh token it came with.
+    /// secret never touches (or uses up) the refresh token it came with. `audiences`
+    /// are the URLs of this token endpoint, which signed assertions must name.
     pub fn token(
         &mut self,
         now: SystemTime,
-        client: Option<&ClientCredentials>,
+        client: &Presented,
         params: &Params,
+        audiences: &[String],
     ) -> Result<Issued, TokenError> {
+        let expect = Expect { audiences, now };
         let result = self
-            .authenticate(client)
-            .and_then(|()| Grant::parse(params))
-            .and_then(|grant| self.grant(now, &grant));
+            .config
+            .clients
+            .authenticate(client, &expect, &mut self.replay, &mut self.stats)
+            .and_then(|caller| Ok((caller, Grant::parse(params)?)))
+            .and_then(|(caller, grant)| self.grant(&expect, &caller, &grant));
         if let Err(err) = &result {
             self.count_error(err);
         }
@@ -181,40 +201,54 @@ impl State {
         match err {
             TokenError::InvalidClient(_) => self.stats.invalid_client += 1,
             TokenError::InvalidGrant(_) => self.stats.invalid_grant += 1,
+            TokenError::InvalidRequest(_) => self.stats.invalid_request += 1,
             _ => {}
         }
     }
 
-    fn authenticate(&self, client: Option<&ClientCredentials>) -> Result<(), TokenError> {
-        let client = client.ok_or(TokenError::InvalidClient(
-            "client authentication is required",
-        ))?;
-        let id_ok = constant_time_eq(&client.id, &self.config.client_id);
-        let secret_ok = constant_time_eq(&client.secret, &self.config.client_secret);
-        if id_ok && secret_ok {
-            Ok(())
-        } else {
-            Err(TokenError::InvalidClient("unknown client or wrong secret"))
+    fn grant(
+        &mut self,
+        expect: &Expect<'_>,
+        caller: &Caller,
+        grant: &Grant,
+    ) -> Result<Issued, TokenError> {
+        let now = expect.now;
+        let client = match (caller, grant) {
+            // RFC 7523 2.1: client authentication is optional for the jwt-bearer grant.
+            (Caller::Anonymous, Grant::JwtBearer { .. }) => "",
+            (Caller::Anonymous, _) => {
+                return Err(TokenError::InvalidClient(
+                    "client authentication is required",
+                ));
+            }
+            (Caller::Public(_), Grant::ClientCredentials { .. }) => {
+                return Err(TokenError::InvalidClient(
+                    "client_credentials needs client authentication; a public client cannot use it",
+                ));
+            }
+            (caller, _) => caller.id().unwrap_or_default(),
         }
-    }
-
-    fn grant(&mut self, now: SystemTime, grant: &Grant) -> Result<Issued, TokenError> {
+        .to_owned();
         match grant {
             Grant::Refresh {
                 refresh_token,
                 scope,
-            } => self.refresh(now, refresh_token, scope.as_deref()),
+            } => self.refresh(now, &client, refresh_token, scope.as_deref()),
             Grant::ClientCredentials { scope } => {
                 self.stats.client_credentials_grants += 1;
-                let sub = self.config.client_id.clone();
                 Ok(self.issue(
                     now,
                     None,
-                    &sub,
+                    &client,
+                    &client,
                     scope.clone(),
                     None,
                     Outcome::ClientCredentials,
                 ))
+            }
+            Grant::TokenExchange(exchange) => self.token_exchange(now, &client, exchange),
+            Grant::JwtBearer { assertion, scope } => {
+                self.jwt_bearer(expect, &client, assertion, scope.clone())
             }
         }
     }
@@ -223,6 +257,7 @@ impl State {
     fn refresh(
         &mut self,
         now: SystemTime,
+        client: &str,
         presented: &str,
         scope: Option<&str>,
     ) -> Result<Issued, TokenError> {
@@ -245,7 +280,15 @@ impl State {
             self.stats.refresh_grants += 1;
         }
         let (family, successor) = (Some(refreshed.family), refreshed.successor);
-        Ok(self.issue(now, family, DEV_USER, refreshed.scope, successor, outcome))
+        Ok(self.issue(
+            now,
+            family,
+            DEV_USER,
+            client,
+            refreshed.scope,
+            successor,
+            outcome,
+        ))
     }
 
     /// Counts a refused refresh and turns it into the protocol error.
@@ -264,18 +307,20 @@ impl State {
         }
     }
 
-    /// Mints and remembers an access token.
+    /// Mints and remembers an access token for `client`.
+    #[allow(clippy::too_many_arguments)]
     fn issue(
         &mut self,
         now: SystemTime,
         family: Option<FamilyId>,
         sub: &str,
+        client: &str,
         scope: Option<String>,
         refresh_token: Option<String>,
         outcome: Outcome,
     ) -> Issued {
         let ttl = self.config.access_ttl;
-        let claims = Claims::new(sub, &self.config.client_id, now, ttl);
+        let claims = Claims::new(sub, client, now, ttl);
         let access_token = claims.encode();
         if self.access_tokens.len() >= ACCESS_TOKEN_PRUNE_AT {
             self.access_tokens.retain(|_, record| record.expires > now);
@@ -295,6 +340,7 @@ impl State {
             refresh_token,
             scope,
             outcome,
+            issued_token_type: None,
         }
     }
 
@@ -361,14 +407,8 @@ impl State {
     }
 }
 
-/// Compares secrets without an early exit, so timing does not reveal a prefix match.
-fn constant_time_eq(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
-}
+#[path = "exchange.rs"]
+mod exchange;
 
 #[cfg(test)]
 #[path = "state_tests.rs"]

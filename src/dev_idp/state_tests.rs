@@ -4,16 +4,24 @@
 
 use super::*;
 use crate::dev_idp::faults::{Fault, PendingFault};
+use crate::dev_idp::protocol::ClientCredentials;
 use std::time::UNIX_EPOCH;
 
 fn config() -> Config {
     Config {
-        client_id: "dev-client".to_owned(),
-        client_secret: "dev-secret".to_owned(),
+        clients: Clients {
+            id: "dev-client".to_owned(),
+            secret: "dev-secret".to_owned(),
+            key: None,
+            public_id: None,
+        },
         access_ttl: Duration::from_secs(300),
         reuse_grace: Duration::ZERO,
         rotation: true,
         omit_expires_in: false,
+        bearer_key: None,
+        bearer_issuer: "dev-client".to_owned(),
+        subject_tokens: Vec::new(),
     }
 }
 
@@ -21,7 +29,11 @@ fn at(secs: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(1_700_000_000 + secs)
 }
 
-fn good() -> ClientCredentials {
+fn good() -> Presented {
+    Presented::Secret(credentials())
+}
+
+fn credentials() -> ClientCredentials {
     ClientCredentials {
         id: "dev-client".to_owned(),
         secret: "dev-secret".to_owned(),
@@ -33,7 +45,7 @@ fn refresh_params(token: &str) -> Params {
 }
 
 fn refresh(state: &mut State, now: SystemTime, token: &str) -> Result<Issued, TokenError> {
-    state.token(now, Some(&good()), &refresh_params(token))
+    state.token(now, &good(), &refresh_params(token), &[])
 }
 
 fn idp(config: Config) -> (State, String) {
@@ -119,7 +131,7 @@ fn no_rotation_keeps_the_token_valid_forever() {
 fn client_credentials_issue_no_refresh_token() {
     let (mut state, _) = idp(config());
     let params = Params::parse(b"grant_type=client_credentials&scope=read").unwrap();
-    let issued = state.token(at(0), Some(&good()), &params).unwrap();
+    let issued = state.token(at(0), &good(), &params, &[]).unwrap();
     assert_eq!(issued.outcome, Outcome::ClientCredentials);
     assert_eq!(issued.refresh_token, None);
     assert_eq!(issued.scope.as_deref(), Some("read"));
@@ -131,16 +143,16 @@ fn client_credentials_issue_no_refresh_token() {
 #[test]
 fn wrong_secret_does_not_consume_the_refresh_token() {
     let (mut state, first) = idp(config());
-    let wrong = ClientCredentials {
+    let wrong = Presented::Secret(ClientCredentials {
         secret: "nope".to_owned(),
-        ..good()
-    };
+        ..credentials()
+    });
     let err = state
-        .token(at(0), Some(&wrong), &refresh_params(&first))
+        .token(at(0), &wrong, &refresh_params(&first), &[])
         .unwrap_err();
     assert_eq!((err.code(), err.status()), ("invalid_client", 401));
     let err = state
-        .token(at(0), None, &refresh_params(&first))
+        .token(at(0), &Presented::Nothing, &refresh_params(&first), &[])
         .unwrap_err();
     assert_eq!(err.code(), "invalid_client");
     let issued = refresh(&mut state, at(1), &first).unwrap();
@@ -204,13 +216,13 @@ fn scope_may_narrow_but_not_widen() {
         format!("grant_type=refresh_token&refresh_token={next}&scope=admin").as_bytes(),
     )
     .unwrap();
-    let err = state.token(at(1), Some(&good()), &params).unwrap_err();
+    let err = state.token(at(1), &good(), &params, &[]).unwrap_err();
     assert_eq!(err.code(), "invalid_scope");
     let params = Params::parse(
         format!("grant_type=refresh_token&refresh_token={next}&scope=read").as_bytes(),
     )
     .unwrap();
-    let narrowed = state.token(at(1), Some(&good()), &params).unwrap();
+    let narrowed = state.token(at(1), &good(), &params, &[]).unwrap();
     assert_eq!(narrowed.scope.as_deref(), Some("read"));
 }
 

@@ -21,6 +21,14 @@ pub struct Stats {
     pub refresh_grants: u64,
     /// Successful `client_credentials` grants.
     pub client_credentials_grants: u64,
+    /// Successful RFC 8693 token exchanges.
+    pub token_exchange_grants: u64,
+    /// Successful RFC 7523 jwt-bearer grants.
+    pub jwt_bearer_grants: u64,
+    /// Clients authenticated by a `private_key_jwt` client assertion.
+    pub client_assertions: u64,
+    /// Client or grant assertions refused because their `jti` was already used.
+    pub assertion_replays: u64,
     /// Used refresh tokens presented again after their grace window.
     pub reuse_detected: u64,
     /// Used refresh tokens presented again within the grace window and answered.
@@ -33,6 +41,8 @@ pub struct Stats {
     pub invalid_grant: u64,
     /// `invalid_client` answers, for any reason.
     pub invalid_client: u64,
+    /// `invalid_request` answers, for any reason (a refused subject token among them).
+    pub invalid_request: u64,
     /// Token requests being handled right now (a gauge, never reset).
     pub in_flight: u64,
     /// Peak of `in_flight` since start or the last reset: how tests prove that a

@@ -7,7 +7,12 @@
 //! `Rejected` (the IdP said no; retrying the same refresh token is pointless or harmful),
 //! `Unavailable` (the request did not take effect; retry later), and `LostAnswer` (the
 //! request may have rotated the refresh token, but its answer never arrived).
+//!
+//! Layout: `grant` builds the form of each grant and client authentication method,
+//! `assertion` signs the JWTs some of them need, `response` reads the answer.
 
+mod assertion;
+mod grant;
 mod response;
 
 use std::collections::HashMap;
@@ -19,10 +24,12 @@ use reqwest::Url;
 use secrecy::SecretString;
 use tokio::sync::Semaphore;
 
-use crate::config::{ClientAuth, Endpoint, Grant, IdpConfig};
+use crate::config::{CredentialSpec, Endpoint, IdpConfig, PrivateKey};
 use crate::secret::ExposeSecret;
 
-pub use response::{TokenResponse, parse_retry_after};
+pub use assertion::{CLIENT_ASSERTION_TYPE, SigningKey, claims as assertion_claims};
+pub use grant::{Inputs, JWT_BEARER, TOKEN_EXCHANGE};
+pub use response::{TokenResponse, jwt_exp, parse_retry_after};
 
 /// Largest answer read from an IdP; a token response is a few KiB at most.
 pub const MAX_RESPONSE_BYTES: usize = 1 << 20;
@@ -52,14 +59,12 @@ pub enum IdpError {
 
 /// What to ask the token endpoint for.
 pub struct TokenRequest<'a> {
-    pub endpoint: &'a Endpoint,
-    pub grant: Grant,
-    pub client_id: &'a str,
-    pub client_secret: Option<&'a SecretString>,
-    pub client_auth: ClientAuth,
+    /// The credential: endpoint, grant, client and its authentication method.
+    pub spec: &'a CredentialSpec,
+    /// The secrets of this request, read just before it.
+    pub inputs: &'a Inputs,
+    /// The refresh token to send (`refresh_token` grant only).
     pub refresh_token: Option<&'a SecretString>,
-    pub scope: Option<&'a str>,
-    pub audience: Option<&'a str>,
 }
 
 /// A shared HTTP client for every credential, with a global cap on calls in flight.
@@ -109,7 +114,19 @@ impl IdpClient {
 
     /// Performs one token request.
     pub async fn request_token(&self, req: &TokenRequest<'_>) -> Result<TokenResponse, IdpError> {
-        let token_url = self.token_url(req.endpoint).await?;
+        let endpoint = req.spec.endpoint.as_ref().ok_or(IdpError::Unavailable {
+            reason: "this credential has no token endpoint".into(),
+            retry_after: None,
+        })?;
+        let token_url = self.token_url(endpoint).await?;
+        // Built after discovery: signed assertions name the token endpoint as audience.
+        let form =
+            grant::form(req.spec, req.inputs, req.refresh_token, &token_url).map_err(|reason| {
+                IdpError::Unavailable {
+                    reason,
+                    retry_after: None,
+                }
+            })?;
         let _permit = self
             .permits
             .acquire()
@@ -126,17 +143,10 @@ impl IdpClient {
                 reqwest::header::CONTENT_TYPE,
                 "application/x-www-form-urlencoded",
             );
-        if let (ClientAuth::Basic, Some(secret)) = (req.client_auth, req.client_secret) {
-            builder = builder.header(
-                reqwest::header::AUTHORIZATION,
-                basic_auth(req.client_id, secret),
-            );
+        if let Some(authorization) = form.authorization {
+            builder = builder.header(reqwest::header::AUTHORIZATION, authorization);
         }
-        let response = builder
-            .body(form_body(req))
-            .send()
-            .await
-            .map_err(send_error)?;
+        let response = builder.body(form.body).send().await.map_err(send_error)?;
         response::read(response).await
     }
 
@@ -163,6 +173,12 @@ fn read(path: &std::path::Path, key: &str) -> Result<Vec<u8>, String> {
     std::fs::read(path).map_err(|e| format!("{key} {}: {e}", path.display()))
 }
 
+/// Reads and parses a configured private key (for `check-config --check-secrets`).
+pub fn check_key(key: &PrivateKey) -> Result<(), String> {
+    let pem = key.source.read()?;
+    SigningKey::from_pem(&pem, key.alg, key.key_id.clone()).map(|_| ())
+}
+
 /// RFC 6749 2.3.1: id and secret are form-encoded before they are joined and base64'd.
 fn basic_auth(client_id: &str, secret: &SecretString) -> String {
     let pair = format!(
@@ -178,28 +194,6 @@ fn basic_auth(client_id: &str, secret: &SecretString) -> String {
 
 fn form_encode(text: &str) -> String {
     url::form_urlencoded::byte_serialize(text.as_bytes()).collect()
-}
-
-fn form_body(req: &TokenRequest<'_>) -> String {
-    let mut form = url::form_urlencoded::Serializer::new(String::new());
-    form.append_pair("grant_type", req.grant.as_str());
-    if let Some(rt) = req.refresh_token {
-        form.append_pair("refresh_token", rt.expose_secret());
-    }
-    if let Some(scope) = req.scope {
-        form.append_pair("scope", scope);
-    }
-    if let Some(audience) = req.audience {
-        form.append_pair("audience", audience);
-    }
-    // Public clients (no secret) and client_secret_post both name themselves in the body.
-    if req.client_auth == ClientAuth::Post || req.client_secret.is_none() {
-        form.append_pair("client_id", req.client_id);
-    }
-    if let (ClientAuth::Post, Some(secret)) = (req.client_auth, req.client_secret) {
-        form.append_pair("client_secret", secret.expose_secret());
-    }
-    form.finish()
 }
 
 /// A failure before any answer. A connect failure means the IdP never saw the request;
@@ -256,31 +250,5 @@ mod tests {
             String::from_utf8(decoded).unwrap(),
             "my+client:p%40ss%3Aword"
         );
-    }
-
-    #[test]
-    fn post_auth_puts_the_client_in_the_body() {
-        let endpoint = Endpoint::TokenUrl(Url::parse("http://127.0.0.1/t").unwrap());
-        let secret = SecretString::from("s".to_owned());
-        let rt = SecretString::from("r t".to_owned());
-        let req = TokenRequest {
-            endpoint: &endpoint,
-            grant: Grant::RefreshToken,
-            client_id: "c",
-            client_secret: Some(&secret),
-            client_auth: ClientAuth::Post,
-            refresh_token: Some(&rt),
-            scope: Some("a b"),
-            audience: None,
-        };
-        assert_eq!(
-            form_body(&req),
-            "grant_type=refresh_token&refresh_token=r+t&scope=a+b&client_id=c&client_secret=s"
-        );
-        let basic = TokenRequest {
-            client_auth: ClientAuth::Basic,
-            ..req
-        };
-        assert!(!form_body(&basic).contains("client_secret"));
     }
 }

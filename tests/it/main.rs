@@ -6,8 +6,11 @@ mod harness;
 
 mod api;
 mod chaos;
+mod client_auth;
 mod commands;
+mod exec;
 mod failures;
+mod grants;
 mod hostile;
 mod operations;
 mod persistence;
