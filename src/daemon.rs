@@ -40,13 +40,16 @@ pub async fn run(
     listeners: Vec<Listener>,
     path: Option<PathBuf>,
 ) -> anyhow::Result<()> {
-    let store = Store::open(&config.state.dir).map_err(anyhow::Error::msg)?;
+    let store = Store::open(&config.state)
+        .await
+        .map_err(anyhow::Error::msg)?;
     let shutdown = CancellationToken::new();
     let broker = Arc::new(
         Broker::new(&config, store, Metrics::new(), shutdown.clone())
             .map_err(anyhow::Error::msg)?,
     );
     broker.start();
+    broker.watch_store();
     let addresses: Vec<String> = listeners.iter().map(Listener::describe).collect();
     info!(listen = %addresses.join(","), credentials = config.credentials.len(), "token-broker serving");
     let app = App {

@@ -65,6 +65,9 @@ pub struct Credential {
     pub(super) inner: Mutex<Inner>,
     /// Wakes the timer when the schedule may have changed.
     pub(super) wake: Notify,
+    /// Wakes a flight waiting for another broker's lease (shared store) when a change
+    /// notice about this credential arrives.
+    pub(super) remote: Notify,
     pub(super) shared: Arc<Shared>,
     pub(super) metrics: CredentialMetrics,
     /// The client keys of `spec.access`, read once at start-up (and at reload).
@@ -105,6 +108,8 @@ pub(super) struct Inner {
     /// may not match them (scope, audience, client), so the chain is kept but a new
     /// token is fetched.
     pub discard_stored_token: bool,
+    /// Where this broker stands with the shared store's record (redis backend).
+    pub fleet: super::fleet::Fleet,
 }
 
 /// What `decide` concluded under the lock.
@@ -135,6 +140,7 @@ impl Credential {
             current: ArcSwapOption::empty(),
             inner: Mutex::default(),
             wake: Notify::new(),
+            remote: Notify::new(),
             metrics: shared.metrics.credential(&spec.name),
             shared: shared.clone(),
             client_keys,
