@@ -3,11 +3,15 @@
 #![allow(clippy::unwrap_used)]
 
 mod harness;
+mod redis_server;
 
 mod api;
 mod chaos;
 mod commands;
 mod failures;
+mod fleet;
+mod fleet_failures;
+mod fleet_store;
 mod hostile;
 mod operations;
 mod persistence;
