@@ -59,6 +59,19 @@ pub(crate) struct Fleet {
     pub unsynced: bool,
 }
 
+/// Who adopts a record, which decides what it may take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Taker {
+    /// A flight holding the lease: it may take over a refresh another broker left out.
+    Lease,
+    /// A flight waiting for the lease: settled records only.
+    Waiting,
+    /// Between flights (a notice or the poll). `orphaned`: the record has a refresh out
+    /// and no broker holds the lease, so its broker is gone; the mark is taken and the
+    /// timer settles it at once, within the IdP's reuse grace if there is one.
+    Idle { orphaned: bool },
+}
+
 /// How the wait for the lease ended.
 enum Took {
     Lease(String),
@@ -136,7 +149,7 @@ impl Credential {
             }
             match redis.read(self.name()).await {
                 Ok(Some(record)) => {
-                    if let Some(outcome) = self.adopt_record(record, "flight", true) {
+                    if let Some(outcome) = self.adopt_record(record, "flight", Taker::Waiting) {
                         return Took::Settled(outcome);
                     }
                 }
@@ -217,7 +230,7 @@ impl Credential {
                      taking the shared record"
                 );
             }
-            return self.adopt_record(record, "flight", true);
+            return self.adopt_record(record, "flight", Taker::Lease);
         }
         if version < ours || unsynced {
             return self.write_back(redis, version).await.err().map(Err);
@@ -250,24 +263,24 @@ impl Credential {
         Ok(())
     }
 
-    /// Makes a newer, settled record this broker's state. `Some` when it answers a
-    /// flight: a fresh token, or the chain's end. Outside a flight (`in_flight` false)
-    /// it leaves a running flight alone, which reads the record itself.
+    /// Makes a newer record this broker's state. `Some` when that answers a flight: a
+    /// fresh token, or the chain's end.
     pub(super) fn adopt_record(
         &self,
         record: Record,
         via: &'static str,
-        in_flight: bool,
+        by: Taker,
     ) -> Option<Outcome> {
         let before = self.current();
         let mut inner = self.lock();
-        // A record with a refresh out belongs to the broker sending it; it is taken
-        // over only with the lease, in `reconcile`.
-        let taking_over = in_flight && inner.fleet.lease.is_some();
+        // A record with a refresh out belongs to the broker sending it, unless that
+        // broker is gone.
+        let marked = record.saved.in_flight_since.is_some();
+        let may_take_mark = matches!(by, Taker::Lease | Taker::Idle { orphaned: true });
         if !inner.restored
-            || (!in_flight && inner.flight.is_some())
+            || (matches!(by, Taker::Idle { .. }) && inner.flight.is_some())
             || record.version <= inner.fleet.version
-            || (record.saved.in_flight_since.is_some() && !taking_over)
+            || (marked && !may_take_mark)
         {
             return None;
         }
@@ -275,26 +288,36 @@ impl Credential {
         inner.fleet.unsynced = false;
         inner.unsaved = None;
         self.adopt(&mut inner, record.saved);
-        if let Some(reason) = inner.reauth.clone() {
-            return Some(Err(Error::ReauthRequired { reason }));
-        }
+        let idle = matches!(by, Taker::Idle { .. });
         let now = SystemTime::now();
-        let after = self.current().filter(|t| t.is_valid(now))?;
-        let fresh = before.is_none_or(|b| !b.is(after.secret()));
-        if !fresh || inner.unanswered_since.is_some() {
-            return None;
-        }
-        inner.failures = 0;
-        inner.retry_at = None;
-        inner.last_error = None;
-        inner.last_refresh_at = Some(now);
+        let after = self.current().filter(|t| t.is_valid(now));
+        let fresh = after
+            .as_ref()
+            .is_some_and(|a| before.is_none_or(|b| !b.is(a.secret())));
+        let outcome = match (&inner.reauth, after) {
+            (Some(reason), _) => Some(Err(Error::ReauthRequired {
+                reason: reason.clone(),
+            })),
+            (None, Some(after)) if fresh && inner.unanswered_since.is_none() => {
+                inner.failures = 0;
+                inner.retry_at = None;
+                inner.last_error = None;
+                inner.last_refresh_at = Some(now);
+                self.metrics.adopted(via);
+                info!(credential = self.name(), via, written_by = %record.writer, "took the token another broker refreshed");
+                Some(Ok(after))
+            }
+            _ => None,
+        };
         drop(inner);
-        self.metrics.adopted(via);
-        info!(credential = self.name(), via, written_by = %record.writer, "took the token another broker refreshed");
-        if !in_flight {
+        if marked && idle {
+            warn!(credential = self.name(), written_by = %record.writer, "the broker refreshing this credential is gone with its refresh out; settling it here");
+        }
+        if idle {
+            // The timer picks up the new token's schedule, or settles a taken mark now.
             self.schedule_changed();
         }
-        Some(Ok(after))
+        outcome
     }
 
     /// Redis cannot be reached when a refresh is due.

@@ -15,6 +15,7 @@ use futures_util::StreamExt;
 use tracing::{debug, info, warn};
 
 use super::credential::Credential;
+use super::fleet::Taker;
 use super::{Broker, schedule};
 use crate::secret::hex;
 use crate::store::{Notice, ReadError, RedisStore};
@@ -141,7 +142,9 @@ impl Credential {
         }
         match redis.read(self.name()).await {
             Ok(Some(record)) => {
-                let _ = self.adopt_record(record, via, false);
+                let orphaned = record.saved.in_flight_since.is_some()
+                    && matches!(redis.lease_held(self.name()).await, Ok(false));
+                let _ = self.adopt_record(record, via, Taker::Idle { orphaned });
             }
             Ok(None) | Err(ReadError::Corrupt { .. }) => {}
             Err(ReadError::Unavailable(e)) => {

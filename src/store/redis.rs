@@ -329,6 +329,16 @@ impl RedisStore {
         Ok(set.is_some())
     }
 
+    /// Whether any broker holds the lease.
+    pub async fn lease_held(&self, name: &str) -> Result<bool, String> {
+        let mut conn = self.connection().await?;
+        let holder: Option<String> = self
+            .limit(conn.get(self.lease_key(name)))
+            .await?
+            .map_err(|e| format!("redis: {e}"))?;
+        Ok(holder.is_some())
+    }
+
     /// Extends the lease; `false` when it is no longer ours.
     pub async fn renew(&self, name: &str, token: &str) -> Result<bool, String> {
         let mut conn = self.connection().await?;
