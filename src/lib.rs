@@ -8,7 +8,8 @@
 //! - `secret`: secret sources (`"..."`, `{ file }`, `{ env }`) and redaction.
 //! - `idp`: one token request to an identity provider, with every failure classified.
 //! - `broker`: per-credential state, the single flight, proactive timers.
-//! - `store`: durable, crash-safe persistence of rotated refresh tokens.
+//! - `store`: durable, crash-safe persistence of rotated refresh tokens: files for one
+//!   broker, or Redis shared by a fleet.
 //! - `server`: the HTTP API (routes, guards, listeners, error mapping).
 //! - `metrics`: Prometheus metrics.
 //! - `daemon`: `run` wiring (store, broker, server, signals, drain).
