@@ -16,7 +16,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tracing::{debug, info, warn};
 
-use super::credential::{Credential, Outcome};
+use super::credential::{Credential, Inner, Outcome};
+use super::token::Token;
 use crate::config::OnStoreUnavailable;
 use crate::error::Error;
 use crate::metrics::LeaseEvent;
@@ -125,14 +126,6 @@ impl Credential {
                 Ok(false) => {}
                 Err(why) => return Took::Unreachable(why),
             }
-            if !waited {
-                waited = true;
-                self.metrics.lease(LeaseEvent::Waited);
-                debug!(
-                    credential = self.name(),
-                    "another broker holds the refresh lease; waiting for its result"
-                );
-            }
             if started.elapsed() >= limit {
                 return Took::Settled(Err(Error::UpstreamUnavailable {
                     reason: format!(
@@ -142,20 +135,32 @@ impl Credential {
                     retry_after: Duration::from_secs(1),
                 }));
             }
+            if !std::mem::replace(&mut waited, true) {
+                self.metrics.lease(LeaseEvent::Waited);
+                debug!(
+                    credential = self.name(),
+                    "another broker holds the refresh lease; waiting for its result"
+                );
+            }
             tokio::select! {
                 () = &mut notified => {}
                 () = tokio::time::sleep(redis.poll_interval) => {}
                 () = self.stop.cancelled() => return Took::Settled(Err(Error::ShuttingDown)),
             }
-            match redis.read(self.name()).await {
-                Ok(Some(record)) => {
-                    if let Some(outcome) = self.adopt_record(record, "flight", Taker::Waiting) {
-                        return Took::Settled(outcome);
-                    }
-                }
-                Ok(None) | Err(ReadError::Corrupt { .. }) => {}
-                Err(ReadError::Unavailable(why)) => return Took::Unreachable(why),
+            if let Some(took) = self.holder_done(redis).await {
+                return took;
             }
+        }
+    }
+
+    /// While waiting: whether the lease holder's record settles this flight.
+    async fn holder_done(&self, redis: &RedisStore) -> Option<Took> {
+        match redis.read(self.name()).await {
+            Ok(Some(record)) => self
+                .adopt_record(record, "flight", Taker::Waiting)
+                .map(Took::Settled),
+            Ok(None) | Err(ReadError::Corrupt { .. }) => None,
+            Err(ReadError::Unavailable(why)) => Some(Took::Unreachable(why)),
         }
     }
 
@@ -277,8 +282,9 @@ impl Credential {
         // broker is gone.
         let marked = record.saved.in_flight_since.is_some();
         let may_take_mark = matches!(by, Taker::Lease | Taker::Idle { orphaned: true });
+        let idle = matches!(by, Taker::Idle { .. });
         if !inner.restored
-            || (matches!(by, Taker::Idle { .. }) && inner.flight.is_some())
+            || (idle && inner.flight.is_some())
             || record.version <= inner.fleet.version
             || (marked && !may_take_mark)
         {
@@ -288,27 +294,7 @@ impl Credential {
         inner.fleet.unsynced = false;
         inner.unsaved = None;
         self.adopt(&mut inner, record.saved);
-        let idle = matches!(by, Taker::Idle { .. });
-        let now = SystemTime::now();
-        let after = self.current().filter(|t| t.is_valid(now));
-        let fresh = after
-            .as_ref()
-            .is_some_and(|a| before.is_none_or(|b| !b.is(a.secret())));
-        let outcome = match (&inner.reauth, after) {
-            (Some(reason), _) => Some(Err(Error::ReauthRequired {
-                reason: reason.clone(),
-            })),
-            (None, Some(after)) if fresh && inner.unanswered_since.is_none() => {
-                inner.failures = 0;
-                inner.retry_at = None;
-                inner.last_error = None;
-                inner.last_refresh_at = Some(now);
-                self.metrics.adopted(via);
-                info!(credential = self.name(), via, written_by = %record.writer, "took the token another broker refreshed");
-                Some(Ok(after))
-            }
-            _ => None,
-        };
+        let outcome = self.adopted_outcome(&mut inner, before, via, &record.writer);
         drop(inner);
         if marked && idle {
             warn!(credential = self.name(), written_by = %record.writer, "the broker refreshing this credential is gone with its refresh out; settling it here");
@@ -318,6 +304,35 @@ impl Credential {
             self.schedule_changed();
         }
         outcome
+    }
+
+    /// What an adopted record means for a flight: the chain's end, a fresh token (then
+    /// this broker's failures are over too), or nothing yet.
+    fn adopted_outcome(
+        &self,
+        inner: &mut Inner,
+        before: Option<Arc<Token>>,
+        via: &'static str,
+        writer: &str,
+    ) -> Option<Outcome> {
+        if let Some(reason) = &inner.reauth {
+            return Some(Err(Error::ReauthRequired {
+                reason: reason.clone(),
+            }));
+        }
+        let now = SystemTime::now();
+        let after = self.current().filter(|t| t.is_valid(now))?;
+        let fresh = before.is_none_or(|b| !b.is(after.secret()));
+        if !fresh || inner.unanswered_since.is_some() {
+            return None;
+        }
+        inner.failures = 0;
+        inner.retry_at = None;
+        inner.last_error = None;
+        inner.last_refresh_at = Some(now);
+        self.metrics.adopted(via);
+        info!(credential = self.name(), via, written_by = %writer, "took the token another broker refreshed");
+        Some(Ok(after))
     }
 
     /// Redis cannot be reached when a refresh is due.

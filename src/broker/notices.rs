@@ -11,7 +11,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
+use futures_util::{Stream, StreamExt};
 use tracing::{debug, info, warn};
 
 use super::credential::Credential;
@@ -44,15 +44,8 @@ async fn listen(broker: Arc<Broker>, redis: Arc<RedisStore>) {
                 failures = 0;
                 // What changed while no subscription was up.
                 catch_up(&broker, &redis, "poll").await;
-                tokio::pin!(notices);
-                loop {
-                    tokio::select! {
-                        notice = notices.next() => match notice {
-                            Some(notice) => on_notice(&broker, &redis, notice),
-                            None => break,
-                        },
-                        () = shutdown.cancelled() => return,
-                    }
+                if follow(&broker, &redis, notices).await.is_none() {
+                    return;
                 }
                 broker.shared.metrics.store_error("subscribe");
                 warn!("the change-notice subscription dropped; subscribing again");
@@ -77,6 +70,24 @@ async fn listen(broker: Arc<Broker>, redis: Arc<RedisStore>) {
         tokio::select! {
             () = tokio::time::sleep(delay) => {}
             () = shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// Handles notices until the subscription drops (`Some`) or shutdown (`None`).
+async fn follow(
+    broker: &Arc<Broker>,
+    redis: &Arc<RedisStore>,
+    notices: impl Stream<Item = Notice>,
+) -> Option<()> {
+    tokio::pin!(notices);
+    loop {
+        tokio::select! {
+            notice = notices.next() => match notice {
+                Some(notice) => on_notice(broker, redis, notice),
+                None => return Some(()),
+            },
+            () = broker.shared.shutdown.cancelled() => return None,
         }
     }
 }

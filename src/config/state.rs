@@ -78,13 +78,9 @@ fn redis(check: &mut Check, raw: &RawState) -> Option<RedisConfig> {
             check.fail("state.url", "is required for backend = \"redis\"");
             None
         }
-        Some(text) => match redis_url(text, raw.encryption_key.is_some()) {
-            Ok(url) => Some(url),
-            Err(message) => {
-                check.fail("state.url", message);
-                None
-            }
-        },
+        Some(text) => redis_url(text, raw.encryption_key.is_some())
+            .map_err(|message| check.fail("state.url", message))
+            .ok(),
     };
     let on_unavailable = match raw.on_store_unavailable.as_deref() {
         None | Some("wait") => OnStoreUnavailable::Wait,
@@ -107,22 +103,7 @@ fn redis(check: &mut Check, raw: &RawState) -> Option<RedisConfig> {
             "must be at most 100 characters, without spaces",
         );
     }
-    let lease_duration = raw.lease_duration.unwrap_or(Duration::from_secs(10));
-    let timeout = raw.timeout.unwrap_or(Duration::from_secs(2));
-    if !(Duration::from_secs(1)..=Duration::from_secs(600)).contains(&lease_duration) {
-        check.fail("state.lease_duration", "must be between 1s and 10m");
-    }
-    if timeout.is_zero() || timeout * 2 > lease_duration {
-        check.fail(
-            "state.timeout",
-            "must be more than 0s and at most half of lease_duration, so a lease renewal \
-             can fail once and be retried before the lease runs out",
-        );
-    }
-    let poll_interval = raw.poll_interval.unwrap_or(Duration::from_secs(1));
-    if poll_interval < Duration::from_millis(100) {
-        check.fail("state.poll_interval", "must be at least 100ms");
-    }
+    let (lease_duration, poll_interval, timeout) = timings(check, raw);
     let ca_file = raw.ca_file.as_ref().map(PathBuf::from);
     if ca_file.is_some() && !raw.url.as_deref().is_some_and(|u| u.starts_with("rediss:")) {
         check.fail("state.ca_file", "is only used with a rediss:// url");
@@ -142,6 +123,27 @@ fn redis(check: &mut Check, raw: &RawState) -> Option<RedisConfig> {
         encryption_key: raw.encryption_key.clone(),
         ca_file,
     })
+}
+
+/// `lease_duration`, `poll_interval` and `timeout`, checked against each other.
+fn timings(check: &mut Check, raw: &RawState) -> (Duration, Duration, Duration) {
+    let lease_duration = raw.lease_duration.unwrap_or(Duration::from_secs(10));
+    let timeout = raw.timeout.unwrap_or(Duration::from_secs(2));
+    if !(Duration::from_secs(1)..=Duration::from_secs(600)).contains(&lease_duration) {
+        check.fail("state.lease_duration", "must be between 1s and 10m");
+    }
+    if timeout.is_zero() || timeout * 2 > lease_duration {
+        check.fail(
+            "state.timeout",
+            "must be more than 0s and at most half of lease_duration, so a lease renewal \
+             can fail once and be retried before the lease runs out",
+        );
+    }
+    let poll_interval = raw.poll_interval.unwrap_or(Duration::from_secs(1));
+    if poll_interval < Duration::from_millis(100) {
+        check.fail("state.poll_interval", "must be at least 100ms");
+    }
+    (lease_duration, poll_interval, timeout)
 }
 
 /// A `redis://` or `rediss://` URL without a password. Plain `redis://` to a host that

@@ -21,7 +21,7 @@ use secrecy::SecretString;
 
 pub use crypto::Cipher;
 pub use file::FileStore;
-pub use redis::{Notice, ReadError, Record, RedisStore};
+pub use redis::{ConnectError, Notice, ReadError, Record, RedisStore};
 
 use crate::config::StateConfig;
 
@@ -123,9 +123,9 @@ impl Store {
                 let store = RedisStore::new(redis)?;
                 match store.check().await {
                     Ok(()) => {}
-                    Err(e) if e.contains("encryption_key") => return Err(e),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "redis is not reachable yet; waiting for it")
+                    Err(ConnectError::WrongKey(why)) => return Err(why),
+                    Err(ConnectError::Unreachable(why)) => {
+                        tracing::warn!(error = %why, "redis is not reachable yet; waiting for it");
                     }
                 }
                 Ok(Store::Redis(Arc::new(store)))

@@ -21,6 +21,7 @@ use super::crypto::Cipher;
 use super::record::{self, Unreadable};
 use super::{Fence, Saved, StoreError};
 use crate::config::{OnStoreUnavailable, RedisConfig};
+use crate::secret::ExposeSecret;
 
 /// A credential's record as read from Redis.
 pub struct Record {
@@ -45,6 +46,23 @@ pub enum ReadError {
     Unavailable(String),
     /// The record's bytes are broken.
     Corrupt { why: String, version: u64 },
+}
+
+/// Why Redis cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConnectError {
+    /// It cannot be reached (yet): the broker waits for it.
+    Unreachable(String),
+    /// This broker's encryption key does not fit the records: it must not run.
+    WrongKey(String),
+}
+
+impl From<ConnectError> for String {
+    fn from(error: ConnectError) -> String {
+        match error {
+            ConnectError::Unreachable(why) | ConnectError::WrongKey(why) => why,
+        }
+    }
 }
 
 /// The Redis backend.
@@ -100,32 +118,6 @@ const KEY_CHECK: &[u8] = b"token-broker key check";
 impl RedisStore {
     /// Reads the secrets and prepares the client; does not connect yet.
     pub fn new(config: &RedisConfig) -> Result<RedisStore, String> {
-        let mut info = config
-            .url
-            .as_str()
-            .into_connection_info()
-            .map_err(|e| format!("state.url: {e}"))?;
-        if let Some(source) = &config.username {
-            let user = source.read().map_err(|e| format!("state.username: {e}"))?;
-            info.redis.username = Some(secrecy::ExposeSecret::expose_secret(&user).to_owned());
-        }
-        if let Some(source) = &config.password {
-            let password = source.read().map_err(|e| format!("state.password: {e}"))?;
-            info.redis.password = Some(secrecy::ExposeSecret::expose_secret(&password).to_owned());
-        }
-        let client = match &config.ca_file {
-            Some(path) => {
-                let pem = std::fs::read(path)
-                    .map_err(|e| format!("state.ca_file {}: {e}", path.display()))?;
-                let certificates = ::redis::TlsCertificates {
-                    client_tls: None,
-                    root_cert: Some(pem),
-                };
-                Client::build_with_tls(info, certificates)
-            }
-            None => Client::open(info),
-        }
-        .map_err(|e| format!("state.url: {e}"))?;
         let cipher = match &config.encryption_key {
             Some(source) => Some(
                 source
@@ -136,7 +128,7 @@ impl RedisStore {
             None => None,
         };
         Ok(RedisStore {
-            client,
+            client: client(config)?,
             connection: OnceCell::new(),
             prefix: config.key_prefix.clone(),
             cipher,
@@ -152,11 +144,11 @@ impl RedisStore {
     }
 
     /// Connects (if not yet) and checks the encryption key against the fleet's.
-    pub async fn check(&self) -> Result<(), String> {
+    pub async fn check(&self) -> Result<(), ConnectError> {
         self.connection().await.map(|_| ())
     }
 
-    async fn connection(&self) -> Result<ConnectionManager, String> {
+    async fn connection(&self) -> Result<ConnectionManager, ConnectError> {
         let connect = async {
             let config = ConnectionManagerConfig::new()
                 .set_connection_timeout(self.timeout)
@@ -165,13 +157,18 @@ impl RedisStore {
                 .set_max_delay(1000);
             let manager = ConnectionManager::new_with_config(self.client.clone(), config)
                 .await
-                .map_err(|e| format!("cannot connect to redis: {e}"))?;
+                .map_err(|e| ConnectError::Unreachable(format!("cannot connect to redis: {e}")))?;
             self.check_key(manager.clone()).await?;
-            Ok::<_, String>(manager)
+            Ok(manager)
         };
         let made = self
             .connection
-            .get_or_try_init(|| async { self.limit(connect).await.and_then(|r| r) })
+            .get_or_try_init(|| async {
+                self.limit(connect)
+                    .await
+                    .map_err(ConnectError::Unreachable)
+                    .and_then(|r| r)
+            })
             .await?;
         Ok(made.clone())
     }
@@ -185,12 +182,14 @@ impl RedisStore {
 
     /// The first broker to connect stores a sealed constant; every later one must open
     /// it, so a broker with the wrong key fails at once instead of on each record.
-    async fn check_key(&self, mut conn: ConnectionManager) -> Result<(), String> {
+    async fn check_key(&self, mut conn: ConnectionManager) -> Result<(), ConnectError> {
         let key = self.key("key-check");
-        let fail = |e: ::redis::RedisError| format!("redis: {e}");
+        let fail = |e: ::redis::RedisError| ConnectError::Unreachable(format!("redis: {e}"));
         let mut stored: Option<Vec<u8>> = conn.get(&key).await.map_err(fail)?;
         if let (Some(cipher), None) = (&self.cipher, &stored) {
-            let sealed = cipher.seal(&key, KEY_CHECK)?;
+            let sealed = cipher
+                .seal(&key, KEY_CHECK)
+                .map_err(ConnectError::Unreachable)?;
             let only_new =
                 ::redis::SetOptions::default().conditional_set(::redis::ExistenceCheck::NX);
             let _: Option<String> = conn
@@ -202,18 +201,18 @@ impl RedisStore {
         }
         match (&self.cipher, stored) {
             (None, None) => Ok(()),
-            (None, Some(_)) => Err(format!(
+            (None, Some(_)) => Err(ConnectError::WrongKey(format!(
                 "the records under key prefix `{}` are encrypted; set state.encryption_key \
                  to the key the other brokers use",
                 self.prefix
-            )),
+            ))),
             (Some(cipher), stored) => match stored.map(|sealed| cipher.open(&key, &sealed)) {
                 Some(Ok(plain)) if plain.as_slice() == KEY_CHECK => Ok(()),
-                _ => Err(format!(
+                _ => Err(ConnectError::WrongKey(format!(
                     "state.encryption_key is not the key the records under key prefix `{}` \
                      were written with",
                     self.prefix
-                )),
+                ))),
             },
         }
     }
@@ -242,7 +241,10 @@ impl RedisStore {
 
     /// A credential's record, or `None` when there is none.
     pub async fn read(&self, name: &str) -> Result<Option<Record>, ReadError> {
-        let mut conn = self.connection().await.map_err(ReadError::Unavailable)?;
+        let mut conn = self
+            .connection()
+            .await
+            .map_err(|e| ReadError::Unavailable(e.into()))?;
         let fields: (Option<u64>, Option<Vec<u8>>) = self
             .limit(conn.hget(self.record_key(name), &["version", "data"]))
             .await
@@ -288,7 +290,10 @@ impl RedisStore {
         )
         .map_err(StoreError::Unavailable)?;
         let data = zeroize::Zeroizing::new(data);
-        let mut conn = self.connection().await.map_err(StoreError::Unavailable)?;
+        let mut conn = self
+            .connection()
+            .await
+            .map_err(|e| StoreError::Unavailable(e.into()))?;
         let mut call = self.save_script.prepare_invoke();
         call.key(self.record_key(name))
             .key(self.lease_key(name))
@@ -429,6 +434,37 @@ impl RedisStore {
             })
         }))
     }
+}
+
+/// The client: the URL, the ACL user and password from their sources, and for
+/// `rediss://` with `ca_file`, that CA instead of the built-in roots.
+fn client(config: &RedisConfig) -> Result<Client, String> {
+    let mut info = config
+        .url
+        .as_str()
+        .into_connection_info()
+        .map_err(|e| format!("state.url: {e}"))?;
+    if let Some(source) = &config.username {
+        let user = source.read().map_err(|e| format!("state.username: {e}"))?;
+        info.redis.username = Some(user.expose_secret().to_owned());
+    }
+    if let Some(source) = &config.password {
+        let password = source.read().map_err(|e| format!("state.password: {e}"))?;
+        info.redis.password = Some(password.expose_secret().to_owned());
+    }
+    match &config.ca_file {
+        Some(path) => {
+            let pem = std::fs::read(path)
+                .map_err(|e| format!("state.ca_file {}: {e}", path.display()))?;
+            let certificates = ::redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(pem),
+            };
+            Client::build_with_tls(info, certificates)
+        }
+        None => Client::open(info),
+    }
+    .map_err(|e| format!("state.url: {e}"))
 }
 
 fn millis(duration: Duration) -> u64 {

@@ -273,7 +273,19 @@ async fn the_compose_demo_acl_and_secrets_let_brokers_work_and_nothing_more() {
         secret("state_key")
     );
     let credential = "min_refresh_interval = \"0s\"\n";
-    let fleet = Fleet::start(&idp, &redis, 2, &state, credential);
+    let mut fleet = Fleet {
+        brokers: Vec::new(),
+        dirs: Vec::new(),
+    };
+    for _ in 0..2 {
+        fleet.add(
+            &idp,
+            &redis.url(),
+            &state,
+            credential,
+            &[("RUST_LOG", "trace")],
+        );
+    }
     let old = fleet.converged().await;
     // Leases, fenced writes, notices (no polling here) all pass the ACL.
     let response = fleet.brokers[0].refresh("x", None).await;
@@ -283,4 +295,23 @@ async fn the_compose_demo_acl_and_secrets_let_brokers_work_and_nothing_more() {
     assert_eq!(idp.stat("refresh_grants").await, 2);
     // The default user may only ping.
     assert!(redis.cli(&["KEYS", "*"]).contains("NOPERM"));
+    // Not even at trace level do the Redis password or the encryption key show.
+    let secrets = [secret("redis_password"), secret("state_key")]
+        .map(|path| std::fs::read_to_string(path).unwrap().trim().to_owned());
+    for broker in &fleet.brokers {
+        let logs = broker.proc.logs();
+        let verbose = logs
+            .lines()
+            .filter(|l| l.contains("\"level\":\"DEBUG\"") || l.contains("\"level\":\"TRACE\""))
+            .count();
+        assert!(
+            verbose >= 1,
+            "trace logging was on: {verbose} verbose lines"
+        );
+        for value in secrets.iter().chain([&old, &idp.refresh_token]) {
+            assert!(!logs.contains(value.as_str()), "a secret in the logs");
+        }
+        let metrics = broker.metrics_text().await;
+        assert!(!secrets.iter().any(|v| metrics.contains(v.as_str())));
+    }
 }
