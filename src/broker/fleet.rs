@@ -398,3 +398,25 @@ impl Credential {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_state_after_a_new_token_orders_after_every_state_before_it() {
+        let marked = next_version(next_version(0, false), false);
+        let refreshed = next_version(marked, true);
+        assert!(refreshed > marked);
+        // Marks and stops (fewer than 2^20 per rotation) keep a stale broker behind.
+        let stale = (0..1000).fold(marked, |v, _| next_version(v, false));
+        assert!(stale < refreshed);
+        assert_eq!(next_version(refreshed, false), refreshed + 1);
+        assert_eq!(
+            next_version(refreshed + 7, true),
+            next_version(refreshed, true)
+        );
+        // Two billion rotations still fit the 2^53 that Lua's numbers hold exactly.
+        assert!(next_version((1u64 << 31) << WRITE_BITS, true) < 1u64 << 53);
+    }
+}

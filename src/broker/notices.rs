@@ -1,5 +1,5 @@
 //! Keeping each broker's copy of the shared records current between flights: change
-//! notices over pub/sub bring another broker's new token within milliseconds, and a
+//! notices over pub/sub bring another broker's new token as soon as it is written, and a
 //! poll of every record's version each `poll_interval` catches what a notice missed (a
 //! dropped subscription, a restart of Redis, an ACL that forbids the channel).
 //!
