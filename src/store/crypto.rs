@@ -101,7 +101,7 @@ impl Cipher {
     }
 }
 
-const KEY_SHAPE: &str = "state.encryption_key must be 32 random bytes in base64 \
+const KEY_SHAPE: &str = "the key must be 32 random bytes in base64 \
      (e.g. `openssl rand -base64 32`) or as 64 hex digits";
 
 /// Whether `bytes` is a sealed record.
