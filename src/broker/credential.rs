@@ -67,7 +67,7 @@ pub struct Credential {
     pub(super) wake: Notify,
     /// Wakes a flight waiting for another broker's lease (shared store) when a change
     /// notice about this credential arrives.
-    pub(super) remote: Notify,
+    pub(super) remote: tokio::sync::Notify,
     pub(super) shared: Arc<Shared>,
     pub(super) metrics: CredentialMetrics,
     /// The client keys of `spec.access`, read once at start-up (and at reload).
@@ -140,7 +140,7 @@ impl Credential {
             current: ArcSwapOption::empty(),
             inner: Mutex::default(),
             wake: Notify::new(),
-            remote: Notify::new(),
+            remote: tokio::sync::Notify::new(),
             metrics: shared.metrics.credential(&spec.name),
             shared: shared.clone(),
             client_keys,

@@ -216,26 +216,24 @@ pub(super) fn check_sources(state: &StateConfig) -> Vec<Problem> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::config::load_str;
 
-    fn problems(toml: &str) -> Vec<String> {
-        let raw: RawState = toml_state(toml);
-        let mut check = Check::default();
-        state(&mut check, raw);
-        check.problems.iter().map(|p| p.to_string()).collect()
+    /// A whole config with this `[state]` table and one credential.
+    fn config(state: &str) -> Result<crate::config::Config, Vec<String>> {
+        let toml = format!(
+            "[state]\n{state}\n[credentials.a]\ntoken_url = \"https://idp.example.com/t\"\n\
+             client_id = \"c\"\nrefresh_token = \"r\"\n"
+        );
+        load_str(&toml).map_err(|p| p.0.iter().map(|p| p.to_string()).collect())
     }
 
-    fn toml_state(toml: &str) -> RawState {
-        config::Config::builder()
-            .add_source(config::File::from_str(toml, config::FileFormat::Toml))
-            .build()
-            .unwrap()
-            .try_deserialize()
-            .unwrap()
+    fn problems(state: &str) -> Vec<String> {
+        config(state).err().unwrap_or_default()
     }
 
     #[test]
     fn a_complete_redis_table_is_accepted() {
-        let raw = toml_state(
+        let config = config(
             r#"backend = "redis"
 url = "rediss://redis.internal:6380/2"
 username = "broker"
@@ -248,11 +246,9 @@ timeout = "1s"
 encryption_key = { file = "/run/secrets/state_key" }
 ca_file = "/etc/ssl/redis-ca.pem"
 "#,
-        );
-        let mut check = Check::default();
-        let state = state(&mut check, raw);
-        assert!(check.problems.is_empty(), "{:?}", check.problems);
-        let redis = state.redis.unwrap();
+        )
+        .unwrap();
+        let redis = config.state.redis.unwrap();
         assert_eq!(redis.on_unavailable, OnStoreUnavailable::RefreshLocally);
         assert_eq!(redis.lease_duration, Duration::from_secs(20));
         assert_eq!(redis.key_prefix, "team-a:");
