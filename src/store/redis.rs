@@ -25,7 +25,9 @@ use crate::secret::ExposeSecret;
 
 /// A credential's record as read from Redis.
 pub struct Record {
+    /// The credential's state.
     pub saved: Saved,
+    /// The version the record is at; the next write must name it.
     pub version: u64,
     /// Host and pid of the broker that wrote it.
     pub writer: String,
@@ -35,7 +37,9 @@ pub struct Record {
 /// record's version after the change.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Notice {
+    /// The credential.
     pub name: String,
+    /// Its record's version after the change.
     pub version: u64,
 }
 
@@ -76,9 +80,11 @@ pub struct RedisStore {
     timeout: Duration,
     /// Host and pid, written into each record.
     writer: String,
-    /// The fleet settings the broker reads.
+    /// How long a lease lives unless renewed (`state.lease_duration`).
     pub lease_duration: Duration,
+    /// How often the broker compares versions, and retries a lease it waits for.
     pub poll_interval: Duration,
+    /// Whether a broker refreshes without the lease when Redis is unreachable.
     pub on_unavailable: OnStoreUnavailable,
     save_script: Script,
     renew_script: Script,
