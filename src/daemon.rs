@@ -81,7 +81,9 @@ pub async fn run(
     listeners: Vec<Listener>,
     path: Option<PathBuf>,
 ) -> anyhow::Result<()> {
-    let store = Store::open(&config.state.dir).map_err(anyhow::Error::msg)?;
+    let store = Store::open(&config.state)
+        .await
+        .map_err(anyhow::Error::msg)?;
     let shutdown = CancellationToken::new();
     let broker = Arc::new(
         Broker::new(&config, store, Metrics::new(STATES), shutdown.clone())
@@ -90,6 +92,7 @@ pub async fn run(
     let states: Weak<dyn StateSource> = Arc::downgrade(&broker) as Weak<Broker>;
     broker.metrics().set_state_source(states);
     broker.start();
+    broker.watch_store();
     let addresses: Vec<String> = listeners.iter().map(Listener::describe).collect();
     info!(listen = %addresses.join(","), credentials = config.credentials.len(), "token-broker serving");
     // The broker holds each credential's settings; keeping a second copy of thousands

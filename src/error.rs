@@ -45,9 +45,10 @@ pub enum Error {
         retry_after: Duration,
     },
 
-    /// The state directory could not be written; the new token is held back until it is,
-    /// because serving it before the refresh token is durable could lose the token family.
-    #[error("cannot persist the rotated refresh token: {0}")]
+    /// The state store could not be read or written (the state directory, or the shared
+    /// Redis); a new token is held back until it is durable, because serving it before
+    /// the refresh token is stored could lose the token family.
+    #[error("the state store is unavailable: {0}")]
     Store(String),
 
     /// The broker is shutting down and no longer starts refreshes.

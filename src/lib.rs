@@ -10,7 +10,8 @@
 //!   authentication method, signed assertions), with every failure classified.
 //! - `exec`: the `exec` source, a local command that prints a token.
 //! - `broker`: per-credential state, the single flight, proactive timers.
-//! - `store`: durable, crash-safe persistence of rotated refresh tokens.
+//! - `store`: durable, crash-safe persistence of rotated refresh tokens: files for one
+//!   broker, or Redis shared by a fleet.
 //! - `server`: the HTTP API (routes, guards, listeners, error mapping).
 //! - `metrics`: Prometheus metrics.
 //! - `daemon`: `run` wiring (store, broker, server, signals, drain).

@@ -52,6 +52,17 @@ struct Name {
     credential: Label,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Adopted {
+    credential: Label,
+    via: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Operation {
+    operation: &'static str,
+}
+
 /// Where the state metric is read from at scrape time: the broker.
 pub trait StateSource: Send + Sync + 'static {
     /// Calls `each` with every credential's name and current state.
@@ -75,6 +86,11 @@ pub struct Metrics {
     store_latency: Histogram,
     /// Size of the last exposition, to size the next one's buffer.
     last_size: Arc<AtomicUsize>,
+    lease_acquired: Family<Name, Counter>,
+    lease_waits: Family<Name, Counter>,
+    lease_lost: Family<Name, Counter>,
+    adopted: Family<Adopted, Counter>,
+    store_errors: Family<Operation, Counter>,
 }
 
 /// Handles for one credential's hot counters.
@@ -86,6 +102,16 @@ pub struct CredentialMetrics {
     pub joined: Counter,
     pub in_flight: Gauge,
     pub expiry: Gauge,
+}
+
+/// What happened to a refresh lease in the shared store.
+#[derive(Debug, Clone, Copy)]
+pub enum LeaseEvent {
+    Acquired,
+    /// Another broker held it; this one waited for its result.
+    Waited,
+    /// It ran out before its refresh finished.
+    Lost,
 }
 
 impl Metrics {
@@ -103,6 +129,11 @@ impl Metrics {
             idp_latency: Histogram::new(exponential_buckets(0.005, 2.0, 14)),
             store_latency: Histogram::new(exponential_buckets(0.0001, 2.0, 14)),
             last_size: Arc::default(),
+            lease_acquired: Family::default(),
+            lease_waits: Family::default(),
+            lease_lost: Family::default(),
+            adopted: Family::default(),
+            store_errors: Family::default(),
         };
         registry.register(
             "requests",
@@ -143,6 +174,7 @@ impl Metrics {
             "Latency of durable state writes (write, fsync, rename)",
             m.store_latency.clone(),
         );
+        m.register_shared(&mut registry);
         *m.registry.lock().unwrap_or_else(|e| e.into_inner()) = registry;
         m
     }
@@ -150,6 +182,41 @@ impl Metrics {
     /// Where the state metric comes from; set once, when the broker exists.
     pub fn set_state_source(&self, source: Weak<dyn StateSource>) {
         let _ = self.states.set(source);
+    }
+
+    /// The shared (redis) store's metrics; they stay empty with the file store.
+    fn register_shared(&self, registry: &mut Registry) {
+        registry.register(
+            "lease_acquired",
+            "Refresh leases this broker took in the shared store",
+            self.lease_acquired.clone(),
+        );
+        registry.register(
+            "lease_waits",
+            "Refreshes that found another broker holding the lease and waited for its result",
+            self.lease_waits.clone(),
+        );
+        registry.register(
+            "lease_lost",
+            "Leases that ran out before their refresh finished (its write was refused)",
+            self.lease_lost.clone(),
+        );
+        registry.register(
+            "adopted",
+            "Token versions taken from the shared store instead of refreshing, by how this broker learnt of them",
+            self.adopted.clone(),
+        );
+        registry.register(
+            "store_errors",
+            "Failed operations on the shared store, by operation",
+            self.store_errors.clone(),
+        );
+    }
+
+    /// Counts a failed shared-store operation (`load`, `save`, `lease`, `subscribe`, `poll`).
+    pub fn store_error(&self, operation: &'static str) {
+        let label = Operation { operation };
+        self.store_errors.get_or_create(&label).inc();
     }
 
     /// The handles for one credential.
@@ -184,6 +251,15 @@ impl Metrics {
         self.joined.remove(&name);
         self.in_flight.remove(&name);
         self.expiry.remove(&name);
+        self.lease_acquired.remove(&name);
+        self.lease_waits.remove(&name);
+        self.lease_lost.remove(&name);
+        for via in ["flight", "notice", "poll"] {
+            self.adopted.remove(&Adopted {
+                credential: name.credential.clone(),
+                via,
+            });
+        }
     }
 
     /// The text exposition. With thousands of credentials it runs to megabytes: the
@@ -269,6 +345,29 @@ impl CredentialMetrics {
             result,
         };
         self.metrics.refreshes.get_or_create(&labels).inc();
+    }
+
+    /// Counts a lease event. Created on first use, so the file store exports none of
+    /// these series.
+    pub fn lease(&self, event: LeaseEvent) {
+        let family = match event {
+            LeaseEvent::Acquired => &self.metrics.lease_acquired,
+            LeaseEvent::Waited => &self.metrics.lease_waits,
+            LeaseEvent::Lost => &self.metrics.lease_lost,
+        };
+        let label = Name {
+            credential: self.name.clone(),
+        };
+        family.get_or_create(&label).inc();
+    }
+
+    /// A token version taken from the shared store (`via`: `flight`, `notice`, `poll`).
+    pub fn adopted(&self, via: &'static str) {
+        let labels = Adopted {
+            credential: self.name.clone(),
+            via,
+        };
+        self.metrics.adopted.get_or_create(&labels).inc();
     }
 
     /// Records when the current token expires.

@@ -14,6 +14,10 @@ fi
 if ! command -v openssl >/dev/null; then
   apt-get update -qq && apt-get install -y -qq openssl >/dev/null
 fi
+# The shared-store tests start their own redis-server on loopback and use redis-cli.
+if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+fi
 
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings

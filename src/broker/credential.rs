@@ -67,6 +67,9 @@ pub struct Credential {
     pub(super) timer_generation: AtomicU64,
     /// This credential's own `Arc`, so `&self` methods can (re)schedule it.
     pub(super) me: Weak<Credential>,
+    /// Wakes a flight waiting for another broker's lease (shared store) when a change
+    /// notice about this credential arrives.
+    pub(super) remote: tokio::sync::Notify,
     pub(super) shared: Arc<Shared>,
     pub(super) metrics: CredentialMetrics,
     /// The client keys of `spec.access`, read once at start-up (and at reload).
@@ -100,6 +103,9 @@ pub(super) struct Inner {
     pub refreshes_failed: u64,
     /// Whether the stored state was loaded; the first flight does that before anything.
     pub restored: bool,
+    /// Set by that first flight: the token it fetches (if it must) gets the wider
+    /// start-up spread of its refresh point.
+    pub first_fetch: bool,
     /// When the current refresh token was sent in a request that got no answer (or
     /// was out when the broker stopped): it may be spent at the IdP already.
     pub unanswered_since: Option<SystemTime>,
@@ -107,6 +113,8 @@ pub(super) struct Inner {
     /// may not match them (scope, audience, client), so the chain is kept but a new
     /// token is fetched.
     pub discard_stored_token: bool,
+    /// Where this broker stands with the shared store's record (redis backend).
+    pub fleet: super::fleet::Fleet,
 }
 
 /// What `decide` concluded under the lock.
@@ -138,6 +146,7 @@ impl Credential {
             inner: Mutex::default(),
             timer_generation: AtomicU64::new(0),
             me: me.clone(),
+            remote: tokio::sync::Notify::new(),
             metrics: shared.metrics.credential(&spec.name),
             shared: shared.clone(),
             client_keys,

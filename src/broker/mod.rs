@@ -3,11 +3,14 @@
 //!
 //! Layout: `credential` (state and the single-flight gate), `refresh` (one refresh and
 //! the ordering that makes rotation safe), `restore` (where a chain starts after a
-//! restart), `timer` (proactive refresh and bootstrap watching), `schedule` (the pure
-//! timing policy), `token` (a published token version), `status` (what operators see).
+//! restart), `fleet` (the single flight across brokers sharing a redis store), `timer`
+//! (proactive refresh and bootstrap watching), `schedule` (the pure timing policy),
+//! `token` (a published token version), `status` (what operators see).
 //! Nothing here knows HTTP.
 
 mod credential;
+mod fleet;
+mod notices;
 mod refresh;
 mod reload;
 mod restore;
@@ -38,7 +41,7 @@ use crate::store::Store;
 /// What every credential shares.
 pub(crate) struct Shared {
     pub idp: IdpClient,
-    pub store: Arc<Store>,
+    pub store: Store,
     pub metrics: Metrics,
     /// How long a request waits for a refresh.
     pub request_timeout: Duration,
@@ -95,7 +98,7 @@ impl Broker {
     ) -> Result<Broker, String> {
         let shared = Arc::new(Shared {
             idp: IdpClient::new(&config.idp)?,
-            store: Arc::new(store),
+            store,
             metrics,
             request_timeout: config.server.request_timeout,
             waiting: AtomicUsize::new(0),

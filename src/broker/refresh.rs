@@ -5,7 +5,8 @@
 //! so the new one replaces it in memory at once (a later attempt must never resend the
 //! old one). The new access token is published only after the store confirms the write;
 //! if the write fails, the token waits in `unsaved` and the next attempt saves it before
-//! it would ever call the IdP again.
+//! it would ever call the IdP again. With the shared store, `fleet` wraps these steps in
+//! the credential's lease.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -26,9 +27,10 @@ use crate::store::Saved;
 impl Credential {
     /// One refresh attempt. Runs in its own task, inside the flight.
     pub(super) async fn refresh(self: &Arc<Self>) -> Outcome {
-        let first = !self.lock().restored;
-        if first {
-            self.restore().await;
+        if !self.lock().restored {
+            // The token this start-up fetch brings gets the wider spread.
+            self.lock().first_fetch = true;
+            self.restore().await?;
             let now = SystemTime::now();
             // A refresh that was out when the broker stopped is settled first.
             let settled = self.lock().unanswered_since.is_none();
@@ -42,6 +44,14 @@ impl Credential {
                 return Err(Error::ReauthRequired { reason });
             }
         }
+        match self.shared.store.shared().cloned() {
+            Some(redis) => self.refresh_shared(&redis).await,
+            None => self.fetch().await,
+        }
+    }
+
+    /// The refresh itself: save a held-back token, or call the IdP and keep its answer.
+    pub(super) async fn fetch(self: &Arc<Self>) -> Outcome {
         let (unsaved, refresh_token) = {
             let inner = self.lock();
             (inner.unsaved.clone(), inner.refresh_token.clone())
@@ -69,7 +79,7 @@ impl Credential {
             _ => self.call_idp(refresh_token.as_ref()).await?,
         };
         match answer {
-            Ok(response) => self.accept(response, refresh_token, first).await,
+            Ok(response) => self.accept(response, refresh_token).await,
             Err(error) => Err(self.refused(error).await),
         }
     }
@@ -105,14 +115,10 @@ impl Credential {
     }
 
     /// Takes a successful answer: rotate in memory, persist, then hand back for publishing.
-    /// `first`: the first token fetched since start-up (see `schedule::first_jitter`).
-    async fn accept(
-        &self,
-        response: TokenResponse,
-        old: Option<SecretString>,
-        first: bool,
-    ) -> Outcome {
+    async fn accept(&self, response: TokenResponse, old: Option<SecretString>) -> Outcome {
         let now = SystemTime::now();
+        // The first token fetched since start-up (see `schedule::first_jitter`).
+        let first = std::mem::take(&mut self.lock().first_fetch);
         let expires_at = response
             .expires_at
             .unwrap_or(now + self.spec.default_lifetime);
@@ -145,6 +151,9 @@ impl Credential {
                 inner.refresh_token = response.refresh_token.or(old);
             }
             inner.unanswered_since = None;
+            // This token matches the current settings: tokens stored from now on do too.
+            inner.discard_stored_token = false;
+            inner.fleet.rotated = true;
             inner.unsaved = Some(token.clone());
         }
         self.persist(&token).await?;
@@ -156,20 +165,24 @@ impl Credential {
     /// possibly spent token), or refuse to resend one whose answer was lost once the
     /// IdP's reuse grace has passed.
     async fn mark_sending(&self) -> Result<(), Error> {
-        let saved = {
+        let resend = {
             let mut inner = self.lock();
             if inner.unanswered_since.is_some() {
-                return match self.lost_answer_verdict(&inner) {
-                    Some(reason) => Err(self.stop_chain(&mut inner, reason)),
-                    None => Ok(()),
-                };
+                Err(self
+                    .lost_answer_verdict(&inner)
+                    .map(|reason| self.stop_chain(&mut inner, reason)))
+            } else {
+                inner.unanswered_since = Some(SystemTime::now());
+                Ok(self.saved(&inner, None))
             }
-            inner.unanswered_since = Some(SystemTime::now());
-            self.saved(&inner, None)
         };
-        self.write(saved).await.map_err(|e| {
+        let saved = match resend {
+            Ok(saved) => saved,
+            Err(Some(stop)) => return Err(self.record_stop(stop).await),
+            Err(None) => return Ok(()),
+        };
+        self.write(saved).await.inspect_err(|_| {
             self.lock().unanswered_since = None;
-            Error::Store(e)
         })
     }
 
@@ -189,45 +202,53 @@ impl Credential {
     }
 
     /// Ends the chain: no refresh token, no IdP calls until a new bootstrap appears.
-    fn stop_chain(&self, inner: &mut Inner, reason: String) -> Error {
+    /// Returns the error and the state to record with `record_stop`.
+    fn stop_chain(&self, inner: &mut Inner, reason: String) -> (Error, Saved) {
         inner.refresh_token = None;
         inner.unanswered_since = None;
         inner.reauth = Some(reason.clone());
-        let saved = self.saved(inner, None);
-        let store = self.shared.store.clone();
-        let name = self.spec.name.clone();
-        // Best effort, off the lock: remembering the stop only spares a doomed call
-        // after a restart.
-        tokio::task::spawn_blocking(move || {
-            if let Err(e) = store.save(&name, &saved) {
-                warn!(credential = name, error = %e, "could not record the stop in the state store");
-            }
-        });
-        Error::ReauthRequired { reason }
+        (Error::ReauthRequired { reason }, self.saved(inner, None))
+    }
+
+    /// Records a stop, best effort: it spares a doomed call after a restart and, with
+    /// the shared store, tells the other brokers (so it is written before the lease goes).
+    async fn record_stop(&self, (error, saved): (Error, Saved)) -> Error {
+        if let Err(e) = self.write(saved).await {
+            warn!(credential = self.name(), error = %e, "could not record the stop in the state store");
+        }
+        error
     }
 
     /// Maps an IdP failure; a refusal ends the chain until a new bootstrap arrives.
     async fn refused(&self, error: IdpError) -> Error {
-        let saved = {
+        let (stop, saved) = {
             let mut inner = self.lock();
             match error {
-                IdpError::Rejected { .. } => return self.stop_chain(&mut inner, error.to_string()),
-                IdpError::LostAnswer { .. } => {
-                    return match self.lost_answer_verdict(&inner) {
-                        Some(reason) => self.stop_chain(&mut inner, reason),
-                        None => Error::UpstreamUnavailable {
+                IdpError::Rejected { .. } => {
+                    (Some(self.stop_chain(&mut inner, error.to_string())), None)
+                }
+                IdpError::LostAnswer { .. } => match self.lost_answer_verdict(&inner) {
+                    Some(reason) => (Some(self.stop_chain(&mut inner, reason)), None),
+                    None => {
+                        return Error::UpstreamUnavailable {
                             reason: error.to_string(),
                             retry_after: Duration::from_secs(1),
-                        },
-                    };
-                }
+                        };
+                    }
+                },
                 // The IdP answered, so the token was not spent: clear the mark.
-                IdpError::Unavailable { .. } => inner
-                    .unanswered_since
-                    .take()
-                    .map(|_| self.saved(&inner, None)),
+                IdpError::Unavailable { .. } => (
+                    None,
+                    inner
+                        .unanswered_since
+                        .take()
+                        .map(|_| self.saved(&inner, None)),
+                ),
             }
         };
+        if let Some(stop) = stop {
+            return self.record_stop(stop).await;
+        }
         if let Some(saved) = saved
             && let Err(e) = self.write(saved).await
         {
@@ -250,7 +271,7 @@ impl Credential {
 
     async fn persist(&self, token: &Arc<Token>) -> Result<(), Error> {
         let saved = self.saved(&self.lock(), Some(token));
-        self.write(saved).await.map_err(Error::Store)
+        self.write(saved).await
     }
 
     /// The record to store: the chain's refresh token plus, if given, the new access token.
@@ -271,17 +292,17 @@ impl Credential {
         }
     }
 
-    async fn write(&self, saved: Saved) -> Result<(), String> {
-        let store = self.shared.store.clone();
-        let name = self.spec.name.clone();
+    /// Writes durably (with the shared store: fenced by this flight's lease).
+    async fn write(&self, saved: Saved) -> Result<(), Error> {
+        let Some(fence) = self.fence() else {
+            return Ok(());
+        };
         let started = Instant::now();
-        let result = tokio::task::spawn_blocking(move || store.save(&name, &saved))
-            .await
-            .unwrap_or_else(|e| Err(format!("store task failed: {e}")));
+        let result = self.shared.store.save(self.name(), saved, &fence).await;
         self.shared
             .metrics
             .observe_store(started.elapsed().as_secs_f64());
-        result
+        self.wrote(result)
     }
 
     /// Publishes the outcome, ends the flight and wakes every waiter.

@@ -5,7 +5,9 @@
 //! bootstrap source still holds the token the stored chain started from, the stored
 //! (rotated) refresh token wins, because the bootstrap one is already spent. Only a
 //! bootstrap with different content — an operator supplying a new token — restarts
-//! the chain from the bootstrap.
+//! the chain from the bootstrap. With the shared store, a live shared chain always
+//! wins: a broker restarted with an older bootstrap file must not spend it, so a new
+//! bootstrap is taken only when the shared chain has stopped (`reauth_required`).
 //!
 //! Grants without a chain (client credentials, token exchange, JWT bearer) have no
 //! bootstrap token; their "bootstrap" is the fingerprint of their inputs (secrets,
@@ -22,31 +24,42 @@ use tracing::{error, info, warn};
 use super::credential::{Credential, Inner};
 use super::token::Token;
 use crate::config::Grant;
+use crate::error::Error;
 use crate::idp::Inputs;
 use crate::secret::{ExposeSecret, fingerprint};
 use crate::store::{Loaded, Saved};
 
 impl Credential {
     /// Loads the stored state into `inner` and publishes a still-valid stored token.
-    pub(super) async fn restore(&self) {
-        let store = self.shared.store.clone();
-        let name = self.spec.name.clone();
-        let loaded = tokio::task::spawn_blocking(move || store.load(&name))
-            .await
-            .unwrap_or_else(|e| Loaded::Corrupt(vec![format!("load task failed: {e}")]));
+    /// A store that cannot be read leaves the credential unrestored: nothing is decided
+    /// on state that could not be seen.
+    pub(super) async fn restore(&self) -> Result<(), Error> {
+        let loaded = self.shared.store.load(self.name()).await;
+        if let Loaded::Unavailable(reason) = loaded {
+            self.shared.metrics.store_error("load");
+            return Err(Error::Store(reason));
+        }
         let bootstrap = self.read_bootstrap();
+        let shared = self.shared.store.shared().is_some();
         let mut inner = self.lock();
         inner.restored = true;
         match loaded {
-            Loaded::Empty => self.start_chain(&mut inner, bootstrap),
-            Loaded::Found { saved, skipped } => {
+            Loaded::Empty | Loaded::Unavailable(_) => self.start_chain(&mut inner, bootstrap),
+            Loaded::Found {
+                saved,
+                skipped,
+                version,
+            } => {
+                inner.fleet.version = version;
                 for file in skipped {
                     warn!(
                         credential = self.name(),
                         file, "skipped an unreadable state generation"
                     );
                 }
-                let new_bootstrap = matches!(&bootstrap, Some(Ok(b)) if saved.bootstrap.as_ref() != Some(&b.fingerprint));
+                let stopped = saved.reauth_reason.is_some() || saved.refresh_token.is_none();
+                let new_bootstrap = matches!(&bootstrap, Some(Ok(b)) if saved.bootstrap.as_ref() != Some(&b.fingerprint))
+                    && (!shared || stopped);
                 if new_bootstrap && self.spec.grant == Grant::RefreshToken {
                     info!(
                         credential = self.name(),
@@ -80,6 +93,7 @@ impl Credential {
                     Some("stored state unreadable; supply a new bootstrap refresh token".into());
             }
         }
+        Ok(())
     }
 
     /// The bootstrap and its fingerprint; `None` when the grant has neither (exec).
@@ -135,9 +149,11 @@ impl Credential {
         }
     }
 
-    fn adopt(&self, inner: &mut Inner, saved: Saved) {
+    /// Makes stored state this credential's: its chain, its marks, and its access
+    /// token if still usable.
+    pub(super) fn adopt(&self, inner: &mut Inner, saved: Saved) {
         if let Some(since) = saved.in_flight_since {
-            warn!(credential = self.name(), since = %super::token::rfc3339(since), "a refresh was out when the broker stopped; its answer is lost");
+            warn!(credential = self.name(), since = %super::token::rfc3339(since), "a refresh was sent and never answered (its broker stopped, or is still waiting); treating its answer as lost");
         }
         inner.unanswered_since = saved.in_flight_since;
         inner.refresh_token = saved.refresh_token;

@@ -8,6 +8,7 @@
 mod grant;
 mod load;
 mod raw;
+mod state;
 mod validate;
 
 use std::fmt;
@@ -110,7 +111,48 @@ impl fmt::Display for Listen {
 /// Where rotated refresh tokens are persisted.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StateConfig {
+    /// The file backend's directory; unused with the redis backend.
     pub dir: PathBuf,
+    /// The shared backend, when `backend = "redis"`; `None` means the file store in `dir`.
+    pub redis: Option<RedisConfig>,
+}
+
+/// The shared backend: several brokers keep one state per credential in Redis and
+/// refresh it under a lease, so a fleet makes one refresh per rotation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RedisConfig {
+    /// `redis://HOST:PORT[/DB]` or `rediss://...` (TLS); never with a password in it.
+    pub url: String,
+    /// The Redis ACL user, if not the default user.
+    pub username: Option<SecretSource>,
+    pub password: Option<SecretSource>,
+    /// Prepended to every key and channel, so several fleets can share one Redis.
+    pub key_prefix: String,
+    /// Whether a broker refreshes without the lease when Redis cannot be reached.
+    pub on_unavailable: OnStoreUnavailable,
+    /// How long a refresh lease lives unless renewed: how soon another broker takes
+    /// over from one that died mid-refresh.
+    pub lease_duration: Duration,
+    /// How often each broker compares its versions with Redis, in case it missed a
+    /// change notice.
+    pub poll_interval: Duration,
+    /// Limit for connecting and for each command.
+    pub timeout: Duration,
+    /// 32-byte key that encrypts records at rest (ChaCha20-Poly1305).
+    pub encryption_key: Option<SecretSource>,
+    /// PEM CA certificates that `rediss://` trusts instead of the built-in web roots.
+    pub ca_file: Option<PathBuf>,
+}
+
+/// What a broker does when a refresh is due and Redis cannot be reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnStoreUnavailable {
+    /// Keep serving valid tokens; refresh only under the lease, once Redis is back.
+    Wait,
+    /// Refresh on its own (single flight within this broker only) and write the chain
+    /// back when Redis returns. Safe only for IdPs that do not rotate refresh tokens or
+    /// that have a reuse grace: other brokers may present the same refresh token.
+    RefreshLocally,
 }
 
 /// Settings for every call to an identity provider.
@@ -244,7 +286,7 @@ pub fn listen_hint(table: &toml::Table) -> Option<Vec<Listen>> {
 /// Reads every secret source once, reporting the ones that cannot be read (for
 /// `check-config --check-secrets`, on the machine that will run the broker).
 pub fn check_sources(config: &Config) -> Vec<Problem> {
-    let mut problems = Vec::new();
+    let mut problems = state::check_sources(&config.state);
     for c in &config.credentials {
         for (field, source) in c.secret_sources() {
             if let Err(message) = source.read() {

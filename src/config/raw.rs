@@ -54,6 +54,19 @@ pub struct RawServer {
 pub struct RawState {
     pub dir: Option<String>,
     pub backend: Option<String>,
+    pub url: Option<String>,
+    pub username: Option<SecretSource>,
+    pub password: Option<SecretSource>,
+    pub key_prefix: Option<String>,
+    pub on_store_unavailable: Option<String>,
+    #[serde(default, with = "serde_opt")]
+    pub lease_duration: Option<Duration>,
+    #[serde(default, with = "serde_opt")]
+    pub poll_interval: Option<Duration>,
+    #[serde(default, with = "serde_opt")]
+    pub timeout: Option<Duration>,
+    pub encryption_key: Option<SecretSource>,
+    pub ca_file: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

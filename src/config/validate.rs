@@ -16,12 +16,12 @@ mod grant;
 
 /// Collects problems while building a value.
 #[derive(Default)]
-struct Check {
-    problems: Vec<Problem>,
+pub(super) struct Check {
+    pub problems: Vec<Problem>,
 }
 
 impl Check {
-    fn fail(&mut self, key: impl Into<String>, message: impl Into<String>) {
+    pub(super) fn fail(&mut self, key: impl Into<String>, message: impl Into<String>) {
         self.problems.push(Problem {
             key: key.into(),
             message: message.into(),
@@ -34,19 +34,7 @@ pub fn validate(raw: RawConfig) -> Result<Config, Problems> {
     let mut check = Check::default();
     let server = server(&mut check, raw.server.unwrap_or_default());
     let idp = idp(&mut check, raw.idp.unwrap_or_default());
-    let state_dir = raw.state.as_ref().and_then(|s| s.dir.clone());
-    if let Some(backend) = raw.state.as_ref().and_then(|s| s.backend.as_deref())
-        && backend != "file"
-    {
-        let message = format!("unknown backend `{backend}`; expected `file`");
-        check.fail("state.backend", message);
-    }
-    let state = StateConfig {
-        dir: PathBuf::from(state_dir.unwrap_or_else(|| "/var/lib/token-broker".to_owned())),
-    };
-    if state.dir.as_os_str().is_empty() {
-        check.fail("state.dir", "must not be empty");
-    }
+    let state = super::state::state(&mut check, raw.state.unwrap_or_default());
     let raw_credentials = raw.credentials.unwrap_or_default();
     if raw_credentials.is_empty() {
         check.fail(

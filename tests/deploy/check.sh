@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Checks the deployment side without a Docker engine or a cluster: the Dockerfile, the
-# compose demo, the Kubernetes manifests, and every example client against a live
-# broker and dev IdP. From the repository root:
+# compose demos (one broker; three replicas sharing Redis), the Kubernetes manifests,
+# and every example client against a live broker and dev IdP. From the repository root:
 #
 #   bash tests/deploy/check.sh          (TOKEN_BROKER_BIN=path to use a built binary)
 #
@@ -125,10 +125,12 @@ stub_resolves() {
 }
 step "the dependency layer resolves with --locked" stub_resolves
 
-section "c. compose file and config files"
-step "docker-compose.yml against the compose specification schema" \
-  "$VENV/bin/check-jsonschema" --builtin-schema vendor.compose-spec deploy/compose/docker-compose.yml
-step "compose_check.py" "$PY" tests/deploy/compose_check.py "$BIN"
+section "c. compose files and config files"
+for compose in deploy/compose/docker-compose.yml deploy/compose/docker-compose.redis.yml; do
+  step "$(basename "$compose") against the compose specification schema" \
+    "$VENV/bin/check-jsonschema" --builtin-schema vendor.compose-spec "$compose"
+done
+step "compose_check.py (both compose files, the Redis ACL and secrets)" "$PY" tests/deploy/compose_check.py "$BIN"
 while IFS= read -r config; do
   step "check-config $config" "$BIN" check-config --config "$config"
 done < <(find deploy -name '*.toml' | sort)

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod harness;
+mod redis_server;
 
 mod api;
 mod chaos;
@@ -10,6 +11,9 @@ mod client_auth;
 mod commands;
 mod exec;
 mod failures;
+mod fleet;
+mod fleet_failures;
+mod fleet_store;
 mod grants;
 mod hostile;
 mod operations;

@@ -8,9 +8,14 @@ use rcgen::{BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, 
 use crate::harness::*;
 
 /// Writes ca.pem, server.pem/server.key and client.pem/client.key into `dir`.
-fn make_certificates(dir: &Path) {
+pub fn make_certificates(dir: &Path) {
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    // A name of its own: OpenSSL clients (redis-cli) take a leaf whose issuer equals
+    // its subject for self-signed.
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "token-broker test CA");
     let ca_key = KeyPair::generate().unwrap();
     let ca = ca_params.self_signed(&ca_key).unwrap();
     std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();

@@ -1,6 +1,4 @@
-//! Durable per-credential state in `state.dir`: the live refresh token (rotated ones
-//! included), the last access token and its expiry, and which bootstrap token the chain
-//! started from.
+//! The embedded backend: durable per-credential state in `state.dir` for one broker.
 //!
 //! Each save writes a new generation file `NAME.GEN.state` (temp file, fsync, rename,
 //! fsync of the directory, mode 0600) and keeps the previous generation, so a torn or
@@ -10,7 +8,6 @@
 //! the blocking pool.
 
 use std::collections::HashMap;
-use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
@@ -23,41 +20,10 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
+use super::{Loaded, Saved};
 use crate::secret::{ExposeSecret, hex};
 
 const MAGIC: &str = "token-broker-state 1";
-
-/// What is persisted for one credential.
-#[derive(Clone)]
-pub struct Saved {
-    /// The refresh token to use next; `None` once the IdP has refused the chain.
-    pub refresh_token: Option<SecretString>,
-    pub access_token: Option<SecretString>,
-    pub token_type: String,
-    pub scope: Option<String>,
-    pub issued_at: SystemTime,
-    pub expires_at: SystemTime,
-    /// Fingerprint of the bootstrap token this chain started from: a different bootstrap
-    /// at start-up means an operator supplied a new one on purpose.
-    pub bootstrap: Option<String>,
-    /// Why the chain stopped, when it did (`reauth_required`).
-    pub reauth_reason: Option<String>,
-    /// Set while a refresh request carrying `refresh_token` is out and unanswered: after a
-    /// crash, this is how the broker knows the token may already be spent.
-    pub in_flight_since: Option<SystemTime>,
-}
-
-impl fmt::Debug for Saved {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Saved")
-            .field("has_refresh_token", &self.refresh_token.is_some())
-            .field("has_access_token", &self.access_token.is_some())
-            .field("expires_at", &self.expires_at)
-            .field("reauth_reason", &self.reauth_reason)
-            .field("in_flight_since", &self.in_flight_since)
-            .finish_non_exhaustive()
-    }
-}
 
 /// The on-disk body. Plain strings, only ever held inside `Zeroizing` buffers.
 #[derive(Serialize, Deserialize)]
@@ -77,19 +43,8 @@ struct Body {
     in_flight_since: Option<u64>,
 }
 
-/// What loading found.
-#[derive(Debug)]
-pub enum Loaded {
-    /// Nothing stored yet.
-    Empty,
-    /// The newest readable generation, and a warning per newer unreadable one skipped.
-    Found { saved: Saved, skipped: Vec<String> },
-    /// Files exist but none is readable.
-    Corrupt(Vec<String>),
-}
-
 /// The state directory, locked for this process.
-pub struct Store {
+pub struct FileStore {
     dir: PathBuf,
     /// Held for the process' life: the OS lock is what keeps a second broker out.
     _lock: File,
@@ -99,9 +54,9 @@ pub struct Store {
     on_disk: Mutex<HashMap<String, Vec<u64>>>,
 }
 
-impl Store {
+impl FileStore {
     /// Opens (creating with mode 0700 if missing) and locks the directory.
-    pub fn open(dir: &Path) -> Result<Store, String> {
+    pub fn open(dir: &Path) -> Result<FileStore, String> {
         let shown = dir.display();
         if !dir.exists() {
             fs::DirBuilder::new()
@@ -122,7 +77,7 @@ impl Store {
             ));
         }
         let lock = lock_dir(dir)?;
-        Ok(Store {
+        Ok(FileStore {
             dir: dir.to_owned(),
             _lock: lock,
             generations: Mutex::default(),
@@ -146,7 +101,13 @@ impl Store {
         for generation in &generations {
             let path = self.path(name, *generation);
             match read_file(&path, name) {
-                Ok(saved) => return Loaded::Found { saved, skipped },
+                Ok(saved) => {
+                    return Loaded::Found {
+                        saved,
+                        skipped,
+                        version: 0,
+                    };
+                }
                 Err(e) => skipped.push(format!("{}: {e}", path.display())),
             }
         }
@@ -376,7 +337,7 @@ mod tests {
     fn saves_are_private_durable_and_reloaded() {
         let dir = tempfile::tempdir().unwrap();
         let state = dir.path().join("state");
-        let store = Store::open(&state).unwrap();
+        let store = FileStore::open(&state).unwrap();
         assert_eq!(
             fs::metadata(&state).unwrap().permissions().mode() & 0o777,
             0o700
@@ -395,21 +356,21 @@ mod tests {
         left.sort_unstable();
         assert_eq!(left, vec![3, 4]);
         drop(store);
-        let store = Store::open(&state).unwrap();
+        let store = FileStore::open(&state).unwrap();
         assert_eq!(refresh_token(store.load("a")), "rt4");
     }
 
     #[test]
     fn a_corrupt_newest_generation_falls_back_to_the_previous_one() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = FileStore::open(dir.path()).unwrap();
         store.save("a", &saved("rt1")).unwrap();
         store.save("a", &saved("rt2")).unwrap();
         let newest = dir.path().join("a.2.state");
         let text = fs::read(&newest).unwrap();
         fs::write(&newest, &text[..text.len() - 5]).unwrap();
         match store.load("a") {
-            Loaded::Found { saved, skipped } => {
+            Loaded::Found { saved, skipped, .. } => {
                 assert_eq!(saved.refresh_token.unwrap().expose_secret(), "rt1");
                 assert!(skipped[0].contains("checksum mismatch"), "{skipped:?}");
             }
@@ -422,8 +383,8 @@ mod tests {
     #[test]
     fn a_second_store_on_the_same_dir_is_refused_naming_the_pid() {
         let dir = tempfile::tempdir().unwrap();
-        let _first = Store::open(dir.path()).unwrap();
-        let err = Store::open(dir.path()).err().unwrap();
+        let _first = FileStore::open(dir.path()).unwrap();
+        let err = FileStore::open(dir.path()).err().unwrap();
         assert!(
             err.contains(&format!("pid {}", std::process::id())),
             "{err}"
@@ -434,7 +395,7 @@ mod tests {
     fn a_world_writable_dir_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o777)).unwrap();
-        let err = Store::open(dir.path()).err().unwrap();
+        let err = FileStore::open(dir.path()).err().unwrap();
         assert!(err.contains("writable by every user"), "{err}");
     }
 
@@ -442,11 +403,11 @@ mod tests {
     fn a_second_load_in_the_same_process_still_finds_the_newest() {
         // A reload restores a replaced credential again from the same store.
         let dir = tempfile::tempdir().unwrap();
-        Store::open(dir.path())
+        FileStore::open(dir.path())
             .unwrap()
             .save("a", &saved("old"))
             .unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = FileStore::open(dir.path()).unwrap();
         assert_eq!(refresh_token(store.load("a")), "old");
         store.save("a", &saved("new")).unwrap();
         assert_eq!(refresh_token(store.load("a")), "new");
@@ -456,7 +417,7 @@ mod tests {
     #[test]
     fn names_with_dots_do_not_collide() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = FileStore::open(dir.path()).unwrap();
         store.save("a.b", &saved("x")).unwrap();
         store.save("a", &saved("y")).unwrap();
         assert_eq!(refresh_token(store.load("a.b")), "x");

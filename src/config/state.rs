@@ -1,0 +1,323 @@
+//! The `[state]` table: which backend keeps the credentials' state, and, for the shared
+//! Redis backend, how to reach it and how the brokers of a fleet coordinate.
+//!
+//! Every key of one backend is refused with the other, so a config never silently
+//! carries settings that do nothing.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use reqwest::Url;
+
+use super::raw::RawState;
+use super::validate::Check;
+use super::{OnStoreUnavailable, Problem, RedisConfig, StateConfig};
+use crate::secret::SecretSource;
+
+/// Default `state.dir` of the file backend.
+pub const DEFAULT_DIR: &str = "/var/lib/token-broker";
+
+/// Builds the `[state]` settings, recording every problem in `check`.
+pub(super) fn state(check: &mut Check, raw: RawState) -> StateConfig {
+    let redis = match raw.backend.as_deref() {
+        None | Some("file") => {
+            for key in redis_keys_set(&raw) {
+                check.fail(
+                    format!("state.{key}"),
+                    "is only used with backend = \"redis\"",
+                );
+            }
+            None
+        }
+        Some("redis") => {
+            if raw.dir.is_some() {
+                check.fail(
+                    "state.dir",
+                    "is not used with backend = \"redis\": the shared state lives in Redis and \
+                     nothing is kept on disk; remove it",
+                );
+            }
+            redis(check, &raw)
+        }
+        Some(other) => {
+            let message = format!("unknown backend `{other}`; expected `file` or `redis`");
+            check.fail("state.backend", message);
+            None
+        }
+    };
+    let dir = PathBuf::from(raw.dir.unwrap_or_else(|| DEFAULT_DIR.to_owned()));
+    if dir.as_os_str().is_empty() {
+        check.fail("state.dir", "must not be empty");
+    }
+    StateConfig { dir, redis }
+}
+
+/// The redis-only keys present in `raw`.
+fn redis_keys_set(raw: &RawState) -> Vec<&'static str> {
+    [
+        ("url", raw.url.is_some()),
+        ("username", raw.username.is_some()),
+        ("password", raw.password.is_some()),
+        ("key_prefix", raw.key_prefix.is_some()),
+        ("on_store_unavailable", raw.on_store_unavailable.is_some()),
+        ("lease_duration", raw.lease_duration.is_some()),
+        ("poll_interval", raw.poll_interval.is_some()),
+        ("timeout", raw.timeout.is_some()),
+        ("encryption_key", raw.encryption_key.is_some()),
+        ("ca_file", raw.ca_file.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(key, set)| set.then_some(key))
+    .collect()
+}
+
+fn redis(check: &mut Check, raw: &RawState) -> Option<RedisConfig> {
+    let before = check.problems.len();
+    let url = match raw.url.as_deref() {
+        None => {
+            check.fail("state.url", "is required for backend = \"redis\"");
+            None
+        }
+        Some(text) => redis_url(text, raw.encryption_key.is_some())
+            .map_err(|message| check.fail("state.url", message))
+            .ok(),
+    };
+    let on_unavailable = match raw.on_store_unavailable.as_deref() {
+        None | Some("wait") => OnStoreUnavailable::Wait,
+        Some("refresh_locally") => OnStoreUnavailable::RefreshLocally,
+        Some(other) => {
+            check.fail(
+                "state.on_store_unavailable",
+                format!("unknown policy `{other}`; expected wait or refresh_locally"),
+            );
+            OnStoreUnavailable::Wait
+        }
+    };
+    let key_prefix = raw
+        .key_prefix
+        .clone()
+        .unwrap_or_else(|| "token-broker:".to_owned());
+    if key_prefix.len() > 100 || key_prefix.chars().any(|c| c.is_whitespace()) {
+        check.fail(
+            "state.key_prefix",
+            "must be at most 100 characters, without spaces",
+        );
+    }
+    let (lease_duration, poll_interval, timeout) = timings(check, raw);
+    let ca_file = raw.ca_file.as_ref().map(PathBuf::from);
+    if ca_file.is_some() && !raw.url.as_deref().is_some_and(|u| u.starts_with("rediss:")) {
+        check.fail("state.ca_file", "is only used with a rediss:// url");
+    }
+    if check.problems.len() > before {
+        return None;
+    }
+    Some(RedisConfig {
+        url: url?,
+        username: raw.username.clone(),
+        password: raw.password.clone(),
+        key_prefix,
+        on_unavailable,
+        lease_duration,
+        poll_interval,
+        timeout,
+        encryption_key: raw.encryption_key.clone(),
+        ca_file,
+    })
+}
+
+/// `lease_duration`, `poll_interval` and `timeout`, checked against each other.
+fn timings(check: &mut Check, raw: &RawState) -> (Duration, Duration, Duration) {
+    let lease_duration = raw.lease_duration.unwrap_or(Duration::from_secs(10));
+    let timeout = raw.timeout.unwrap_or(Duration::from_secs(2));
+    if !(Duration::from_secs(1)..=Duration::from_secs(600)).contains(&lease_duration) {
+        check.fail("state.lease_duration", "must be between 1s and 10m");
+    }
+    if timeout.is_zero() || timeout * 2 > lease_duration {
+        check.fail(
+            "state.timeout",
+            "must be more than 0s and at most half of lease_duration, so a lease renewal \
+             can fail once and be retried before the lease runs out",
+        );
+    }
+    let poll_interval = raw.poll_interval.unwrap_or(Duration::from_secs(1));
+    if poll_interval < Duration::from_millis(100) {
+        check.fail("state.poll_interval", "must be at least 100ms");
+    }
+    (lease_duration, poll_interval, timeout)
+}
+
+/// A `redis://` or `rediss://` URL without a password. Plain `redis://` to a host that
+/// is not loopback needs `encryption_key`: refresh tokens would otherwise cross the
+/// network in clear.
+fn redis_url(text: &str, encrypted: bool) -> Result<String, String> {
+    let url = Url::parse(text).map_err(|e| format!("`{text}` is not a URL ({e})"))?;
+    if url.password().is_some() {
+        // Not echoed: the text holds a password.
+        return Err(
+            "contains a password; give it in state.password (a secret source) instead".into(),
+        );
+    }
+    if url.host().is_none() {
+        return Err(format!("`{text}` names no host"));
+    }
+    match url.scheme() {
+        "rediss" => Ok(text.to_owned()),
+        "redis" if encrypted || loopback_host(&url) => Ok(text.to_owned()),
+        "redis" => Err(format!(
+            "`{text}` is plain redis:// to a host that is not loopback: refresh tokens would \
+             cross the network in clear; use rediss://, or set state.encryption_key"
+        )),
+        other => Err(format!("`{text}`: scheme `{other}` is not redis or rediss")),
+    }
+}
+
+/// Whether the URL names a loopback host. `redis://` is not a special scheme to the URL
+/// parser, so its host stays text and is parsed here.
+fn loopback_host(url: &Url) -> bool {
+    let host = url.host_str().unwrap_or_default();
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip.is_loopback(),
+        Err(_) => host == "localhost" || host.ends_with(".localhost"),
+    }
+}
+
+/// Reads the `[state]` secret sources once (`check-config --check-secrets`).
+pub(super) fn check_sources(state: &StateConfig) -> Vec<Problem> {
+    let Some(redis) = &state.redis else {
+        return Vec::new();
+    };
+    let mut problems = Vec::new();
+    let sources: [(&str, &Option<SecretSource>); 3] = [
+        ("username", &redis.username),
+        ("password", &redis.password),
+        ("encryption_key", &redis.encryption_key),
+    ];
+    for (field, source) in sources {
+        let Some(source) = source else { continue };
+        let read = source.read().and_then(|value| {
+            if field == "encryption_key" {
+                crate::store::Cipher::from_secret(&value).map(|_| ())
+            } else {
+                Ok(())
+            }
+        });
+        if let Err(message) = read {
+            problems.push(Problem {
+                key: format!("state.{field}"),
+                message,
+            });
+        }
+    }
+    problems
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::config::load_str;
+
+    /// A whole config with this `[state]` table and one credential.
+    fn config(state: &str) -> Result<crate::config::Config, Vec<String>> {
+        let toml = format!(
+            "[state]\n{state}\n[credentials.a]\ntoken_url = \"https://idp.example.com/t\"\n\
+             client_id = \"c\"\nrefresh_token = \"r\"\n"
+        );
+        load_str(&toml).map_err(|p| p.0.iter().map(|p| p.to_string()).collect())
+    }
+
+    fn problems(state: &str) -> Vec<String> {
+        config(state).err().unwrap_or_default()
+    }
+
+    #[test]
+    fn a_complete_redis_table_is_accepted() {
+        let config = config(
+            r#"backend = "redis"
+url = "rediss://redis.internal:6380/2"
+username = "broker"
+password = { env = "REDIS_PASSWORD" }
+key_prefix = "team-a:"
+on_store_unavailable = "refresh_locally"
+lease_duration = "20s"
+poll_interval = "500ms"
+timeout = "1s"
+encryption_key = { file = "/run/secrets/state_key" }
+ca_file = "/etc/ssl/redis-ca.pem"
+"#,
+        )
+        .unwrap();
+        let redis = config.state.redis.unwrap();
+        assert_eq!(redis.on_unavailable, OnStoreUnavailable::RefreshLocally);
+        assert_eq!(redis.lease_duration, Duration::from_secs(20));
+        assert_eq!(redis.key_prefix, "team-a:");
+    }
+
+    #[test]
+    fn every_mistake_names_its_key() {
+        let cases = [
+            ("backend = \"redis\"", "state.url: is required"),
+            (
+                "url = \"redis://127.0.0.1\"",
+                "state.url: is only used with backend = \"redis\"",
+            ),
+            (
+                "backend = \"redis\"\nurl = \"redis://:hunter2@127.0.0.1\"",
+                "state.url: contains a password",
+            ),
+            (
+                "backend = \"redis\"\nurl = \"redis://redis.internal\"",
+                "state.url: `redis://redis.internal` is plain redis://",
+            ),
+            (
+                "backend = \"redis\"\nurl = \"http://127.0.0.1\"",
+                "scheme `http` is not redis or rediss",
+            ),
+            (
+                "backend = \"redis\"\nurl = \"redis://127.0.0.1\"\ndir = \"/x\"",
+                "state.dir: is not used with backend = \"redis\"",
+            ),
+            (
+                "backend = \"redis\"\nurl = \"redis://127.0.0.1\"\non_store_unavailable = \"yolo\"",
+                "state.on_store_unavailable: unknown policy `yolo`",
+            ),
+            (
+                "backend = \"redis\"\nurl = \"redis://127.0.0.1\"\nlease_duration = \"2s\"\ntimeout = \"1500ms\"",
+                "state.timeout: must be more than 0s and at most half of lease_duration",
+            ),
+            (
+                "backend = \"redis\"\nurl = \"redis://127.0.0.1\"\nca_file = \"/ca.pem\"",
+                "state.ca_file: is only used with a rediss:// url",
+            ),
+            (
+                "backend = \"etcd\"",
+                "state.backend: unknown backend `etcd`",
+            ),
+        ];
+        for (toml, expected) in cases {
+            let found = problems(toml);
+            assert!(
+                found.iter().any(|p| p.contains(expected)),
+                "{toml}: expected `{expected}` in {found:?}"
+            );
+            assert!(!found.iter().any(|p| p.contains("hunter2")), "{found:?}");
+        }
+    }
+
+    #[test]
+    fn plain_redis_is_fine_to_loopback_or_once_records_are_encrypted() {
+        for url in [
+            "redis://127.0.0.1:6379",
+            "redis://[::1]:6379",
+            "redis://localhost",
+        ] {
+            let found = problems(&format!("backend = \"redis\"\nurl = \"{url}\""));
+            assert!(found.is_empty(), "{url}: {found:?}");
+        }
+        let found = problems(
+            "backend = \"redis\"\nurl = \"redis://redis:6379\"\nencryption_key = { env = \"K\" }",
+        );
+        assert!(found.is_empty(), "{found:?}");
+    }
+}

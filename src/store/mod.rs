@@ -1,0 +1,180 @@
+//! Durable per-credential state: the live refresh token (rotated ones included), the
+//! last access token and its expiry, which bootstrap token the chain started from, and
+//! whether a refresh is out unanswered.
+//!
+//! Two backends behind one `Store`: `file` (the default), generation files in
+//! `state.dir` for one broker; `redis`, one record per credential shared by a fleet of
+//! brokers, written under a lease with a version check (fencing) and optionally sealed
+//! (`crypto`). Only the broker decides when to write; the stores only keep what they
+//! are given, crash-safely.
+
+mod crypto;
+mod file;
+mod record;
+mod redis;
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use secrecy::SecretString;
+
+pub use crypto::Cipher;
+pub use file::FileStore;
+pub use redis::{ConnectError, Notice, ReadError, Record, RedisStore};
+
+use crate::config::StateConfig;
+
+/// What is persisted for one credential.
+#[derive(Clone)]
+pub struct Saved {
+    /// The refresh token to use next; `None` once the IdP has refused the chain.
+    pub refresh_token: Option<SecretString>,
+    pub access_token: Option<SecretString>,
+    pub token_type: String,
+    pub scope: Option<String>,
+    pub issued_at: SystemTime,
+    pub expires_at: SystemTime,
+    /// Fingerprint of the bootstrap token this chain started from: a different bootstrap
+    /// at start-up means an operator supplied a new one on purpose.
+    pub bootstrap: Option<String>,
+    /// Why the chain stopped, when it did (`reauth_required`).
+    pub reauth_reason: Option<String>,
+    /// Set while a refresh request carrying `refresh_token` is out and unanswered: after a
+    /// crash, this is how the broker knows the token may already be spent.
+    pub in_flight_since: Option<SystemTime>,
+}
+
+impl fmt::Debug for Saved {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Saved")
+            .field("has_refresh_token", &self.refresh_token.is_some())
+            .field("has_access_token", &self.access_token.is_some())
+            .field("expires_at", &self.expires_at)
+            .field("reauth_reason", &self.reauth_reason)
+            .field("in_flight_since", &self.in_flight_since)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What loading found.
+#[derive(Debug)]
+pub enum Loaded {
+    /// Nothing stored yet.
+    Empty,
+    /// The newest readable state, a warning per newer unreadable one skipped, and the
+    /// shared record's version (0 for the file store).
+    Found {
+        saved: Saved,
+        skipped: Vec<String>,
+        version: u64,
+    },
+    /// State exists but none is readable.
+    Corrupt(Vec<String>),
+    /// The store cannot be read right now (Redis down, or this broker's encryption key
+    /// does not fit): nothing is known, so nothing may be decided yet.
+    Unavailable(String),
+}
+
+/// What a shared-store write must find to go through; the file store ignores it.
+#[derive(Debug, Clone, Default)]
+pub struct Fence {
+    /// The record version the writer read.
+    pub expected: u64,
+    /// The version it writes.
+    pub next: u64,
+    /// The lease token the writer holds.
+    pub lease: Option<String>,
+}
+
+/// Why a write did not happen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreError {
+    /// The store cannot be written right now; the write may be retried.
+    Unavailable(String),
+    /// The shared store refused the write: this broker lost its lease or another broker
+    /// wrote first. Retrying the same write can never succeed.
+    Fenced(String),
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreError::Unavailable(why) | StoreError::Fenced(why) => f.write_str(why),
+        }
+    }
+}
+
+/// The backend in use.
+#[derive(Clone)]
+pub enum Store {
+    File(Arc<FileStore>),
+    Redis(Arc<RedisStore>),
+}
+
+impl Store {
+    /// Opens the configured backend. The file store locks its directory; the redis
+    /// store reads its secrets and, if Redis answers, checks the encryption key (a
+    /// Redis that is down is not an error here: the broker waits for it).
+    pub async fn open(config: &StateConfig) -> Result<Store, String> {
+        match &config.redis {
+            None => FileStore::open(&config.dir).map(|s| Store::File(Arc::new(s))),
+            Some(redis) => {
+                let store = RedisStore::new(redis)?;
+                match store.check().await {
+                    Ok(()) => {}
+                    Err(ConnectError::WrongKey(why)) => return Err(why),
+                    Err(ConnectError::Unreachable(why)) => {
+                        tracing::warn!(error = %why, "redis is not reachable yet; waiting for it");
+                    }
+                }
+                Ok(Store::Redis(Arc::new(store)))
+            }
+        }
+    }
+
+    /// The shared backend, if that is the one in use.
+    pub fn shared(&self) -> Option<&Arc<RedisStore>> {
+        match self {
+            Store::Redis(redis) => Some(redis),
+            Store::File(_) => None,
+        }
+    }
+
+    /// Loads a credential's state.
+    pub async fn load(&self, name: &str) -> Loaded {
+        match self {
+            Store::File(file) => {
+                let (file, name) = (file.clone(), name.to_owned());
+                tokio::task::spawn_blocking(move || file.load(&name))
+                    .await
+                    .unwrap_or_else(|e| Loaded::Corrupt(vec![format!("load task failed: {e}")]))
+            }
+            Store::Redis(redis) => match redis.read(name).await {
+                Ok(None) => Loaded::Empty,
+                Ok(Some(record)) => Loaded::Found {
+                    saved: record.saved,
+                    skipped: Vec::new(),
+                    version: record.version,
+                },
+                Err(ReadError::Corrupt { why, .. }) => Loaded::Corrupt(vec![why]),
+                Err(ReadError::Unavailable(why)) => Loaded::Unavailable(why),
+            },
+        }
+    }
+
+    /// Saves durably; on `Ok`, the state survives a crash. Returns the new version.
+    pub async fn save(&self, name: &str, saved: Saved, fence: &Fence) -> Result<u64, StoreError> {
+        match self {
+            Store::File(file) => {
+                let (file, name) = (file.clone(), name.to_owned());
+                tokio::task::spawn_blocking(move || file.save(&name, &saved))
+                    .await
+                    .unwrap_or_else(|e| Err(format!("store task failed: {e}")))
+                    .map(|()| 0)
+                    .map_err(StoreError::Unavailable)
+            }
+            Store::Redis(redis) => redis.save(name, &saved, fence).await,
+        }
+    }
+}
