@@ -103,9 +103,6 @@ pub(super) struct Inner {
     pub refreshes_failed: u64,
     /// Whether the stored state was loaded; the first flight does that before anything.
     pub restored: bool,
-    /// Set by that first flight: the token it fetches (if it must) gets the wider
-    /// start-up spread of its refresh point.
-    pub first_fetch: bool,
     /// When the current refresh token was sent in a request that got no answer (or
     /// was out when the broker stopped): it may be spent at the IdP already.
     pub unanswered_since: Option<SystemTime>,

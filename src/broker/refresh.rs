@@ -28,8 +28,6 @@ impl Credential {
     /// One refresh attempt. Runs in its own task, inside the flight.
     pub(super) async fn refresh(self: &Arc<Self>) -> Outcome {
         if !self.lock().restored {
-            // The token this start-up fetch brings gets the wider spread.
-            self.lock().first_fetch = true;
             self.restore().await?;
             let now = SystemTime::now();
             // A refresh that was out when the broker stopped is settled first.
@@ -117,21 +115,14 @@ impl Credential {
     /// Takes a successful answer: rotate in memory, persist, then hand back for publishing.
     async fn accept(&self, response: TokenResponse, old: Option<SecretString>) -> Outcome {
         let now = SystemTime::now();
-        // The first token fetched since start-up (see `schedule::first_jitter`).
-        let first = std::mem::take(&mut self.lock().first_fetch);
         let expires_at = response
             .expires_at
             .unwrap_or(now + self.spec.default_lifetime);
-        let jitter = if first {
-            schedule::first_jitter(self.spec.refresh_ratio, self.spec.refresh_jitter)
-        } else {
-            self.spec.refresh_jitter
-        };
         let refresh_at = schedule::refresh_at(
             now,
             expires_at,
             self.spec.refresh_ratio,
-            jitter,
+            self.spec.refresh_jitter,
             rand::random::<f64>(),
         );
         let token = Arc::new(Token::new(

@@ -23,15 +23,6 @@ pub fn refresh_at(
     issued + offset.max(Duration::from_millis(100))
 }
 
-/// The jitter of the first token fetched after start-up: at least half the ratio.
-/// Credentials started together are fetched together; with the usual few percent of
-/// jitter they would refresh in waves for the rest of the process' life. Drawing the
-/// first refresh point from the wider window (40-80% of the lifetime by default) spreads
-/// them once, and the ordinary jitter keeps them spread.
-pub fn first_jitter(ratio: f64, jitter: f64) -> f64 {
-    jitter.max(ratio / 2.0)
-}
-
 /// Delay before retry number `failures` (1 for the first retry): exponential, capped,
 /// with full jitter above a floor of `initial`, and never sooner than the IdP's
 /// `Retry-After`.
@@ -70,22 +61,6 @@ mod tests {
             .map(|i| refresh_at(T0, exp, 0.8, 0.1, i as f64 / 10.0))
             .collect();
         assert!(spread.windows(2).all(|w| w[0] >= w[1]));
-    }
-
-    #[test]
-    fn the_first_refresh_after_start_up_is_drawn_from_a_wider_window() {
-        let exp = T0 + Duration::from_secs(100);
-        let jitter = first_jitter(0.8, 0.05);
-        assert_eq!(
-            refresh_at(T0, exp, 0.8, jitter, 1.0),
-            T0 + Duration::from_secs(40)
-        );
-        assert_eq!(
-            refresh_at(T0, exp, 0.8, jitter, 0.0),
-            T0 + Duration::from_secs(80)
-        );
-        // A configured jitter wider than that is kept.
-        assert_eq!(first_jitter(0.5, 0.3), 0.3);
     }
 
     #[test]
