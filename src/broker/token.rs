@@ -111,15 +111,25 @@ impl Token {
     pub fn json_body(&self, now: SystemTime) -> Bytes {
         let mut out = BytesMut::with_capacity(self.json_head.len() + 24);
         out.put_slice(&self.json_head);
-        let mut digits = itoa_buf(self.ttl(now).as_secs());
-        digits.push(b'}');
-        out.put_slice(&digits);
+        put_decimal(&mut out, self.ttl(now).as_secs());
+        out.put_u8(b'}');
         out.freeze()
     }
 }
 
-fn itoa_buf(n: u64) -> Vec<u8> {
-    n.to_string().into_bytes()
+/// Appends `n` in decimal without an allocation (this runs once per token read).
+fn put_decimal(out: &mut BytesMut, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.put_slice(&digits[start..]);
 }
 
 /// RFC 3339 in UTC with whole seconds.
@@ -162,6 +172,11 @@ mod tests {
             serde_json::from_slice(&t.json_body(now + Duration::from_secs(100))).unwrap();
         assert_eq!(later["expires_in"], 0);
         assert!(t.is("s3cr\"et") && !t.is("s3cr") && !t.is("s3cr\"eT"));
+        for n in [0, 7, 10, 86_399, u64::MAX] {
+            let mut out = BytesMut::new();
+            put_decimal(&mut out, n);
+            assert_eq!(out, n.to_string().as_bytes());
+        }
         assert!(!format!("{t:?}").contains("s3cr"));
     }
 }
