@@ -114,10 +114,26 @@ impl Credential {
 
     /// Takes a successful answer: rotate in memory, persist, then hand back for publishing.
     async fn accept(&self, response: TokenResponse, old: Option<SecretString>) -> Outcome {
+        {
+            let mut inner = self.lock();
+            // First, before anything else: the IdP has spent the old refresh token, and
+            // the new one must survive whatever goes wrong with the rest of the answer.
+            // A non-rotating IdP sends no new refresh token: the old one stays live.
+            // Other grants get a new token by repeating the grant, so a refresh token
+            // they are handed is neither kept nor sent.
+            if self.spec.grant == Grant::RefreshToken {
+                inner.refresh_token = response.refresh_token.or(old);
+            }
+            inner.unanswered_since = None;
+            inner.fleet.rotated = true;
+        }
         let now = SystemTime::now();
+        // Bounded, so every expiry can be served as RFC 3339 and stored.
+        let latest = crate::duration::latest();
         let expires_at = response
             .expires_at
-            .unwrap_or(now + self.spec.default_lifetime);
+            .or_else(|| now.checked_add(self.spec.default_lifetime))
+            .map_or(latest, |at| at.min(latest));
         let refresh_at = schedule::refresh_at(
             now,
             expires_at,
@@ -135,16 +151,8 @@ impl Credential {
         ));
         {
             let mut inner = self.lock();
-            // A non-rotating IdP sends no new refresh token: the old one stays live.
-            // Other grants get a new token by repeating the grant, so a refresh token
-            // they are handed is neither kept nor sent.
-            if self.spec.grant == Grant::RefreshToken {
-                inner.refresh_token = response.refresh_token.or(old);
-            }
-            inner.unanswered_since = None;
             // This token matches the current settings: tokens stored from now on do too.
             inner.discard_stored_token = false;
-            inner.fleet.rotated = true;
             inner.unsaved = Some(token.clone());
         }
         self.persist(&token).await?;
@@ -338,7 +346,7 @@ impl Credential {
                 if let Error::UpstreamUnavailable { retry_after, .. } = error {
                     *retry_after = delay;
                 }
-                inner.retry_at = Some(now + delay);
+                inner.retry_at = Some(now.checked_add(delay).unwrap_or(now));
                 inner.last_error = Some((error.clone(), now));
                 self.log_failure(error, trigger, took, delay);
             }

@@ -132,7 +132,9 @@ fn success(body: &[u8]) -> Result<TokenResponse, String> {
 }
 
 /// The `exp` claim of a JWT, without verifying it: the broker only needs to know when
-/// to refresh, and the resource server does the verifying.
+/// to refresh, and the resource server does the verifying. An `exp` past year 9999 is
+/// no time in seconds (most often milliseconds by mistake) and counts as absent, so
+/// the configured `default_lifetime` applies rather than a token "valid" for millennia.
 pub fn jwt_exp(token: &str) -> Option<SystemTime> {
     let payload = token.split('.').nth(1)?;
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
@@ -140,7 +142,9 @@ pub fn jwt_exp(token: &str) -> Option<SystemTime> {
         .ok()?;
     let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
     let exp = claims.get("exp")?.as_f64()?;
-    (exp.is_finite() && exp > 0.0).then(|| SystemTime::UNIX_EPOCH + Duration::from_secs_f64(exp))
+    let plausible = exp > 0.0 && exp <= crate::duration::LATEST_UNIX_SECS as f64;
+    let exp = Duration::try_from_secs_f64(exp).ok().filter(|_| plausible)?;
+    SystemTime::UNIX_EPOCH.checked_add(exp)
 }
 
 /// `Retry-After` as seconds or an HTTP date.
@@ -285,6 +289,34 @@ mod tests {
             Some(SystemTime::UNIX_EPOCH + Duration::from_secs(2_000_000_000))
         );
         assert_eq!(jwt_exp("opaque-token"), None);
+    }
+
+    #[test]
+    fn an_implausible_exp_or_expires_in_never_panics_and_is_bounded() {
+        let jwt = |exp: &str| {
+            let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .encode(format!(r#"{{"exp":{exp}}}"#));
+            format!("e30.{payload}.sig")
+        };
+        // Milliseconds by mistake, and numbers past what a clock can hold: no `exp`.
+        for exp in ["1700000000000", "1e20", "1e300", "18446744073709551615"] {
+            assert_eq!(jwt_exp(&jwt(exp)), None, "{exp}");
+            let body = format!(r#"{{"access_token":"{}","refresh_token":"r2"}}"#, jwt(exp));
+            let parsed = success(body.as_bytes()).unwrap();
+            assert_eq!(parsed.expires_at, None, "{exp}");
+            assert!(parsed.refresh_token.is_some());
+        }
+        // The last second RFC 3339 can write is still a time.
+        assert_eq!(
+            jwt_exp(&jwt("253402300799")),
+            Some(SystemTime::UNIX_EPOCH + Duration::from_secs(253_402_300_799))
+        );
+        let ceiling = SystemTime::now() + Duration::from_secs(1_000_000_001);
+        for expires_in in ["1e300", "\"1e300\"", "18446744073709551615"] {
+            let body = format!(r#"{{"access_token":"a","expires_in":{expires_in}}}"#);
+            let at = success(body.as_bytes()).unwrap().expires_at.unwrap();
+            assert!(at < ceiling, "{expires_in}");
+        }
     }
 
     #[test]

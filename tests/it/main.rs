@@ -16,6 +16,7 @@ mod fleet_failures;
 mod fleet_store;
 mod grants;
 mod hostile;
+mod lifetimes;
 mod operations;
 mod persistence;
 mod security;
