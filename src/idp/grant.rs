@@ -8,7 +8,6 @@
 
 use secrecy::SecretString;
 use sha2::{Digest, Sha256};
-use url::Url;
 
 use super::assertion::{self, CLIENT_ASSERTION_TYPE, SigningKey};
 use crate::config::{ClientAuth, CredentialSpec, Grant, JwtBearer, TokenExchange};
@@ -86,12 +85,13 @@ pub(super) struct Form {
     pub authorization: Option<String>,
 }
 
-/// Builds the form for `spec`. `token_url` is the audience of signed assertions.
+/// Builds the form for `spec`. `token_url` is the audience of signed assertions: the
+/// token endpoint exactly as written.
 pub(super) fn form(
     spec: &CredentialSpec,
     inputs: &Inputs,
     refresh_token: Option<&SecretString>,
-    token_url: &Url,
+    token_url: &str,
 ) -> Result<Form, String> {
     let mut form = url::form_urlencoded::Serializer::new(String::new());
     grant_params(&mut form, spec, inputs, refresh_token, token_url)?;
@@ -113,7 +113,7 @@ fn client_params(
     form: &mut url::form_urlencoded::Serializer<'_, String>,
     spec: &CredentialSpec,
     inputs: &Inputs,
-    token_url: &Url,
+    token_url: &str,
 ) -> Result<Option<String>, String> {
     match (spec.client_auth, &inputs.client_secret) {
         (ClientAuth::Basic, Some(secret)) => {
@@ -125,7 +125,7 @@ fn client_params(
         }
         (ClientAuth::PrivateKeyJwt, _) => {
             let id = &spec.client_id;
-            let claims = assertion::claims(id, id, token_url.as_str(), lifetime(spec));
+            let claims = assertion::claims(id, id, token_url, lifetime(spec));
             form.append_pair("client_id", id);
             form.append_pair("client_assertion_type", CLIENT_ASSERTION_TYPE);
             form.append_pair("client_assertion", sign(inputs, &claims)?.expose_secret());
@@ -143,7 +143,7 @@ fn grant_params(
     spec: &CredentialSpec,
     inputs: &Inputs,
     refresh_token: Option<&SecretString>,
-    token_url: &Url,
+    token_url: &str,
 ) -> Result<(), String> {
     match &spec.grant {
         Grant::RefreshToken => {
@@ -160,7 +160,7 @@ fn grant_params(
             let assertion = match bearer {
                 JwtBearer::Assertion(_) => inputs.assertion.clone().ok_or("no assertion")?,
                 JwtBearer::Signed(signed) => {
-                    let audience = signed.audience.as_deref().unwrap_or(token_url.as_str());
+                    let audience = signed.audience.as_deref().unwrap_or(token_url);
                     let mut claims = assertion::claims(
                         &signed.issuer,
                         &signed.subject,

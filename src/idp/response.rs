@@ -10,6 +10,7 @@ use secrecy::SecretString;
 use serde::Deserialize;
 
 use super::{IdpError, MAX_RESPONSE_BYTES};
+use crate::config::EndpointUrl;
 
 /// A successful token response.
 pub struct TokenResponse {
@@ -143,7 +144,9 @@ pub fn jwt_exp(token: &str) -> Option<SystemTime> {
     let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
     let exp = claims.get("exp")?.as_f64()?;
     let plausible = exp > 0.0 && exp <= crate::duration::LATEST_UNIX_SECS as f64;
-    let exp = Duration::try_from_secs_f64(exp).ok().filter(|_| plausible)?;
+    let exp = Duration::try_from_secs_f64(exp)
+        .ok()
+        .filter(|_| plausible)?;
     SystemTime::UNIX_EPOCH.checked_add(exp)
 }
 
@@ -187,7 +190,7 @@ struct Discovery {
 }
 
 /// OIDC discovery: the issuer's token endpoint.
-pub async fn discover(http: &reqwest::Client, issuer: &Url) -> Result<Url, IdpError> {
+pub async fn discover(http: &reqwest::Client, issuer: &Url) -> Result<EndpointUrl, IdpError> {
     let base = issuer.as_str().trim_end_matches('/');
     let url = format!("{base}/.well-known/openid-configuration");
     let unavailable = |reason: String| IdpError::Unavailable {
@@ -205,7 +208,11 @@ pub async fn discover(http: &reqwest::Client, issuer: &Url) -> Result<Url, IdpEr
     let body = read_capped(response).await.map_err(unavailable)?;
     let doc: Discovery = serde_json::from_slice(&body)
         .map_err(|_| unavailable("no token_endpoint in the discovery document".to_owned()))?;
-    crate::config::checked_url(&doc.token_endpoint).map_err(unavailable)
+    let url = crate::config::checked_url(&doc.token_endpoint).map_err(unavailable)?;
+    Ok(EndpointUrl {
+        url,
+        text: doc.token_endpoint.trim().to_owned(),
+    })
 }
 
 fn clip(text: &str, max: usize) -> String {
