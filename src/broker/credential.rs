@@ -221,7 +221,20 @@ impl Credential {
                 return Ok(token);
             }
         }
-        let rx = match self.decide(&want, now, None) {
+        let outcome = self.wait_for(&want, now).await;
+        // A report that joined a flight ending with the very token it rejected (the
+        // start-up flight restores the stored token) starts the refresh it asked for.
+        match (&want, outcome) {
+            (Want::Rejected(rejected), Ok(token)) if token.is(rejected) => {
+                self.wait_for(&want, SystemTime::now()).await
+            }
+            (_, outcome) => outcome,
+        }
+    }
+
+    /// Serves, or joins or starts the flight and waits for its outcome.
+    async fn wait_for(self: &Arc<Self>, want: &Want, now: SystemTime) -> Outcome {
+        let rx = match self.decide(want, now, None) {
             Decision::Serve(token) => return Ok(token),
             Decision::Fail(error) => return Err(error),
             Decision::Wait(rx) => rx,
@@ -231,7 +244,7 @@ impl Credential {
                 reason: "too many requests are already waiting for refreshes".into(),
                 retry_after: Duration::from_secs(1),
             };
-            return self.stale_while_valid(&want, error);
+            return self.stale_while_valid(want, error);
         };
         let waited = tokio::time::timeout(self.shared.request_timeout, wait(rx)).await;
         let outcome = waited.unwrap_or_else(|_| {
@@ -243,7 +256,7 @@ impl Credential {
                 retry_after: Duration::from_secs(1),
             })
         });
-        outcome.or_else(|error| self.stale_while_valid(&want, error))
+        outcome.or_else(|error| self.stale_while_valid(want, error))
     }
 
     /// After a failed or slow refresh, a plain request still gets a token that has not
@@ -347,11 +360,12 @@ impl Credential {
         } else {
             "startup"
         };
+        let want = want.clone();
         tokio::spawn(async move {
             let started = std::time::Instant::now();
             // A panic must still end the flight, or the credential would stay "in
             // flight" forever and every later request would wait on it.
-            let outcome = AssertUnwindSafe(me.refresh())
+            let outcome = AssertUnwindSafe(me.refresh(&want))
                 .catch_unwind()
                 .await
                 .unwrap_or_else(|_| {

@@ -13,6 +13,8 @@ mod fleet;
 mod notices;
 mod refresh;
 mod reload;
+#[cfg(test)]
+mod restart_tests;
 mod restore;
 mod schedule;
 mod status;

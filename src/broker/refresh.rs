@@ -15,7 +15,7 @@ use secrecy::SecretString;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
-use super::credential::{Credential, Inner, Outcome};
+use super::credential::{Credential, Inner, Outcome, Want};
 use super::schedule;
 use super::token::{Token, rfc3339};
 use crate::config::{Grant, LostAnswer};
@@ -25,16 +25,24 @@ use crate::secret::ExposeSecret;
 use crate::store::Saved;
 
 impl Credential {
-    /// One refresh attempt. Runs in its own task, inside the flight.
-    pub(super) async fn refresh(self: &Arc<Self>) -> Outcome {
+    /// One refresh attempt for `want`. Runs in its own task, inside the flight.
+    pub(super) async fn refresh(self: &Arc<Self>, want: &Want) -> Outcome {
         if !self.lock().restored {
             self.restore().await?;
             let now = SystemTime::now();
             // A refresh that was out when the broker stopped is settled first.
             let settled = self.lock().unanswered_since.is_none();
+            // The restored token answers only a want it satisfies: never a report
+            // that rejected it, nor a forced refresh.
+            let satisfies = |t: &Token| match want {
+                Want::Fresh(min_ttl) => t.ttl(now) > *min_ttl,
+                Want::Rejected(rejected) => !t.is(rejected),
+                Want::Forced => false,
+                Want::Timer => true,
+            };
             if let Some(token) = self
                 .current()
-                .filter(|t| settled && t.is_valid(now) && now < t.refresh_at)
+                .filter(|t| settled && t.is_valid(now) && now < t.refresh_at && satisfies(t))
             {
                 return Ok(token);
             }
