@@ -86,8 +86,13 @@ pub(super) struct Inner {
     pub flight: Option<watch::Receiver<Option<Outcome>>>,
     /// The refresh token to send next (rotated ones replace it as they arrive).
     pub refresh_token: Option<SecretString>,
-    /// Fingerprint of the bootstrap token the current chain started from.
+    /// Fingerprint of the bootstrap token the current chain started from; for grants
+    /// without a chain, of the inputs the IdP refused (only while refused; see
+    /// `idp::fingerprint`).
     pub bootstrap: Option<String>,
+    /// Grants without a chain: the digest of the inputs of the last request, or of the
+    /// current inputs once they were found to match a stored refusal. Memory only.
+    pub inputs_sent: Option<crate::idp::fingerprint::Digest>,
     /// A token the IdP issued that is not yet durable; it is saved before anything else.
     pub unsaved: Option<Arc<Token>>,
     /// Consecutive failed refreshes.

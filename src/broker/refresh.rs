@@ -104,8 +104,8 @@ impl Credential {
             self.mark_sending().await?;
         } else {
             // What the IdP judges this time: after a refusal, the credential resumes
-            // once an input differs from these (see `restore::read_bootstrap`).
-            self.lock().bootstrap = Some(inputs.fingerprint().to_owned());
+            // once anything differs from these (see `restore::check_bootstrap`).
+            self.lock().inputs_sent = Some(inputs.digest());
         }
         let request = TokenRequest {
             spec: &self.spec,
@@ -162,6 +162,10 @@ impl Credential {
             // This token matches the current settings: tokens stored from now on do too.
             inner.discard_stored_token = false;
             inner.unsaved = Some(token.clone());
+            if self.spec.grant != Grant::RefreshToken {
+                // Only a refusal is stored with a fingerprint of the inputs.
+                inner.bootstrap = None;
+            }
         }
         self.persist(&token).await?;
         self.lock().unsaved = None;
@@ -228,6 +232,9 @@ impl Credential {
 
     /// Maps an IdP failure; a refusal ends the chain until a new bootstrap arrives.
     async fn refused(&self, error: IdpError) -> Error {
+        if matches!(error, IdpError::Rejected { .. }) && self.chainless() {
+            self.fingerprint_refused_inputs().await;
+        }
         let (stop, saved) = {
             let mut inner = self.lock();
             match error {

@@ -7,11 +7,11 @@
 //! those inputs into the body and the `Authorization` header. Nothing here sends.
 
 use secrecy::SecretString;
-use sha2::{Digest, Sha256};
 
 use super::assertion::{self, CLIENT_ASSERTION_TYPE, SigningKey};
+use super::fingerprint::{Digest, Hasher};
 use crate::config::{ClientAuth, CredentialSpec, Grant, JwtBearer, TokenExchange};
-use crate::secret::{ExposeSecret, SecretSource, hex};
+use crate::secret::{ExposeSecret, SecretSource};
 
 /// `grant_type` of RFC 8693.
 pub const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
@@ -25,24 +25,22 @@ pub struct Inputs {
     subject_token: Option<SecretString>,
     actor_token: Option<SecretString>,
     assertion: Option<SecretString>,
-    /// A one-way digest of every value above, to notice that an input changed.
-    fingerprint: String,
+    /// A digest of every value above and of every setting that shapes the request, to
+    /// notice that anything the IdP judges changed (kept in memory only).
+    digest: Digest,
 }
 
 impl Inputs {
     /// Reads every secret `spec` needs. The error names the key and the source, never
     /// a value.
     pub fn read(spec: &CredentialSpec) -> Result<Inputs, String> {
-        let mut digest = Sha256::new();
+        let mut digest = Hasher::new(spec);
         let mut read = |key: &str, source: Option<&SecretSource>| {
             let Some(source) = source else {
                 return Ok(None);
             };
             let value = source.read().map_err(|e| format!("{key}: {e}"))?;
-            // Lengths first, so no two different input sets digest alike.
-            digest.update(key.as_bytes());
-            digest.update((value.expose_secret().len() as u64).to_be_bytes());
-            digest.update(value.expose_secret().as_bytes());
+            digest.part(key, value.expose_secret());
             Ok::<_, String>(Some(value))
         };
         let (subject, actor, assertion) = match &spec.grant {
@@ -68,13 +66,13 @@ impl Inputs {
             subject_token,
             actor_token,
             assertion,
-            fingerprint: hex(&digest.finalize()[..16]),
+            digest: digest.finish(),
         })
     }
 
-    /// Changes whenever any input's value changes.
-    pub fn fingerprint(&self) -> &str {
-        &self.fingerprint
+    /// Changes whenever any secret's value or any request-shaping setting changes.
+    pub fn digest(&self) -> Digest {
+        self.digest
     }
 }
 

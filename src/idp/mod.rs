@@ -9,9 +9,11 @@
 //! request may have rotated the refresh token, but its answer never arrived).
 //!
 //! Layout: `grant` builds the form of each grant and client authentication method,
-//! `assertion` signs the JWTs some of them need, `response` reads the answer.
+//! `assertion` signs the JWTs some of them need, `response` reads the answer,
+//! `fingerprint` recognises the inputs of a refused request again.
 
 mod assertion;
+pub mod fingerprint;
 mod grant;
 mod response;
 

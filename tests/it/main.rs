@@ -19,6 +19,7 @@ mod hostile;
 mod lifetimes;
 mod operations;
 mod persistence;
+mod refusals;
 mod security;
 mod single_flight;
 mod stampede;
