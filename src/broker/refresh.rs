@@ -350,13 +350,17 @@ impl Credential {
             Err(error) => {
                 inner.failures += 1;
                 inner.refreshes_failed += 1;
-                let delay = schedule::backoff(
-                    inner.failures,
-                    self.spec.backoff_initial,
-                    self.spec.backoff_max,
-                    error.retry_after(),
-                    rand::random::<f64>(),
-                );
+                let delay = if self.chainless() && matches!(error, Error::ReauthRequired { .. }) {
+                    self.refused_delay(inner.failures, error.retry_after())
+                } else {
+                    schedule::backoff(
+                        inner.failures,
+                        self.spec.backoff_initial,
+                        self.spec.backoff_max,
+                        error.retry_after(),
+                        rand::random::<f64>(),
+                    )
+                };
                 let delay = self.within_grace(&inner, delay, now);
                 if let Error::UpstreamUnavailable { retry_after, .. } = error {
                     *retry_after = delay;
@@ -388,7 +392,15 @@ impl Credential {
     }
 
     fn log_failure(&self, error: &Error, trigger: &str, took: Duration, delay: Duration) {
-        if let Error::ReauthRequired { .. } = error {
+        if let (Error::ReauthRequired { .. }, true) = (error, self.chainless()) {
+            error!(
+                credential = self.name(),
+                trigger,
+                error = %error,
+                retry_in_ms = delay.as_millis() as u64,
+                "the identity provider refused the credential; asking again after the delay, or as soon as an input or setting changes"
+            );
+        } else if let Error::ReauthRequired { .. } = error {
             error!(
                 credential = self.name(),
                 trigger,

@@ -257,6 +257,7 @@ impl Credential {
             );
             self.publish(Arc::new(token));
         }
+        self.schedule_refusal_retry(inner);
     }
 
     /// In `reauth_required`: resume if the bootstrap source now holds a new token, or

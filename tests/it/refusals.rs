@@ -126,3 +126,66 @@ async fn only_a_refusal_is_stored_with_a_fingerprint_and_that_one_is_slow_and_sa
     assert!(parts[2].len() >= 22, "a 16-byte salt: {fingerprint}");
     assert!(!refused.contains("dev-secret"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_without_a_chain_is_asked_again_after_backoff_max_but_a_chain_stays_stopped() {
+    let idp = Idp::start(&[]);
+    // The first two requests are refused: one per credential.
+    idp.admin(
+        "faults",
+        json!({"status": 401, "error": "invalid_client", "count": 2}),
+    )
+    .await;
+    let dir = tempdir();
+    let bootstrap = dir.path().join("bootstrap");
+    std::fs::write(&bootstrap, &idp.refresh_token).unwrap();
+    let timings = "backoff_initial = \"100ms\"\nbackoff_max = \"3s\"";
+    let config = base_config(dir.path())
+        + &machine("m", &idp, "read", timings)
+        + &refresh_credential(
+            "r",
+            &idp,
+            &bootstrap,
+            &format!("{timings}\nbootstrap_poll = \"100ms\""),
+        );
+    let broker = Broker::start(dir.path(), &config);
+    for name in ["m", "r"] {
+        assert_eq!(error_code(&broker, name).await, "reauth_required");
+    }
+    let refused_at = std::time::Instant::now();
+    let status = broker.status().await;
+    let m = status["credentials"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "m")
+        .unwrap()
+        .clone();
+    assert_eq!(m["state"], "reauth_required", "{m}");
+    assert!(m["next_refresh_at"].is_string(), "the retry is shown: {m}");
+
+    // Requests never ask the IdP for a refused credential, and the retry waits.
+    for _ in 0..20 {
+        assert_eq!(error_code(&broker, "m").await, "reauth_required");
+    }
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    assert_eq!(idp.stat("token_requests").await, 2);
+
+    eventually("m to be asked again and served", || async {
+        broker.get("/token/m").await.status() == 200
+    })
+    .await;
+    assert!(refused_at.elapsed() >= Duration::from_millis(2500));
+    assert!(
+        broker
+            .proc
+            .logs()
+            .contains("asking the identity provider again"),
+        "{}",
+        broker.proc.logs()
+    );
+    // The refresh-token chain is never retried: its token may be spent.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(error_code(&broker, "r").await, "reauth_required");
+    assert_eq!(idp.stat("token_requests").await, 3);
+}
