@@ -56,7 +56,7 @@ impl Credential {
     pub(super) fn lift_refusal(&self) -> bool {
         let now = SystemTime::now();
         let mut inner = self.lock();
-        if !self.refusal_retry_at(&inner).is_some_and(|at| at <= now) {
+        if self.refusal_retry_at(&inner).is_none_or(|at| at > now) {
             return false;
         }
         inner.reauth = None;

@@ -87,7 +87,8 @@ pub(super) async fn end_group(group: Option<Pid>) {
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    sweep();
+    // A scan of /proc: off the async threads.
+    let _ = tokio::task::spawn_blocking(sweep).await;
 }
 
 /// Makes the broker the subreaper of what its commands orphan, and starts reaping on
