@@ -48,5 +48,7 @@ EXPOSE 8656
 HEALTHCHECK --interval=10s --timeout=5s --start-period=15s --retries=3 \
     CMD ["/usr/local/bin/token-broker", "probe"]
 
+# The broker runs as PID 1 and reaps whatever its exec commands orphan itself
+# (src/exec/reap.rs), so no --init is needed.
 ENTRYPOINT ["/usr/local/bin/token-broker"]
 CMD ["run", "--config", "/etc/token-broker/config.toml"]

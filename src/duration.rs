@@ -4,6 +4,15 @@
 
 use std::time::Duration;
 
+/// 9999-12-31T23:59:59Z in unix seconds: the last instant RFC 3339 can write. Token
+/// lifetimes are capped here, so every expiry can be served, stored and compared.
+pub const LATEST_UNIX_SECS: u64 = 253_402_300_799;
+
+/// The instant of `LATEST_UNIX_SECS`.
+pub fn latest() -> std::time::SystemTime {
+    std::time::UNIX_EPOCH + Duration::from_secs(LATEST_UNIX_SECS)
+}
+
 /// Parses `30s`, `5m`, `1h`, `250ms`, `1h 30m` or a plain number of seconds.
 pub fn parse(text: &str) -> Result<Duration, String> {
     let text = text.trim();

@@ -26,10 +26,11 @@ pub enum Error {
     BadRequest(String),
 
     /// The IdP refused the refresh token or the client; retrying cannot help until an
-    /// operator supplies a new bootstrap token (or fixes the client secret, key, subject
-    /// token or assertion, for grants without a refresh token).
+    /// operator supplies a new bootstrap token (or, for grants without a refresh token,
+    /// fixes the client secret, key, subject token, assertion or settings; those are
+    /// also asked again after a long backoff).
     #[error(
-        "the identity provider refused the credential ({reason}); supply a new bootstrap refresh token (or a new secret, key, subject token or assertion)"
+        "the identity provider refused the credential ({reason}); supply a new bootstrap refresh token (or fix the secret, key, subject token, assertion or settings)"
     )]
     ReauthRequired {
         /// The IdP's error code and description, as far as it gave them.

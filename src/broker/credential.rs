@@ -86,8 +86,13 @@ pub(super) struct Inner {
     pub flight: Option<watch::Receiver<Option<Outcome>>>,
     /// The refresh token to send next (rotated ones replace it as they arrive).
     pub refresh_token: Option<SecretString>,
-    /// Fingerprint of the bootstrap token the current chain started from.
+    /// Fingerprint of the bootstrap token the current chain started from; for grants
+    /// without a chain, of the inputs the IdP refused (only while refused; see
+    /// `idp::fingerprint`).
     pub bootstrap: Option<String>,
+    /// Grants without a chain: the digest of the inputs of the last request, or of the
+    /// current inputs once they were found to match a stored refusal. Memory only.
+    pub inputs_sent: Option<crate::idp::fingerprint::Digest>,
     /// A token the IdP issued that is not yet durable; it is saved before anything else.
     pub unsaved: Option<Arc<Token>>,
     /// Consecutive failed refreshes.
@@ -221,7 +226,20 @@ impl Credential {
                 return Ok(token);
             }
         }
-        let rx = match self.decide(&want, now, None) {
+        let outcome = self.wait_for(&want, now).await;
+        // A report that joined a flight ending with the very token it rejected (the
+        // start-up flight restores the stored token) starts the refresh it asked for.
+        match (&want, outcome) {
+            (Want::Rejected(rejected), Ok(token)) if token.is(rejected) => {
+                self.wait_for(&want, SystemTime::now()).await
+            }
+            (_, outcome) => outcome,
+        }
+    }
+
+    /// Serves, or joins or starts the flight and waits for its outcome.
+    async fn wait_for(self: &Arc<Self>, want: &Want, now: SystemTime) -> Outcome {
+        let rx = match self.decide(want, now, None) {
             Decision::Serve(token) => return Ok(token),
             Decision::Fail(error) => return Err(error),
             Decision::Wait(rx) => rx,
@@ -231,7 +249,7 @@ impl Credential {
                 reason: "too many requests are already waiting for refreshes".into(),
                 retry_after: Duration::from_secs(1),
             };
-            return self.stale_while_valid(&want, error);
+            return self.stale_while_valid(want, error);
         };
         let waited = tokio::time::timeout(self.shared.request_timeout, wait(rx)).await;
         let outcome = waited.unwrap_or_else(|_| {
@@ -243,7 +261,7 @@ impl Credential {
                 retry_after: Duration::from_secs(1),
             })
         });
-        outcome.or_else(|error| self.stale_while_valid(&want, error))
+        outcome.or_else(|error| self.stale_while_valid(want, error))
     }
 
     /// After a failed or slow refresh, a plain request still gets a token that has not
@@ -347,11 +365,12 @@ impl Credential {
         } else {
             "startup"
         };
+        let want = want.clone();
         tokio::spawn(async move {
             let started = std::time::Instant::now();
             // A panic must still end the flight, or the credential would stay "in
             // flight" forever and every later request would wait on it.
-            let outcome = AssertUnwindSafe(me.refresh())
+            let outcome = AssertUnwindSafe(me.refresh(&want))
                 .catch_unwind()
                 .await
                 .unwrap_or_else(|_| {

@@ -2,8 +2,8 @@
 //! its proactive timer.
 //!
 //! Layout: `credential` (state and the single-flight gate), `refresh` (one refresh and
-//! the ordering that makes rotation safe), `restore` (where a chain starts after a
-//! restart), `fleet` (the single flight across brokers sharing a redis store), `timer`
+//! the ordering that makes rotation safe), `refused` (when to ask again about a refused
+//! credential without a chain), `restore` (where a chain starts after a restart), `fleet` (the single flight across brokers sharing a redis store), `timer`
 //! (proactive refresh and bootstrap watching), `schedule` (the pure timing policy),
 //! `token` (a published token version), `status` (what operators see).
 //! Nothing here knows HTTP.
@@ -12,7 +12,10 @@ mod credential;
 mod fleet;
 mod notices;
 mod refresh;
+mod refused;
 mod reload;
+#[cfg(test)]
+mod restart_tests;
 mod restore;
 mod schedule;
 mod status;

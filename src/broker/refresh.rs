@@ -15,7 +15,7 @@ use secrecy::SecretString;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
-use super::credential::{Credential, Inner, Outcome};
+use super::credential::{Credential, Inner, Outcome, Want};
 use super::schedule;
 use super::token::{Token, rfc3339};
 use crate::config::{Grant, LostAnswer};
@@ -25,16 +25,24 @@ use crate::secret::ExposeSecret;
 use crate::store::Saved;
 
 impl Credential {
-    /// One refresh attempt. Runs in its own task, inside the flight.
-    pub(super) async fn refresh(self: &Arc<Self>) -> Outcome {
+    /// One refresh attempt for `want`. Runs in its own task, inside the flight.
+    pub(super) async fn refresh(self: &Arc<Self>, want: &Want) -> Outcome {
         if !self.lock().restored {
             self.restore().await?;
             let now = SystemTime::now();
             // A refresh that was out when the broker stopped is settled first.
             let settled = self.lock().unanswered_since.is_none();
+            // The restored token answers only a want it satisfies: never a report
+            // that rejected it, nor a forced refresh.
+            let satisfies = |t: &Token| match want {
+                Want::Fresh(min_ttl) => t.ttl(now) > *min_ttl,
+                Want::Rejected(rejected) => !t.is(rejected),
+                Want::Forced => false,
+                Want::Timer => true,
+            };
             if let Some(token) = self
                 .current()
-                .filter(|t| settled && t.is_valid(now) && now < t.refresh_at)
+                .filter(|t| settled && t.is_valid(now) && now < t.refresh_at && satisfies(t))
             {
                 return Ok(token);
             }
@@ -96,8 +104,8 @@ impl Credential {
             self.mark_sending().await?;
         } else {
             // What the IdP judges this time: after a refusal, the credential resumes
-            // once an input differs from these (see `restore::read_bootstrap`).
-            self.lock().bootstrap = Some(inputs.fingerprint().to_owned());
+            // once anything differs from these (see `restore::check_bootstrap`).
+            self.lock().inputs_sent = Some(inputs.digest());
         }
         let request = TokenRequest {
             spec: &self.spec,
@@ -114,10 +122,26 @@ impl Credential {
 
     /// Takes a successful answer: rotate in memory, persist, then hand back for publishing.
     async fn accept(&self, response: TokenResponse, old: Option<SecretString>) -> Outcome {
+        {
+            let mut inner = self.lock();
+            // First, before anything else: the IdP has spent the old refresh token, and
+            // the new one must survive whatever goes wrong with the rest of the answer.
+            // A non-rotating IdP sends no new refresh token: the old one stays live.
+            // Other grants get a new token by repeating the grant, so a refresh token
+            // they are handed is neither kept nor sent.
+            if self.spec.grant == Grant::RefreshToken {
+                inner.refresh_token = response.refresh_token.or(old);
+            }
+            inner.unanswered_since = None;
+            inner.fleet.rotated = true;
+        }
         let now = SystemTime::now();
+        // Bounded, so every expiry can be served as RFC 3339 and stored.
+        let latest = crate::duration::latest();
         let expires_at = response
             .expires_at
-            .unwrap_or(now + self.spec.default_lifetime);
+            .or_else(|| now.checked_add(self.spec.default_lifetime))
+            .map_or(latest, |at| at.min(latest));
         let refresh_at = schedule::refresh_at(
             now,
             expires_at,
@@ -135,17 +159,13 @@ impl Credential {
         ));
         {
             let mut inner = self.lock();
-            // A non-rotating IdP sends no new refresh token: the old one stays live.
-            // Other grants get a new token by repeating the grant, so a refresh token
-            // they are handed is neither kept nor sent.
-            if self.spec.grant == Grant::RefreshToken {
-                inner.refresh_token = response.refresh_token.or(old);
-            }
-            inner.unanswered_since = None;
             // This token matches the current settings: tokens stored from now on do too.
             inner.discard_stored_token = false;
-            inner.fleet.rotated = true;
             inner.unsaved = Some(token.clone());
+            if self.spec.grant != Grant::RefreshToken {
+                // Only a refusal is stored with a fingerprint of the inputs.
+                inner.bootstrap = None;
+            }
         }
         self.persist(&token).await?;
         self.lock().unsaved = None;
@@ -212,6 +232,9 @@ impl Credential {
 
     /// Maps an IdP failure; a refusal ends the chain until a new bootstrap arrives.
     async fn refused(&self, error: IdpError) -> Error {
+        if matches!(error, IdpError::Rejected { .. }) && self.chainless() {
+            self.fingerprint_refused_inputs().await;
+        }
         let (stop, saved) = {
             let mut inner = self.lock();
             match error {
@@ -327,18 +350,22 @@ impl Credential {
             Err(error) => {
                 inner.failures += 1;
                 inner.refreshes_failed += 1;
-                let delay = schedule::backoff(
-                    inner.failures,
-                    self.spec.backoff_initial,
-                    self.spec.backoff_max,
-                    error.retry_after(),
-                    rand::random::<f64>(),
-                );
+                let delay = if self.chainless() && matches!(error, Error::ReauthRequired { .. }) {
+                    self.refused_delay(inner.failures, error.retry_after())
+                } else {
+                    schedule::backoff(
+                        inner.failures,
+                        self.spec.backoff_initial,
+                        self.spec.backoff_max,
+                        error.retry_after(),
+                        rand::random::<f64>(),
+                    )
+                };
                 let delay = self.within_grace(&inner, delay, now);
                 if let Error::UpstreamUnavailable { retry_after, .. } = error {
                     *retry_after = delay;
                 }
-                inner.retry_at = Some(now + delay);
+                inner.retry_at = Some(now.checked_add(delay).unwrap_or(now));
                 inner.last_error = Some((error.clone(), now));
                 self.log_failure(error, trigger, took, delay);
             }
@@ -365,7 +392,15 @@ impl Credential {
     }
 
     fn log_failure(&self, error: &Error, trigger: &str, took: Duration, delay: Duration) {
-        if let Error::ReauthRequired { .. } = error {
+        if let (Error::ReauthRequired { .. }, true) = (error, self.chainless()) {
+            error!(
+                credential = self.name(),
+                trigger,
+                error = %error,
+                retry_in_ms = delay.as_millis() as u64,
+                "the identity provider refused the credential; asking again after the delay, or as soon as an input or setting changes"
+            );
+        } else if let Error::ReauthRequired { .. } = error {
             error!(
                 credential = self.name(),
                 trigger,

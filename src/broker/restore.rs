@@ -10,10 +10,13 @@
 //! bootstrap is taken only when the shared chain has stopped (`reauth_required`).
 //!
 //! Grants without a chain (client credentials, token exchange, JWT bearer) have no
-//! bootstrap token; their "bootstrap" is the fingerprint of their inputs (secrets,
-//! subject token, key, assertion). A refusal stops them until that fingerprint changes:
-//! a rotated subject-token file or a new key lets them resume, a restart with the same
-//! inputs does not repeat a refused call.
+//! bootstrap token; their "bootstrap" is everything their request is made of (secrets,
+//! subject token, key, assertion, and the settings that shape the request: endpoint,
+//! client, scope, audience, claims). A refusal stops them until any of that changes: a
+//! rotated subject-token file, a new key, or a fixed scope (reloaded or restarted) lets
+//! them resume; a restart with the same inputs does not repeat a refused call. The
+//! refusal is stored with a slow, salted fingerprint of those inputs
+//! (`idp::fingerprint`), compared off the async threads.
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -26,6 +29,7 @@ use super::token::Token;
 use crate::config::Grant;
 use crate::error::Error;
 use crate::idp::Inputs;
+use crate::idp::fingerprint::{self, Digest};
 use crate::secret::{ExposeSecret, fingerprint};
 use crate::store::{Loaded, Saved};
 
@@ -40,6 +44,7 @@ impl Credential {
             return Err(Error::Store(reason));
         }
         let bootstrap = self.read_bootstrap();
+        let refused_inputs_changed = self.refused_inputs_changed(&loaded, &bootstrap).await;
         let shared = self.shared.store.shared().is_some();
         let mut inner = self.lock();
         inner.restored = true;
@@ -58,8 +63,13 @@ impl Credential {
                     );
                 }
                 let stopped = saved.reauth_reason.is_some() || saved.refresh_token.is_none();
-                let new_bootstrap = matches!(&bootstrap, Some(Ok(b)) if saved.bootstrap.as_ref() != Some(&b.fingerprint))
-                    && (!shared || stopped);
+                let new_bootstrap = match &bootstrap {
+                    Some(Ok(Bootstrap::Token { fingerprint, .. })) => {
+                        saved.bootstrap.as_ref() != Some(fingerprint) && (!shared || stopped)
+                    }
+                    Some(Ok(Bootstrap::Inputs(_))) => refused_inputs_changed,
+                    _ => false,
+                };
                 if new_bootstrap && self.spec.grant == Grant::RefreshToken {
                     info!(
                         credential = self.name(),
@@ -71,6 +81,9 @@ impl Credential {
                     if new_bootstrap {
                         // No chain to lose: new inputs only lift an earlier refusal.
                         self.start_chain(&mut inner, bootstrap);
+                    } else if let Some(Ok(Bootstrap::Inputs(digest))) = bootstrap {
+                        // Any refusal adopted is of these very inputs.
+                        inner.inputs_sent = Some(digest);
                     }
                 }
             }
@@ -88,7 +101,10 @@ impl Credential {
                     ?problems,
                     "no readable state; waiting for a new bootstrap token rather than reusing a spent one"
                 );
-                inner.bootstrap = bootstrap.and_then(|b| b.ok()).map(|b| b.fingerprint);
+                inner.bootstrap = match bootstrap {
+                    Some(Ok(Bootstrap::Token { fingerprint, .. })) => Some(fingerprint),
+                    _ => None,
+                };
                 inner.reauth =
                     Some("stored state unreadable; supply a new bootstrap refresh token".into());
             }
@@ -96,22 +112,63 @@ impl Credential {
         Ok(())
     }
 
-    /// The bootstrap and its fingerprint; `None` when the grant has neither (exec).
+    /// The bootstrap and its fingerprint, or the digest of a chainless grant's inputs;
+    /// `None` when the grant has neither (exec).
     pub(super) fn read_bootstrap(&self) -> Option<Result<Bootstrap, String>> {
         match &self.spec.grant {
             Grant::RefreshToken => {
                 let source = self.spec.refresh_token.as_ref()?;
-                Some(source.read().map(|value| Bootstrap {
+                Some(source.read().map(|value| Bootstrap::Token {
                     fingerprint: fingerprint(&value),
-                    refresh_token: Some(value),
+                    refresh_token: value,
                 }))
             }
             Grant::Exec(_) => None,
-            _ => Some(Inputs::read(&self.spec).map(|inputs| Bootstrap {
-                refresh_token: None,
-                fingerprint: inputs.fingerprint().to_owned(),
-            })),
+            _ => Some(Inputs::read(&self.spec).map(|inputs| Bootstrap::Inputs(inputs.digest()))),
         }
+    }
+
+    /// Whether a grant without a chain asks the IdP: not exec, not a refresh token.
+    pub(super) fn chainless(&self) -> bool {
+        !matches!(self.spec.grant, Grant::RefreshToken | Grant::Exec(_))
+    }
+
+    /// Whether `loaded` is a stored refusal of a chainless grant whose inputs differ
+    /// from `bootstrap` now. A refusal stored without a fingerprint this broker can
+    /// read (an older broker's) counts as changed: one call tells.
+    async fn refused_inputs_changed(
+        &self,
+        loaded: &Loaded,
+        bootstrap: &Option<Result<Bootstrap, String>>,
+    ) -> bool {
+        let (Loaded::Found { saved, .. }, Some(Ok(Bootstrap::Inputs(digest)))) =
+            (loaded, bootstrap)
+        else {
+            return false;
+        };
+        if saved.reauth_reason.is_none() {
+            return false;
+        }
+        let Some(stored) = saved.bootstrap.clone() else {
+            return true;
+        };
+        let digest = *digest;
+        tokio::task::spawn_blocking(move || !fingerprint::matches(&stored, &digest))
+            .await
+            .unwrap_or(true)
+    }
+
+    /// After the IdP refused a chainless grant: the fingerprint of what it refused, to
+    /// store with the refusal.
+    pub(super) async fn fingerprint_refused_inputs(&self) {
+        let digest = self.lock().inputs_sent;
+        let sealed = match digest {
+            Some(digest) => tokio::task::spawn_blocking(move || fingerprint::seal(&digest))
+                .await
+                .ok(),
+            None => None,
+        };
+        self.lock().bootstrap = sealed;
     }
 
     /// Starts a fresh chain from the bootstrap (for grants without a chain: clears an
@@ -124,9 +181,20 @@ impl Credential {
         match bootstrap {
             None => {}
             Some(Ok(bootstrap)) => {
-                inner.refresh_token = bootstrap.refresh_token;
+                match bootstrap {
+                    Bootstrap::Token {
+                        refresh_token,
+                        fingerprint,
+                    } => {
+                        inner.refresh_token = Some(refresh_token);
+                        inner.bootstrap = Some(fingerprint);
+                    }
+                    Bootstrap::Inputs(_) => {
+                        inner.bootstrap = None;
+                        inner.inputs_sent = None;
+                    }
+                }
                 inner.unanswered_since = None;
-                inner.bootstrap = Some(bootstrap.fingerprint);
                 inner.reauth = None;
                 inner.failures = 0;
                 inner.retry_at = None;
@@ -157,6 +225,10 @@ impl Credential {
         }
         inner.unanswered_since = saved.in_flight_since;
         inner.refresh_token = saved.refresh_token;
+        if inner.bootstrap != saved.bootstrap {
+            // Another broker's refusal: which inputs it refused is not known here yet.
+            inner.inputs_sent = None;
+        }
         inner.bootstrap = saved.bootstrap;
         inner.reauth = saved.reauth_reason;
         if self.spec.grant == Grant::RefreshToken
@@ -185,18 +257,27 @@ impl Credential {
             );
             self.publish(Arc::new(token));
         }
+        self.schedule_refusal_retry(inner);
     }
 
-    /// In `reauth_required`: resume if the bootstrap source now holds a new token.
+    /// In `reauth_required`: resume if the bootstrap source now holds a new token, or
+    /// a chainless grant's inputs changed.
     pub(super) fn check_bootstrap(&self) -> bool {
         let Some(Ok(bootstrap)) = self.read_bootstrap() else {
             return false;
         };
+        let changed = match &bootstrap {
+            Bootstrap::Token { fingerprint, .. } => {
+                let inner = self.lock();
+                inner.reauth.is_some() && inner.bootstrap.as_ref() != Some(fingerprint)
+            }
+            Bootstrap::Inputs(digest) => self.inputs_changed(digest),
+        };
         let mut inner = self.lock();
-        if inner.reauth.is_none() || inner.bootstrap.as_deref() == Some(&bootstrap.fingerprint) {
+        if !changed || inner.reauth.is_none() {
             return false;
         }
-        if bootstrap.refresh_token.is_some() {
+        if let Bootstrap::Token { .. } = bootstrap {
             info!(
                 credential = self.name(),
                 "a new bootstrap token appeared; resuming"
@@ -204,18 +285,42 @@ impl Credential {
         } else {
             info!(
                 credential = self.name(),
-                "the credential's inputs changed; resuming"
+                "the credential's inputs or settings changed; resuming"
             );
         }
         self.start_chain(&mut inner, Some(Ok(bootstrap)));
         true
     }
+
+    /// Whether a refused chainless grant's inputs differ from the refused ones. Known
+    /// in memory unless the refusal came from another broker: then its fingerprint is
+    /// checked once (slow, so outside the lock; once per adopted refusal).
+    fn inputs_changed(&self, digest: &Digest) -> bool {
+        let (known, stored) = {
+            let inner = self.lock();
+            if inner.reauth.is_none() {
+                return false;
+            }
+            (inner.inputs_sent, inner.bootstrap.clone())
+        };
+        if let Some(known) = known {
+            return known != *digest;
+        }
+        let same = stored.is_some_and(|stored| fingerprint::matches(&stored, digest));
+        if same {
+            self.lock().inputs_sent = Some(*digest);
+        }
+        !same
+    }
 }
 
 /// Where a chain starts.
-pub(super) struct Bootstrap {
-    /// The bootstrap refresh token; `None` for grants without a chain.
-    refresh_token: Option<SecretString>,
-    /// Its fingerprint, or that of the grant's inputs.
-    fingerprint: String,
+pub(super) enum Bootstrap {
+    /// The bootstrap refresh token and its fingerprint.
+    Token {
+        refresh_token: SecretString,
+        fingerprint: String,
+    },
+    /// A grant without a chain: the digest of everything its request is made of.
+    Inputs(Digest),
 }

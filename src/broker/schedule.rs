@@ -37,7 +37,7 @@ pub fn backoff(
     let ceiling = initial.saturating_mul(1 << exponent).min(max);
     let spread = ceiling.saturating_sub(initial);
     let delay = initial + spread.mul_f64(draw.clamp(0.0, 1.0));
-    delay.max(retry_after.unwrap_or_default().min(max * 4))
+    delay.max(retry_after.unwrap_or_default().min(max.saturating_mul(4)))
 }
 
 #[cfg(test)]

@@ -130,7 +130,7 @@ impl Credential {
         let valid = token.as_ref().is_some_and(|t| t.is_valid(now));
         let state = state_of(&inner, valid, token.is_some());
         let next = match (inner.retry_at, &token) {
-            _ if inner.reauth.is_some() => None,
+            _ if inner.reauth.is_some() => self.refusal_retry_at(&inner),
             (Some(at), _) if at > now => Some(at),
             (_, Some(t)) => Some(t.refresh_at.max(now)),
             _ => None,

@@ -168,7 +168,10 @@ impl Timed for Credential {
             return IDLE;
         }
         if inner.reauth.is_some() {
-            return self.spec.bootstrap_poll;
+            let poll = self.spec.bootstrap_poll;
+            return self.refusal_retry_at(&inner).map_or(poll, |at| {
+                at.duration_since(now).unwrap_or_default().min(poll)
+            });
         }
         // A retry time already past must not count, or a token that is not yet due
         // would be fired at once again and again.
@@ -195,7 +198,7 @@ impl Timed for Credential {
 
     fn fire(self: Arc<Self>, slot: OwnedSemaphorePermit) {
         let in_reauth = self.lock().reauth.is_some();
-        if in_reauth && !self.check_bootstrap() {
+        if in_reauth && !self.check_bootstrap() && !self.lift_refusal() {
             self.schedule_changed();
             return;
         }

@@ -132,9 +132,10 @@ fn put_decimal(out: &mut BytesMut, mut n: u64) {
     out.put_slice(&digits[start..]);
 }
 
-/// RFC 3339 in UTC with whole seconds.
+/// RFC 3339 in UTC with whole seconds; times past year 9999, which RFC 3339 cannot
+/// write, are written as its last second.
 pub fn rfc3339(t: SystemTime) -> String {
-    humantime::format_rfc3339_seconds(t).to_string()
+    humantime::format_rfc3339_seconds(t.min(crate::duration::latest())).to_string()
 }
 
 impl fmt::Debug for Token {
@@ -178,5 +179,17 @@ mod tests {
             assert_eq!(out, n.to_string().as_bytes());
         }
         assert!(!format!("{t:?}").contains("s3cr"));
+    }
+
+    #[test]
+    fn an_expiry_past_year_9999_is_written_as_its_last_second() {
+        let now = SystemTime::now();
+        // A JWT `exp` in milliseconds, read as seconds: the year 55000.
+        let far = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000_000);
+        assert_eq!(rfc3339(far), "9999-12-31T23:59:59Z");
+        let t = Token::new("t", "Bearer".into(), None, now, far, far);
+        let body: serde_json::Value = serde_json::from_slice(&t.json_body(now)).unwrap();
+        assert_eq!(body["expires_at"], "9999-12-31T23:59:59Z");
+        assert!(body["expires_in"].as_u64().unwrap() > 200_000_000_000);
     }
 }

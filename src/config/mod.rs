@@ -174,9 +174,19 @@ pub struct IdpConfig {
 /// Where the token endpoint is found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Endpoint {
-    TokenUrl(Url),
+    TokenUrl(EndpointUrl),
     /// OIDC discovery: `{issuer}/.well-known/openid-configuration`, fetched once.
     Issuer(Url),
+}
+
+/// A token endpoint: the parsed URL requests go to, and the text it was written as
+/// (in the config or the discovery document). Signed assertions name the text as
+/// their `aud`, because IdPs compare it as a string and parsing may add a `/` or
+/// lower-case the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointUrl {
+    pub url: Url,
+    pub text: String,
 }
 
 /// One credential, validated.

@@ -148,27 +148,40 @@ fn timings(check: &mut Check, raw: &RawState) -> (Duration, Duration, Duration) 
 
 /// A `redis://` or `rediss://` URL without a password. Plain `redis://` to a host that
 /// is not loopback needs `encryption_key`: refresh tokens would otherwise cross the
-/// network in clear.
+/// network in clear. Messages never echo the user part of the URL (the ACL user and
+/// password are secrets), nor any of a text that does not parse, whose user part
+/// cannot be told apart.
 fn redis_url(text: &str, encrypted: bool) -> Result<String, String> {
-    let url = Url::parse(text).map_err(|e| format!("`{text}` is not a URL ({e})"))?;
+    let url = Url::parse(text).map_err(|e| format!("is not a URL ({e})"))?;
     if url.password().is_some() {
-        // Not echoed: the text holds a password.
         return Err(
             "contains a password; give it in state.password (a secret source) instead".into(),
         );
     }
+    let shown = without_user(&url);
     if url.host().is_none() {
-        return Err(format!("`{text}` names no host"));
+        return Err(format!("`{shown}` names no host"));
     }
     match url.scheme() {
         "rediss" => Ok(text.to_owned()),
         "redis" if encrypted || loopback_host(&url) => Ok(text.to_owned()),
         "redis" => Err(format!(
-            "`{text}` is plain redis:// to a host that is not loopback: refresh tokens would \
+            "`{shown}` is plain redis:// to a host that is not loopback: refresh tokens would \
              cross the network in clear; use rediss://, or set state.encryption_key"
         )),
-        other => Err(format!("`{text}`: scheme `{other}` is not redis or rediss")),
+        other => Err(format!(
+            "`{shown}`: scheme `{other}` is not redis or rediss"
+        )),
     }
+}
+
+/// The URL as it may appear in a message: without a user name.
+fn without_user(url: &Url) -> String {
+    let mut shown = url.clone();
+    // Fails only for URLs that cannot carry a user, which then have none to hide.
+    let _ = shown.set_username("");
+    let _ = shown.set_password(None);
+    shown.to_string()
 }
 
 /// Whether the URL names a loopback host. `redis://` is not a special scheme to the URL
@@ -300,6 +313,34 @@ ca_file = "/etc/ssl/redis-ca.pem"
             assert!(
                 found.iter().any(|p| p.contains(expected)),
                 "{toml}: expected `{expected}` in {found:?}"
+            );
+            assert!(!found.iter().any(|p| p.contains("hunter2")), "{found:?}");
+        }
+    }
+
+    #[test]
+    fn a_url_that_is_refused_is_never_echoed_with_its_credentials() {
+        for (url, expected) in [
+            // Unparsable: the whole text could be a secret, so none of it is shown.
+            (
+                "redis://:hunter2@127.0.0.1:notaport",
+                "is not a URL (invalid port number)",
+            ),
+            ("redis://user:hunter2@[::1", "is not a URL"),
+            // Parsable but refused: shown without its user part.
+            (
+                "redis://hunter2@redis.internal",
+                "`redis://redis.internal` is plain redis://",
+            ),
+            (
+                "http://hunter2@127.0.0.1",
+                "`http://127.0.0.1/`: scheme `http`",
+            ),
+        ] {
+            let found = problems(&format!("backend = \"redis\"\nurl = \"{url}\""));
+            assert!(
+                found.iter().any(|p| p.contains(expected)),
+                "{url}: expected `{expected}` in {found:?}"
             );
             assert!(!found.iter().any(|p| p.contains("hunter2")), "{found:?}");
         }

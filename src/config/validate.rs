@@ -285,7 +285,10 @@ fn endpoint(check: &mut Check, name: &str, raw: &RawCredential) -> Option<Endpoi
     };
     let key = format!("credentials.{name}.{field}");
     match checked_url(text) {
-        Ok(url) if field == "token_url" => Some(Endpoint::TokenUrl(url)),
+        Ok(url) if field == "token_url" => Some(Endpoint::TokenUrl(EndpointUrl {
+            url,
+            text: text.trim().to_owned(),
+        })),
         Ok(url) => Some(Endpoint::Issuer(url)),
         Err(e) => {
             check.fail(key, e);

@@ -36,6 +36,7 @@ fn idp() -> Idp {
         reuse_grace: Duration::ZERO,
         rotation: true,
         omit_expires_in: false,
+        exp_in_millis: false,
         bearer_key: Some(public),
         bearer_issuer: "dev-client".to_owned(),
         subject_tokens: vec![LISTED.to_owned()],

@@ -67,6 +67,11 @@ pub struct DevIdpOptions {
     /// the truth.
     #[arg(long)]
     pub omit_expires_in: bool,
+    /// Write the access tokens' JWT iat and exp in milliseconds instead of seconds, as
+    /// some misbehaving IdPs do (with --omit-expires-in a client then has no usable
+    /// lifetime at all). The tokens still live --access-ttl.
+    #[arg(long)]
+    pub exp_in_millis: bool,
     /// The client's public key (PEM, RSA or EC P-256): it may then authenticate with
     /// private_key_jwt, a signed client assertion (iss = sub = client id, aud = this
     /// token endpoint, a jti used once).
@@ -101,6 +106,7 @@ impl Default for DevIdpOptions {
             reuse_grace: Duration::ZERO,
             no_rotation: false,
             omit_expires_in: false,
+            exp_in_millis: false,
             client_public_key: None,
             public_client_id: None,
             jwt_bearer_key: None,
@@ -127,6 +133,7 @@ impl fmt::Debug for DevIdpOptions {
             .field("reuse_grace", &self.reuse_grace)
             .field("no_rotation", &self.no_rotation)
             .field("omit_expires_in", &self.omit_expires_in)
+            .field("exp_in_millis", &self.exp_in_millis)
             .field("client_public_key", &self.client_public_key)
             .field("public_client_id", &self.public_client_id)
             .field("jwt_bearer_key", &self.jwt_bearer_key)
@@ -150,6 +157,7 @@ impl DevIdpOptions {
             reuse_grace: self.reuse_grace,
             rotation: !self.no_rotation,
             omit_expires_in: self.omit_expires_in,
+            exp_in_millis: self.exp_in_millis,
             bearer_key: self.jwt_bearer_key.clone(),
             bearer_issuer: self
                 .jwt_bearer_issuer
@@ -202,13 +210,14 @@ mod tests {
             "--reuse-grace=2",
             "--no-rotation",
             "--omit-expires-in",
+            "--exp-in-millis",
             "--initial-refresh-token=abc",
         ]);
         let o = args.options;
         assert_eq!(o.access_ttl, Duration::from_secs(60));
         assert_eq!(o.latency, Duration::from_millis(250));
         assert_eq!(o.reuse_grace, Duration::from_secs(2));
-        assert!(o.no_rotation && o.omit_expires_in);
+        assert!(o.no_rotation && o.omit_expires_in && o.exp_in_millis);
         assert_eq!(o.initial_refresh_token.as_deref(), Some("abc"));
         assert!(!format!("{o:?}").contains("abc"));
         assert!(Cli::try_parse_from(["tb", "dev-idp", "--latency=soon"]).is_err());

@@ -37,6 +37,8 @@ pub struct Config {
     pub rotation: bool,
     /// Leave `expires_in` out of token responses, to test clients that read `exp`.
     pub omit_expires_in: bool,
+    /// Write access tokens' JWT `iat` and `exp` in milliseconds (a misbehaving IdP).
+    pub exp_in_millis: bool,
     /// Verifies jwt-bearer grant assertions; without it that grant is refused.
     pub bearer_key: Option<PublicKey>,
     /// The `iss` a jwt-bearer assertion must carry.
@@ -321,7 +323,7 @@ impl State {
     ) -> Issued {
         let ttl = self.config.access_ttl;
         let claims = Claims::new(sub, client, now, ttl);
-        let access_token = claims.encode();
+        let access_token = claims.encode(self.config.exp_in_millis);
         if self.access_tokens.len() >= ACCESS_TOKEN_PRUNE_AT {
             self.access_tokens.retain(|_, record| record.expires > now);
         }

@@ -19,6 +19,7 @@ fn config() -> Config {
         reuse_grace: Duration::ZERO,
         rotation: true,
         omit_expires_in: false,
+        exp_in_millis: false,
         bearer_key: None,
         bearer_issuer: "dev-client".to_owned(),
         subject_tokens: Vec::new(),

@@ -59,13 +59,15 @@ impl Claims {
 
     /// Encodes the claims as `header.payload.signature`, the signature being random
     /// bytes: nothing verifies it, but a JWT parser sees three well-formed segments.
-    pub fn encode(&self) -> String {
+    /// `millis` writes `iat` and `exp` in milliseconds, the mistake some IdPs make.
+    pub fn encode(&self, millis: bool) -> String {
+        let unit = if millis { 1000 } else { 1 };
         let header = serde_json::json!({"alg": "none", "typ": "JWT"});
         let payload = serde_json::json!({
             "sub": self.sub,
             "client_id": self.client_id,
-            "iat": self.iat,
-            "exp": self.exp,
+            "iat": self.iat * unit,
+            "exp": self.exp * unit,
             "jti": self.jti,
         });
         format!(
@@ -86,7 +88,7 @@ mod tests {
     fn access_token_is_a_readable_jwt() {
         let now = UNIX_EPOCH + Duration::from_secs(1_000);
         let claims = Claims::new("dev-user", "dev-client", now, Duration::from_millis(1_500));
-        let token = claims.encode();
+        let token = claims.encode(false);
         let parts: Vec<&str> = token.split('.').collect();
         assert_eq!(parts.len(), 3);
         let header: serde_json::Value =
@@ -98,6 +100,17 @@ mod tests {
         assert_eq!(payload["iat"], 1_000);
         assert_eq!(payload["client_id"], "dev-client");
         assert_eq!(payload["jti"], claims.jti.as_str());
+        let millis = claims.encode(true);
+        let payload: serde_json::Value = serde_json::from_slice(
+            &URL_SAFE_NO_PAD
+                .decode(millis.split('.').nth(1).unwrap())
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            (payload["iat"].as_u64(), payload["exp"].as_u64()),
+            (Some(1_000_000), Some(1_001_000))
+        );
     }
 
     #[test]

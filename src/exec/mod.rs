@@ -4,16 +4,20 @@
 //! unchanged, and every failure here is retryable.
 //!
 //! The command runs without a shell, stdin closed, with a clean environment (`PATH`
-//! plus the configured variables), in its own process group: when `timeout` passes,
-//! the whole group is killed, so a script's children cannot outlive it. Standard output
+//! plus the configured variables), in its own process group: once it exits (or
+//! `timeout` passes), what is left of the group is killed and reaped (`reap`), so a
+//! script's children cannot outlive it or hold the run open. Standard output
 //! is capped and never logged (it is the token); standard error may hold secrets too,
 //! so only its size is reported. Parsing the output lives in `output`.
 
 mod output;
+mod reap;
 
 use std::os::unix::process::ExitStatusExt;
 use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
 
+use rustix::process::Pid;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::{Child, Command};
 
@@ -42,27 +46,30 @@ enum Cut {
 }
 
 /// Runs the command once and reads the token it prints. Errors name the program and
-/// what went wrong, never any output.
+/// what went wrong, never any output. Whatever the outcome, nothing it started is left
+/// running (see `reap`).
 pub async fn run(spec: &Exec) -> Result<TokenResponse, String> {
     let program = spec.command.first().map_or("", String::as_str);
     let fail = |what: String| format!("exec `{program}`: {what}");
-    let mut child = command(spec)?
-        .spawn()
-        .map_err(|e| fail(format!("cannot start it: {e}")))?;
-    let outcome = tokio::time::timeout(spec.timeout, collect(&mut child)).await;
+    let (mut child, _leader) =
+        reap::spawn(&mut command(spec)?).map_err(|e| fail(format!("cannot start it: {e}")))?;
+    let group = reap::group_of(&child);
+    let outcome = tokio::time::timeout(spec.timeout, collect(&mut child, group)).await;
+    if !matches!(outcome, Ok(Ok(_))) {
+        reap::kill_group(group);
+        let _ = child.start_kill();
+        let _ = child.wait().await;
+    }
+    reap::end_group(group).await;
     let finished = match outcome {
         Ok(Ok(finished)) => finished,
-        Ok(Err(cut)) => {
-            kill(&mut child).await;
-            return Err(fail(match cut {
-                Cut::TooLarge => format!(
-                    "printed more than {MAX_OUTPUT_BYTES} bytes; killed it and its process group"
-                ),
-                Cut::Io(e) => format!("reading its output failed: {e}"),
-            }));
+        Ok(Err(Cut::TooLarge)) => {
+            return Err(fail(format!(
+                "printed more than {MAX_OUTPUT_BYTES} bytes; killed it and its process group"
+            )));
         }
+        Ok(Err(Cut::Io(e))) => return Err(fail(format!("reading its output failed: {e}"))),
         Err(_) => {
-            kill(&mut child).await;
             return Err(fail(format!(
                 "no answer within {}; killed it and its process group",
                 crate::duration::format(spec.timeout)
@@ -111,13 +118,44 @@ fn command(spec: &Exec) -> Result<Command, String> {
     Ok(command)
 }
 
-/// Reads stdout (capped) and stderr (counted, discarded) until the command exits and
-/// closes both.
-async fn collect(child: &mut Child) -> Result<Finished, Cut> {
-    let stdout = child.stdout.take();
-    let stderr = child.stderr.take();
-    let (stdout, stderr_bytes) = tokio::try_join!(read_capped(stdout), count(stderr))?;
-    let status = child.wait().await.map_err(Cut::Io)?;
+/// How long the pipes may stay open after the command exited. What it printed is in
+/// them already; only a process it left behind could still hold them open.
+const DRAIN: Duration = Duration::from_millis(200);
+
+/// Reads stdout (capped) and stderr (counted, discarded) while waiting for the command
+/// to exit. The exit ends the run: the pipes then get `DRAIN` to reach their end, and
+/// if a background process still holds them, the group is killed.
+async fn collect(child: &mut Child, group: Option<Pid>) -> Result<Finished, Cut> {
+    // Room for the cap and one byte more, reserved once: a growing buffer would leave
+    // copies of the token behind in freed memory.
+    let mut stdout = zeroize::Zeroizing::new(Vec::with_capacity(MAX_OUTPUT_BYTES + 1));
+    let mut stderr_bytes = 0;
+    let (out, err) = (child.stdout.take(), child.stderr.take());
+    let status = {
+        let reads = async {
+            tokio::try_join!(read_capped(out, &mut stdout), count(err, &mut stderr_bytes))
+        };
+        tokio::pin!(reads);
+        tokio::select! {
+            read = &mut reads => {
+                read?;
+                child.wait().await.map_err(Cut::Io)?
+            }
+            status = child.wait() => {
+                let status = status.map_err(Cut::Io)?;
+                if let Ok(read) = tokio::time::timeout(DRAIN, &mut reads).await {
+                    read?;
+                } else {
+                    reap::kill_group(group);
+                    // Still open: held by a process outside the group; stop reading.
+                    if let Ok(read) = tokio::time::timeout(DRAIN, &mut reads).await {
+                        read?;
+                    }
+                }
+                status
+            }
+        }
+    };
     Ok(Finished {
         stdout,
         stderr_bytes,
@@ -125,45 +163,38 @@ async fn collect(child: &mut Child) -> Result<Finished, Cut> {
     })
 }
 
-async fn read_capped(
-    stream: Option<impl AsyncRead + Unpin>,
-) -> Result<zeroize::Zeroizing<Vec<u8>>, Cut> {
-    let mut out = zeroize::Zeroizing::new(Vec::new());
-    if let Some(stream) = stream {
-        // One byte past the cap tells "too large" from "exactly the cap".
-        let limit = MAX_OUTPUT_BYTES as u64 + 1;
-        stream
-            .take(limit)
-            .read_to_end(&mut out)
+/// Appends the stream to `out` (cancel-safe: what was read stays read), up to one byte
+/// past the cap, which tells "too large" from "exactly the cap".
+async fn read_capped(stream: Option<impl AsyncRead + Unpin>, out: &mut Vec<u8>) -> Result<(), Cut> {
+    let Some(mut stream) = stream else {
+        return Ok(());
+    };
+    loop {
+        if out.len() > MAX_OUTPUT_BYTES {
+            return Err(Cut::TooLarge);
+        }
+        let room = MAX_OUTPUT_BYTES + 1 - out.len();
+        let read = (&mut stream)
+            .take(room as u64)
+            .read_buf(out)
             .await
             .map_err(Cut::Io)?;
-    }
-    if out.len() > MAX_OUTPUT_BYTES {
-        return Err(Cut::TooLarge);
-    }
-    Ok(out)
-}
-
-async fn count(stream: Option<impl AsyncRead + Unpin>) -> Result<u64, Cut> {
-    match stream {
-        Some(mut stream) => tokio::io::copy(&mut stream, &mut tokio::io::sink())
-            .await
-            .map_err(Cut::Io),
-        None => Ok(0),
+        if read == 0 {
+            return Ok(());
+        }
     }
 }
 
-/// Kills the command's whole process group, then reaps the command itself.
-async fn kill(child: &mut Child) {
-    // The group id is the child's pid (`process_group(0)`); it is gone once reaped.
-    let group = child
-        .id()
-        .and_then(|pid| i32::try_from(pid).ok())
-        .and_then(rustix::process::Pid::from_raw);
-    if let Some(group) = group {
-        // Fails only if every member is already gone.
-        let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
+/// Counts the stream's bytes into `total`, discarding them.
+async fn count(stream: Option<impl AsyncRead + Unpin>, total: &mut u64) -> Result<(), Cut> {
+    let Some(mut stream) = stream else {
+        return Ok(());
+    };
+    let mut buffer = [0u8; 4096];
+    loop {
+        match stream.read(&mut buffer).await.map_err(Cut::Io)? {
+            0 => return Ok(()),
+            n => *total += n as u64,
+        }
     }
-    let _ = child.start_kill();
-    let _ = child.wait().await;
 }

@@ -40,6 +40,18 @@ fn raw_tokens_take_their_lifetime_from_the_jwt_or_the_default() {
 }
 
 #[test]
+fn a_jwt_exp_in_milliseconds_is_no_lifetime() {
+    let ms = (SystemTime::now() + Duration::from_secs(600))
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    let payload =
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{{\"exp\":{ms}}}"));
+    let jwt = ok(&format!("e30.{payload}.sig"), ExecFormat::Raw);
+    assert_eq!(jwt.expires_at, None, "default_lifetime applies");
+}
+
+#[test]
 fn exec_credentials_of_kubernetes_plugins_are_read() {
     let later = humantime::format_rfc3339_seconds(SystemTime::now() + Duration::from_secs(900));
     let v1 = format!(

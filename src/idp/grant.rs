@@ -7,12 +7,11 @@
 //! those inputs into the body and the `Authorization` header. Nothing here sends.
 
 use secrecy::SecretString;
-use sha2::{Digest, Sha256};
-use url::Url;
 
 use super::assertion::{self, CLIENT_ASSERTION_TYPE, SigningKey};
+use super::fingerprint::{Digest, Hasher};
 use crate::config::{ClientAuth, CredentialSpec, Grant, JwtBearer, TokenExchange};
-use crate::secret::{ExposeSecret, SecretSource, hex};
+use crate::secret::{ExposeSecret, SecretSource};
 
 /// `grant_type` of RFC 8693.
 pub const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
@@ -26,24 +25,22 @@ pub struct Inputs {
     subject_token: Option<SecretString>,
     actor_token: Option<SecretString>,
     assertion: Option<SecretString>,
-    /// A one-way digest of every value above, to notice that an input changed.
-    fingerprint: String,
+    /// A digest of every value above and of every setting that shapes the request, to
+    /// notice that anything the IdP judges changed (kept in memory only).
+    digest: Digest,
 }
 
 impl Inputs {
     /// Reads every secret `spec` needs. The error names the key and the source, never
     /// a value.
     pub fn read(spec: &CredentialSpec) -> Result<Inputs, String> {
-        let mut digest = Sha256::new();
+        let mut digest = Hasher::new(spec);
         let mut read = |key: &str, source: Option<&SecretSource>| {
             let Some(source) = source else {
                 return Ok(None);
             };
             let value = source.read().map_err(|e| format!("{key}: {e}"))?;
-            // Lengths first, so no two different input sets digest alike.
-            digest.update(key.as_bytes());
-            digest.update((value.expose_secret().len() as u64).to_be_bytes());
-            digest.update(value.expose_secret().as_bytes());
+            digest.part(key, value.expose_secret());
             Ok::<_, String>(Some(value))
         };
         let (subject, actor, assertion) = match &spec.grant {
@@ -69,13 +66,13 @@ impl Inputs {
             subject_token,
             actor_token,
             assertion,
-            fingerprint: hex(&digest.finalize()[..16]),
+            digest: digest.finish(),
         })
     }
 
-    /// Changes whenever any input's value changes.
-    pub fn fingerprint(&self) -> &str {
-        &self.fingerprint
+    /// Changes whenever any secret's value or any request-shaping setting changes.
+    pub fn digest(&self) -> Digest {
+        self.digest
     }
 }
 
@@ -86,12 +83,13 @@ pub(super) struct Form {
     pub authorization: Option<String>,
 }
 
-/// Builds the form for `spec`. `token_url` is the audience of signed assertions.
+/// Builds the form for `spec`. `token_url` is the audience of signed assertions: the
+/// token endpoint exactly as written.
 pub(super) fn form(
     spec: &CredentialSpec,
     inputs: &Inputs,
     refresh_token: Option<&SecretString>,
-    token_url: &Url,
+    token_url: &str,
 ) -> Result<Form, String> {
     let mut form = url::form_urlencoded::Serializer::new(String::new());
     grant_params(&mut form, spec, inputs, refresh_token, token_url)?;
@@ -113,7 +111,7 @@ fn client_params(
     form: &mut url::form_urlencoded::Serializer<'_, String>,
     spec: &CredentialSpec,
     inputs: &Inputs,
-    token_url: &Url,
+    token_url: &str,
 ) -> Result<Option<String>, String> {
     match (spec.client_auth, &inputs.client_secret) {
         (ClientAuth::Basic, Some(secret)) => {
@@ -125,7 +123,7 @@ fn client_params(
         }
         (ClientAuth::PrivateKeyJwt, _) => {
             let id = &spec.client_id;
-            let claims = assertion::claims(id, id, token_url.as_str(), lifetime(spec));
+            let claims = assertion::claims(id, id, token_url, lifetime(spec));
             form.append_pair("client_id", id);
             form.append_pair("client_assertion_type", CLIENT_ASSERTION_TYPE);
             form.append_pair("client_assertion", sign(inputs, &claims)?.expose_secret());
@@ -143,7 +141,7 @@ fn grant_params(
     spec: &CredentialSpec,
     inputs: &Inputs,
     refresh_token: Option<&SecretString>,
-    token_url: &Url,
+    token_url: &str,
 ) -> Result<(), String> {
     match &spec.grant {
         Grant::RefreshToken => {
@@ -160,7 +158,7 @@ fn grant_params(
             let assertion = match bearer {
                 JwtBearer::Assertion(_) => inputs.assertion.clone().ok_or("no assertion")?,
                 JwtBearer::Signed(signed) => {
-                    let audience = signed.audience.as_deref().unwrap_or(token_url.as_str());
+                    let audience = signed.audience.as_deref().unwrap_or(token_url);
                     let mut claims = assertion::claims(
                         &signed.issuer,
                         &signed.subject,

@@ -23,8 +23,8 @@ fn build(
 ) -> (Vec<(String, String)>, Option<String>) {
     let inputs = Inputs::read(spec).unwrap();
     let refresh_token = refresh_token.map(|t| SecretString::from(t.to_owned()));
-    let url = Url::parse("https://idp.test/oauth/token").unwrap();
-    let form = form(spec, &inputs, refresh_token.as_ref(), &url).unwrap();
+    let url = "https://idp.test/oauth/token";
+    let form = form(spec, &inputs, refresh_token.as_ref(), url).unwrap();
     let pairs = url::form_urlencoded::parse(form.body.as_bytes())
         .into_owned()
         .collect();
@@ -50,9 +50,9 @@ fn secret_methods_put_the_client_where_they_say() {
         "client_id = \"c\"\nclient_secret = \"s\"\nclient_auth = \"client_secret_post\"\nrefresh_token = \"r\"\nscope = \"a b\"\n",
     );
     let inputs = Inputs::read(&post).unwrap();
-    let url = Url::parse("https://idp.test/oauth/token").unwrap();
+    let url = "https://idp.test/oauth/token";
     let rt = SecretString::from("r t".to_owned());
-    let body = form(&post, &inputs, Some(&rt), &url).unwrap().body;
+    let body = form(&post, &inputs, Some(&rt), url).unwrap().body;
     assert_eq!(
         body,
         "grant_type=refresh_token&refresh_token=r+t&scope=a+b&client_id=c&client_secret=s"
@@ -102,11 +102,11 @@ fn token_exchange_reads_the_subject_token_fresh_each_time() {
         ["https://a.test", "https://b.test"]
     );
     assert_eq!(param(&pairs, "audience"), ["api"]);
-    let before = Inputs::read(&exchange).unwrap().fingerprint().to_owned();
+    let before = Inputs::read(&exchange).unwrap().digest();
     std::fs::write(&subject, "subject-two").unwrap();
     let (pairs, _) = build(&exchange, None);
     assert_eq!(param(&pairs, "subject_token"), ["subject-two"]);
-    assert_ne!(Inputs::read(&exchange).unwrap().fingerprint(), before);
+    assert_ne!(Inputs::read(&exchange).unwrap().digest(), before);
 }
 
 #[test]
@@ -189,4 +189,48 @@ fn unreadable_inputs_name_the_key_and_source_only() {
         err.starts_with("private_key: ") && !err.contains("not-a-pem-secret"),
         "{err}"
     );
+}
+
+#[test]
+fn the_digest_covers_every_setting_the_idp_sees_and_nothing_else() {
+    let keys = generate(Kind::EcPkcs8);
+    let base = format!(
+        "grant = \"jwt_bearer\"\nclient_id = \"c\"\nclient_auth = \"private_key_jwt\"\n\
+         private_key = {{ file = \"{}\" }}\nscope = \"a\"\n",
+        keys.private.display()
+    );
+    let digest = |extra: &str| {
+        Inputs::read(&spec(&format!("{base}{extra}")))
+            .unwrap()
+            .digest()
+    };
+    let plain = digest("");
+    for changed in [
+        "audience = \"api\"\n",
+        "assertion_subject = \"someone\"\n",
+        "assertion_audience = \"https://idp.test\"\n",
+        "assertion_claims = { scope = \"x\" }\n",
+        "key_id = \"k2\"\n",
+        "signing_alg = \"ES256\"\n",
+        "assertion_lifetime = \"2m\"\n",
+    ] {
+        assert_ne!(digest(changed), plain, "{changed}");
+    }
+    for unseen in [
+        "required = false\n",
+        "refresh_ratio = 0.5\n",
+        "backoff_max = \"1m\"\n",
+        "min_refresh_interval = \"9s\"\n",
+    ] {
+        assert_eq!(digest(unseen), plain, "{unseen}");
+    }
+    let scoped = spec(&base.replace("scope = \"a\"", "scope = \"b\""));
+    assert_ne!(Inputs::read(&scoped).unwrap().digest(), plain);
+    let client = spec(&base.replace("client_id = \"c\"", "client_id = \"d\""));
+    assert_ne!(Inputs::read(&client).unwrap().digest(), plain);
+    let mut elsewhere = spec(&base);
+    if let Some(crate::config::Endpoint::TokenUrl(url)) = &mut elsewhere.endpoint {
+        url.text = "https://IDP.test/oauth/token".into();
+    }
+    assert_ne!(Inputs::read(&elsewhere).unwrap().digest(), plain);
 }

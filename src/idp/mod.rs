@@ -9,9 +9,11 @@
 //! request may have rotated the refresh token, but its answer never arrived).
 //!
 //! Layout: `grant` builds the form of each grant and client authentication method,
-//! `assertion` signs the JWTs some of them need, `response` reads the answer.
+//! `assertion` signs the JWTs some of them need, `response` reads the answer,
+//! `fingerprint` recognises the inputs of a refused request again.
 
 mod assertion;
+pub mod fingerprint;
 mod grant;
 mod response;
 
@@ -24,7 +26,7 @@ use reqwest::Url;
 use secrecy::SecretString;
 use tokio::sync::Semaphore;
 
-use crate::config::{CredentialSpec, Endpoint, IdpConfig, PrivateKey};
+use crate::config::{CredentialSpec, Endpoint, EndpointUrl, IdpConfig, PrivateKey};
 use crate::secret::ExposeSecret;
 
 pub use assertion::{CLIENT_ASSERTION_TYPE, SigningKey, claims as assertion_claims};
@@ -74,7 +76,7 @@ pub struct IdpClient {
     /// Bounds concurrent IdP calls across all credentials.
     permits: Arc<Semaphore>,
     /// Discovered token endpoints by issuer; fetched once, kept for the process' life.
-    discovered: Arc<Mutex<HashMap<Url, Url>>>,
+    discovered: Arc<Mutex<HashMap<Url, EndpointUrl>>>,
 }
 
 impl IdpClient {
@@ -119,14 +121,6 @@ impl IdpClient {
             retry_after: None,
         })?;
         let token_url = self.token_url(endpoint).await?;
-        // Built after discovery: signed assertions name the token endpoint as audience.
-        let form =
-            grant::form(req.spec, req.inputs, req.refresh_token, &token_url).map_err(|reason| {
-                IdpError::Unavailable {
-                    reason,
-                    retry_after: None,
-                }
-            })?;
         let _permit = self
             .permits
             .acquire()
@@ -135,9 +129,17 @@ impl IdpClient {
                 reason: "shutting down".into(),
                 retry_after: None,
             })?;
+        // Built after discovery (signed assertions name the token endpoint as audience)
+        // and after the permit, so their `iat` and `exp` do not age in the queue.
+        let form = grant::form(req.spec, req.inputs, req.refresh_token, &token_url.text).map_err(
+            |reason| IdpError::Unavailable {
+                reason,
+                retry_after: None,
+            },
+        )?;
         let mut builder = self
             .http
-            .post(token_url)
+            .post(token_url.url)
             .header(reqwest::header::ACCEPT, "application/json")
             .header(
                 reqwest::header::CONTENT_TYPE,
@@ -150,7 +152,7 @@ impl IdpClient {
         response::read(response).await
     }
 
-    async fn token_url(&self, endpoint: &Endpoint) -> Result<Url, IdpError> {
+    async fn token_url(&self, endpoint: &Endpoint) -> Result<EndpointUrl, IdpError> {
         let issuer = match endpoint {
             Endpoint::TokenUrl(url) => return Ok(url.clone()),
             Endpoint::Issuer(issuer) => issuer,
@@ -163,7 +165,7 @@ impl IdpClient {
         Ok(url)
     }
 
-    fn lock_discovered(&self) -> std::sync::MutexGuard<'_, HashMap<Url, Url>> {
+    fn lock_discovered(&self) -> std::sync::MutexGuard<'_, HashMap<Url, EndpointUrl>> {
         // A panic elsewhere cannot leave this map inconsistent: inserts are single calls.
         self.discovered.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -233,6 +235,10 @@ fn describe(error: &reqwest::Error) -> String {
         format!("{kind}: {detail}")
     }
 }
+
+#[cfg(test)]
+#[path = "request_tests.rs"]
+mod request_tests;
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]

@@ -10,6 +10,7 @@ use secrecy::SecretString;
 use serde::Deserialize;
 
 use super::{IdpError, MAX_RESPONSE_BYTES};
+use crate::config::EndpointUrl;
 
 /// A successful token response.
 pub struct TokenResponse {
@@ -132,7 +133,9 @@ fn success(body: &[u8]) -> Result<TokenResponse, String> {
 }
 
 /// The `exp` claim of a JWT, without verifying it: the broker only needs to know when
-/// to refresh, and the resource server does the verifying.
+/// to refresh, and the resource server does the verifying. An `exp` past year 9999 is
+/// no time in seconds (most often milliseconds by mistake) and counts as absent, so
+/// the configured `default_lifetime` applies rather than a token "valid" for millennia.
 pub fn jwt_exp(token: &str) -> Option<SystemTime> {
     let payload = token.split('.').nth(1)?;
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
@@ -140,7 +143,11 @@ pub fn jwt_exp(token: &str) -> Option<SystemTime> {
         .ok()?;
     let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
     let exp = claims.get("exp")?.as_f64()?;
-    (exp.is_finite() && exp > 0.0).then(|| SystemTime::UNIX_EPOCH + Duration::from_secs_f64(exp))
+    let plausible = exp > 0.0 && exp <= crate::duration::LATEST_UNIX_SECS as f64;
+    let exp = Duration::try_from_secs_f64(exp)
+        .ok()
+        .filter(|_| plausible)?;
+    SystemTime::UNIX_EPOCH.checked_add(exp)
 }
 
 /// `Retry-After` as seconds or an HTTP date.
@@ -183,7 +190,7 @@ struct Discovery {
 }
 
 /// OIDC discovery: the issuer's token endpoint.
-pub async fn discover(http: &reqwest::Client, issuer: &Url) -> Result<Url, IdpError> {
+pub async fn discover(http: &reqwest::Client, issuer: &Url) -> Result<EndpointUrl, IdpError> {
     let base = issuer.as_str().trim_end_matches('/');
     let url = format!("{base}/.well-known/openid-configuration");
     let unavailable = |reason: String| IdpError::Unavailable {
@@ -201,7 +208,11 @@ pub async fn discover(http: &reqwest::Client, issuer: &Url) -> Result<Url, IdpEr
     let body = read_capped(response).await.map_err(unavailable)?;
     let doc: Discovery = serde_json::from_slice(&body)
         .map_err(|_| unavailable("no token_endpoint in the discovery document".to_owned()))?;
-    crate::config::checked_url(&doc.token_endpoint).map_err(unavailable)
+    let url = crate::config::checked_url(&doc.token_endpoint).map_err(unavailable)?;
+    Ok(EndpointUrl {
+        url,
+        text: doc.token_endpoint.trim().to_owned(),
+    })
 }
 
 fn clip(text: &str, max: usize) -> String {
@@ -285,6 +296,34 @@ mod tests {
             Some(SystemTime::UNIX_EPOCH + Duration::from_secs(2_000_000_000))
         );
         assert_eq!(jwt_exp("opaque-token"), None);
+    }
+
+    #[test]
+    fn an_implausible_exp_or_expires_in_never_panics_and_is_bounded() {
+        let jwt = |exp: &str| {
+            let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .encode(format!(r#"{{"exp":{exp}}}"#));
+            format!("e30.{payload}.sig")
+        };
+        // Milliseconds by mistake, and numbers past what a clock can hold: no `exp`.
+        for exp in ["1700000000000", "1e20", "1e300", "18446744073709551615"] {
+            assert_eq!(jwt_exp(&jwt(exp)), None, "{exp}");
+            let body = format!(r#"{{"access_token":"{}","refresh_token":"r2"}}"#, jwt(exp));
+            let parsed = success(body.as_bytes()).unwrap();
+            assert_eq!(parsed.expires_at, None, "{exp}");
+            assert!(parsed.refresh_token.is_some());
+        }
+        // The last second RFC 3339 can write is still a time.
+        assert_eq!(
+            jwt_exp(&jwt("253402300799")),
+            Some(SystemTime::UNIX_EPOCH + Duration::from_secs(253_402_300_799))
+        );
+        let ceiling = SystemTime::now() + Duration::from_secs(1_000_000_001);
+        for expires_in in ["1e300", "\"1e300\"", "18446744073709551615"] {
+            let body = format!(r#"{{"access_token":"a","expires_in":{expires_in}}}"#);
+            let at = success(body.as_bytes()).unwrap().expires_at.unwrap();
+            assert!(at < ceiling, "{expires_in}");
+        }
     }
 
     #[test]

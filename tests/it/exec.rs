@@ -286,3 +286,80 @@ async fn three_hundred_requests_for_a_too_short_token_run_the_command_once() {
     assert_eq!(tokens.len(), 1, "every request got the same new token");
     assert!(!tokens.contains(&first));
 }
+
+/// Whether the process no longer exists at all: not even a zombie waiting to be reaped.
+fn reaped(pid: &str) -> bool {
+    !Path::new(&format!("/proc/{}", pid.trim())).exists()
+}
+
+/// The zombies whose parent is `parent`.
+fn zombie_children(parent: u32) -> Vec<String> {
+    let mut zombies = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let Some((_, rest)) = stat.rsplit_once(") ") else {
+            continue;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        if fields.first() == Some(&"Z") && fields.get(1) == Some(&parent.to_string().as_str()) {
+            zombies.push(entry.file_name().to_string_lossy().into_owned());
+        }
+    }
+    zombies
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_background_child_holding_stdout_neither_delays_the_token_nor_outlives_the_run() {
+    let dir = tempdir();
+    let (child_pid, orphan_pid) = (dir.path().join("child.pid"), dir.path().join("orphan.pid"));
+    // Both keep the command's stdout open: one a child of the script, one orphaned
+    // at once (its parent subshell exits).
+    let agent = script(
+        dir.path(),
+        "agent.sh",
+        &format!(
+            "sleep 300 &\necho $! > '{}'\n(sleep 301 & echo $! > '{}')\necho token-$$",
+            child_pid.display(),
+            orphan_pid.display()
+        ),
+    );
+    let config = base_config(dir.path()) + &credential("x", &agent, "exec.timeout = \"30s\"");
+    let broker = Broker::start(dir.path(), &config);
+    // Within request_timeout (5s), not at exec.timeout.
+    let token = broker.access_token("x").await;
+    assert!(token.starts_with("token-"), "{token}");
+    let child = std::fs::read_to_string(&child_pid).unwrap();
+    let orphan = std::fs::read_to_string(&orphan_pid).unwrap();
+    let broker_pid = broker.proc.child.id();
+    eventually("the helpers to be killed and reaped", || async {
+        reaped(&child) && reaped(&orphan) && zombie_children(broker_pid).is_empty()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_that_left_the_group_is_reaped_when_it_exits() {
+    let dir = tempdir();
+    let daemon_pid = dir.path().join("daemon.pid");
+    // `setsid` puts it in its own session: the run leaves it alone, and when it ends
+    // the broker (its new parent) reaps it, as init would.
+    let starter = script(
+        dir.path(),
+        "starter.sh",
+        &format!(
+            "setsid sleep 1 </dev/null >/dev/null 2>&1 &\necho $! > '{}'\necho token-$$",
+            daemon_pid.display()
+        ),
+    );
+    let config = base_config(dir.path()) + &credential("x", &starter, "");
+    let broker = Broker::start(dir.path(), &config);
+    broker.access_token("x").await;
+    let daemon = std::fs::read_to_string(&daemon_pid).unwrap();
+    let broker_pid = broker.proc.child.id();
+    eventually("the daemon to exit and be reaped", || async {
+        reaped(&daemon) && zombie_children(broker_pid).is_empty()
+    })
+    .await;
+}
