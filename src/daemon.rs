@@ -116,6 +116,7 @@ pub async fn run(
         request_deadline: config.server.request_timeout + std::time::Duration::from_secs(5),
         header_timeout: config.server.header_timeout,
         allowed_hosts: App::hosts(&config.server, &listeners),
+        watchers: server::Watchers::new(config.server.max_watchers, broker.metrics().watchers()),
     };
     let stop = CancellationToken::new();
     let server = tokio::spawn(server::serve(

@@ -12,7 +12,8 @@
 //! - `broker`: per-credential state, the single flight, proactive timers.
 //! - `store`: durable, crash-safe persistence of rotated refresh tokens: files for one
 //!   broker, or Redis shared by a fleet.
-//! - `server`: the HTTP API (routes, guards, listeners, error mapping).
+//! - `server`: the HTTP API (routes, guards, listeners, error mapping), long polls and
+//!   event streams.
 //! - `metrics`: Prometheus metrics.
 //! - `daemon`: `run` wiring (store, broker, server, signals, drain).
 //! - `dev` and `dev_idp`: the try-it-now mode and the strict development IdP.

@@ -20,6 +20,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+mod delivery;
+
 // Label sets share the credential's name (one allocation per credential, however many
 // series it has) and use static strings for the rest: with thousands of credentials,
 // a String per label per series costs megabytes.
@@ -91,6 +93,8 @@ pub struct Metrics {
     lease_lost: Family<Name, Counter>,
     adopted: Family<Adopted, Counter>,
     store_errors: Family<Operation, Counter>,
+    /// Watchers (and, as they come, the other ways tokens leave the broker).
+    delivery: delivery::Delivery,
 }
 
 /// Handles for one credential's hot counters.
@@ -134,6 +138,7 @@ impl Metrics {
             lease_lost: Family::default(),
             adopted: Family::default(),
             store_errors: Family::default(),
+            delivery: delivery::Delivery::default(),
         };
         registry.register(
             "requests",
@@ -175,6 +180,7 @@ impl Metrics {
             m.store_latency.clone(),
         );
         m.register_shared(&mut registry);
+        m.delivery.register(&mut registry);
         *m.registry.lock().unwrap_or_else(|e| e.into_inner()) = registry;
         m
     }

@@ -90,6 +90,8 @@ pub struct ServerConfig {
     /// Host names (besides loopback and the listen addresses) a request may name in
     /// `Host`; others get 403 `bad_host` (DNS-rebinding protection).
     pub allowed_hosts: Vec<String>,
+    /// Cap on long polls (`?wait=`) and event streams open at once.
+    pub max_watchers: usize,
 }
 
 /// A listener address.

@@ -47,6 +47,8 @@ pub struct RawServer {
     #[serde(default, with = "lenient")]
     pub watch_config: Option<bool>,
     pub allowed_hosts: Option<Vec<String>>,
+    #[serde(default, with = "lenient")]
+    pub max_watchers: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]

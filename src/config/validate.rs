@@ -113,6 +113,7 @@ fn server(check: &mut Check, raw: RawServer) -> ServerConfig {
             .iter()
             .map(|h| h.to_ascii_lowercase())
             .collect(),
+        max_watchers: raw.max_watchers.unwrap_or(10_000),
     }
 }
 

@@ -11,6 +11,7 @@ mod guard;
 mod listen;
 mod ops;
 mod token;
+mod watch;
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -26,6 +27,7 @@ use axum::routing::{get, post};
 pub use api::Api;
 pub use error::ApiError;
 pub use listen::{Listener, Peer, bind};
+pub use watch::{MAX_WAIT, Watchers};
 
 use crate::broker::Broker;
 
@@ -44,6 +46,8 @@ pub struct App {
     pub header_timeout: Duration,
     /// Names a request may carry in `Host`.
     pub allowed_hosts: Arc<HashSet<String>>,
+    /// Long polls and event streams open now, and their cap.
+    pub watchers: Arc<Watchers>,
 }
 
 impl App {
