@@ -14,6 +14,7 @@
 //!   broker, or Redis shared by a fleet.
 //! - `server`: the HTTP API (routes, guards, listeners, error mapping), long polls and
 //!   event streams.
+//! - `sink`: file sinks, the token written to a file on every new version.
 //! - `metrics`: Prometheus metrics.
 //! - `daemon`: `run` wiring (store, broker, server, signals, drain).
 //! - `dev` and `dev_idp`: the try-it-now mode and the strict development IdP.
@@ -35,6 +36,7 @@ pub mod metrics;
 pub mod secret;
 pub mod server;
 pub mod signal;
+pub mod sink;
 pub mod store;
 
 #[cfg(test)]

@@ -22,6 +22,8 @@ use prometheus_client::registry::Registry;
 
 mod delivery;
 
+pub use delivery::SinkMetrics;
+
 // Label sets share the credential's name (one allocation per credential, however many
 // series it has) and use static strings for the rest: with thousands of credentials,
 // a String per label per series costs megabytes.
@@ -93,7 +95,7 @@ pub struct Metrics {
     lease_lost: Family<Name, Counter>,
     adopted: Family<Adopted, Counter>,
     store_errors: Family<Operation, Counter>,
-    /// Watchers (and, as they come, the other ways tokens leave the broker).
+    /// Sinks and watchers.
     delivery: delivery::Delivery,
 }
 
@@ -266,6 +268,7 @@ impl Metrics {
                 via,
             });
         }
+        self.delivery.forget(&name.credential);
     }
 
     /// The text exposition. With thousands of credentials it runs to megabytes: the

@@ -80,6 +80,8 @@ pub struct Credential {
     /// Wakes the watchers (long polls, event streams) when a new version is published.
     /// Inline and task-free: with nobody watching, a publish costs an uncontended lock.
     pub(super) changed: tokio::sync::Notify,
+    /// The files every new version is written to.
+    pub(super) sinks: Vec<Arc<crate::sink::Sink>>,
 }
 
 /// The mutable part of a credential.
@@ -144,6 +146,15 @@ impl Credential {
             })
             .collect::<Result<Vec<_>, String>>()?;
         let stop = shared.shutdown.child_token();
+        let sinks = if spec.sinks.is_empty() {
+            Vec::new()
+        } else {
+            let metrics = shared.metrics.sink(&spec.name);
+            let sink = |s: &crate::config::SinkSpec| {
+                crate::sink::Sink::new(s.clone(), &spec.name, stop.clone(), metrics.clone())
+            };
+            spec.sinks.iter().map(sink).collect()
+        };
         Ok(Arc::new_cyclic(|me| Credential {
             spec: spec.clone(),
             current: ArcSwapOption::empty(),
@@ -156,6 +167,7 @@ impl Credential {
             client_keys,
             stop,
             changed: tokio::sync::Notify::new(),
+            sinks,
         }))
     }
 
@@ -207,6 +219,9 @@ impl Credential {
     /// hangs off here.
     pub(super) fn publish(&self, token: Arc<Token>) {
         self.metrics.set_expiry(token.expires_at);
+        for sink in &self.sinks {
+            sink.offer(token.clone());
+        }
         self.current.store(Some(token));
         self.changed.notify_waiters();
     }

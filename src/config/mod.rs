@@ -5,6 +5,7 @@
 //! and returns either a `Config` whose values are all usable, or every problem at once,
 //! each naming its key, so `check-config` can report them together.
 
+mod delivery;
 mod grant;
 mod load;
 mod raw;
@@ -17,6 +18,7 @@ use std::time::Duration;
 
 use reqwest::Url;
 
+pub use delivery::*;
 pub use grant::*;
 pub use load::{Source, lenient};
 pub use raw::RawConfig;
@@ -221,6 +223,8 @@ pub struct CredentialSpec {
     pub lost_answer: LostAnswer,
     /// Who may fetch this credential; open to every local client when empty.
     pub access: Access,
+    /// Files the token is written to on every new version.
+    pub sinks: Vec<SinkSpec>,
 }
 
 /// Per-credential client access control. A request is allowed when the credential has
@@ -305,5 +309,6 @@ pub fn check_sources(config: &Config) -> Vec<Problem> {
             });
         }
     }
+    problems.extend(validate::check_delivery(config));
     problems
 }

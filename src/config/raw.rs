@@ -139,6 +139,7 @@ pub struct RawCredential {
     pub signing_alg: Option<String>,
     pub key_id: Option<String>,
     pub exec: Option<RawExec>,
+    pub sinks: Option<Vec<RawSink>>,
 }
 
 /// `credentials.NAME.exec`: the command of `grant = "exec"`.
@@ -150,4 +151,13 @@ pub struct RawExec {
     #[serde(default, with = "serde_opt")]
     pub timeout: Option<Duration>,
     pub format: Option<String>,
+}
+
+/// `[[credentials.NAME.sinks]]`: a file the token is written to.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSink {
+    pub path: Option<String>,
+    pub format: Option<String>,
+    pub mode: Option<String>,
 }

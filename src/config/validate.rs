@@ -11,8 +11,11 @@ use super::raw::{OneOrMany, RawConfig, RawCredential, RawIdp, RawServer};
 use super::*;
 
 mod client;
+mod delivery;
 mod exec;
 mod grant;
+
+pub use delivery::check_delivery;
 
 /// Collects problems while building a value.
 #[derive(Default)]
@@ -60,6 +63,7 @@ pub fn validate(raw: RawConfig) -> Result<Config, Problems> {
             ),
         );
     }
+    delivery::sinks_overall(&mut check, &credentials, &state);
     if check.problems.is_empty() {
         Ok(Config {
             server,
@@ -222,6 +226,7 @@ fn credential(check: &mut Check, name: String, raw: RawCredential) -> Option<Cre
             LostAnswer::RetryWithinGrace
         }
     };
+    let sinks = delivery::sinks(check, &key, raw.sinks);
     if check.problems.len() > before {
         return None;
     }
@@ -252,6 +257,7 @@ fn credential(check: &mut Check, name: String, raw: RawCredential) -> Option<Cre
             gids: raw.allowed_gids.unwrap_or_default(),
             keys: raw.client_keys.unwrap_or_default(),
         },
+        sinks,
         name,
     })
 }
