@@ -89,6 +89,7 @@ pub async fn run(
         Broker::new(&config, store, Metrics::new(STATES), shutdown.clone())
             .map_err(anyhow::Error::msg)?,
     );
+    let bound_proxies = crate::proxy::bind(&config).await?;
     let states: Weak<dyn StateSource> = Arc::downgrade(&broker) as Weak<Broker>;
     broker.metrics().set_state_source(states);
     broker.start();
@@ -102,6 +103,7 @@ pub async fn run(
         state,
         idp,
         credentials,
+        proxies,
     } = config;
     drop(credentials);
     let config = Config {
@@ -109,6 +111,7 @@ pub async fn run(
         state,
         idp,
         credentials: Vec::new(),
+        proxies,
     };
     let app = App {
         broker: broker.clone(),
@@ -124,6 +127,7 @@ pub async fn run(
         app,
         stop.clone().cancelled_owned(),
     ));
+    let mut proxy_tasks = crate::proxy::start(bound_proxies, &broker, &config, stop.clone())?;
     if let Some(path) = path {
         tokio::spawn(reloader(broker.clone(), path, config.clone()));
     }
@@ -134,6 +138,7 @@ pub async fn run(
     let drained = tokio::time::timeout(grace, async {
         broker.drain(grace).await;
         let _ = server.await;
+        while proxy_tasks.join_next().await.is_some() {}
     })
     .await;
     if drained.is_err() {

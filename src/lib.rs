@@ -15,6 +15,7 @@
 //! - `server`: the HTTP API (routes, guards, listeners, error mapping), long polls and
 //!   event streams.
 //! - `sink`: file sinks, the token written to a file on every new version.
+//! - `proxy`: header-injecting proxies that forward requests with the token added.
 //! - `metrics`: Prometheus metrics.
 //! - `daemon`: `run` wiring (store, broker, server, signals, drain).
 //! - `dev` and `dev_idp`: the try-it-now mode and the strict development IdP.
@@ -33,6 +34,7 @@ pub mod error;
 pub mod exec;
 pub mod idp;
 pub mod metrics;
+pub mod proxy;
 pub mod secret;
 pub mod server;
 pub mod signal;

@@ -22,7 +22,7 @@ use prometheus_client::registry::Registry;
 
 mod delivery;
 
-pub use delivery::SinkMetrics;
+pub use delivery::{ProxyMetrics, SinkMetrics};
 
 // Label sets share the credential's name (one allocation per credential, however many
 // series it has) and use static strings for the rest: with thousands of credentials,
@@ -95,7 +95,7 @@ pub struct Metrics {
     lease_lost: Family<Name, Counter>,
     adopted: Family<Adopted, Counter>,
     store_errors: Family<Operation, Counter>,
-    /// Sinks and watchers.
+    /// Sinks, proxies and watchers.
     delivery: delivery::Delivery,
 }
 

@@ -68,6 +68,8 @@ pub struct Config {
     pub idp: IdpConfig,
     /// Sorted by name.
     pub credentials: Vec<CredentialSpec>,
+    /// Header-injecting proxies, sorted by name.
+    pub proxies: Vec<ProxySpec>,
 }
 
 /// Where and how the HTTP API listens.

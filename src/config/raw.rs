@@ -19,6 +19,7 @@ pub struct RawConfig {
     pub state: Option<RawState>,
     pub idp: Option<RawIdp>,
     pub credentials: Option<BTreeMap<String, RawCredential>>,
+    pub proxies: Option<BTreeMap<String, RawProxy>>,
 }
 
 /// `listen` takes one address or a list of them.
@@ -160,4 +161,16 @@ pub struct RawSink {
     pub path: Option<String>,
     pub format: Option<String>,
     pub mode: Option<String>,
+}
+
+/// `[proxies.NAME]`: a header-injecting proxy.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProxy {
+    pub listen: Option<String>,
+    pub upstream: Option<String>,
+    pub credential: Option<String>,
+    pub ca_file: Option<String>,
+    #[serde(default, with = "serde_opt")]
+    pub response_timeout: Option<Duration>,
 }

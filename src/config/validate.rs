@@ -64,12 +64,14 @@ pub fn validate(raw: RawConfig) -> Result<Config, Problems> {
         );
     }
     delivery::sinks_overall(&mut check, &credentials, &state);
+    let proxies = delivery::proxies(&mut check, raw.proxies, &server, &credentials);
     if check.problems.is_empty() {
         Ok(Config {
             server,
             state,
             idp,
             credentials,
+            proxies,
         })
     } else {
         Err(Problems(check.problems))
@@ -262,7 +264,7 @@ fn credential(check: &mut Check, name: String, raw: RawCredential) -> Option<Cre
     })
 }
 
-fn valid_name(name: &str) -> bool {
+pub(super) fn valid_name(name: &str) -> bool {
     (1..=64).contains(&name.len())
         && name != "."
         && name != ".."

@@ -1,5 +1,5 @@
-//! Metrics of the ways tokens leave the broker besides `GET /token`: file sinks and
-//! watchers (long polls and event streams).
+//! Metrics of the ways tokens leave the broker besides `GET /token`: file sinks, the
+//! header-injecting proxies, and watchers (long polls and event streams).
 
 use std::sync::Arc;
 
@@ -17,10 +17,24 @@ struct SinkWrite {
     result: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProxyOutcome {
+    proxy: Label,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProxyRetry {
+    proxy: Label,
+    result: &'static str,
+}
+
 /// The families, registered once.
 #[derive(Clone, Default)]
 pub(super) struct Delivery {
     sink_writes: Family<SinkWrite, Counter>,
+    proxy_requests: Family<ProxyOutcome, Counter>,
+    proxy_retries: Family<ProxyRetry, Counter>,
     watchers: Gauge,
 }
 
@@ -30,6 +44,16 @@ impl Delivery {
             "sink_writes",
             "Token files written by sinks, by credential and result (ok, error)",
             self.sink_writes.clone(),
+        );
+        registry.register(
+            "proxy_requests",
+            "Requests through header-injecting proxies, by proxy and outcome",
+            self.proxy_requests.clone(),
+        );
+        registry.register(
+            "proxy_retries",
+            "Upstream 401s seen by proxies, by what the proxy did (retried: ok or rejected; not retried: body_not_kept, no_token, upstream_error)",
+            self.proxy_retries.clone(),
         );
         registry.register(
             "watchers",
@@ -66,6 +90,14 @@ impl super::Metrics {
         }
     }
 
+    /// The counters of one proxy.
+    pub fn proxy(&self, name: &str) -> ProxyMetrics {
+        ProxyMetrics {
+            name: Label(Arc::from(name)),
+            delivery: self.delivery.clone(),
+        }
+    }
+
     /// The gauge of open long polls and event streams.
     pub fn watchers(&self) -> Gauge {
         self.delivery.watchers.clone()
@@ -86,5 +118,33 @@ impl SinkMetrics {
 
     pub fn failed(&self) {
         self.failed.inc();
+    }
+}
+
+/// A proxy's counters.
+#[derive(Clone)]
+pub struct ProxyMetrics {
+    name: Label,
+    delivery: Delivery,
+}
+
+impl ProxyMetrics {
+    /// Counts an answered request: `forwarded`, `unauthorized` (a 401 passed on),
+    /// `no_token`, `upstream_unreachable`, `upstream_timeout`, `refused`, `bad_request`.
+    pub fn request(&self, outcome: &'static str) {
+        let label = ProxyOutcome {
+            proxy: self.name.clone(),
+            outcome,
+        };
+        self.delivery.proxy_requests.get_or_create(&label).inc();
+    }
+
+    /// Counts what followed an upstream 401.
+    pub fn retry(&self, result: &'static str) {
+        let label = ProxyRetry {
+            proxy: self.name.clone(),
+            result,
+        };
+        self.delivery.proxy_retries.get_or_create(&label).inc();
     }
 }

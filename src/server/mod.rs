@@ -26,7 +26,8 @@ use axum::routing::{get, post};
 
 pub use api::Api;
 pub use error::ApiError;
-pub use listen::{Listener, Peer, bind};
+pub use guard::{host_allowed, host_name};
+pub use listen::{Handler, Listener, Peer, bind};
 pub use watch::{MAX_WAIT, Watchers};
 
 use crate::broker::Broker;

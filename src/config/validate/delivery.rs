@@ -1,13 +1,21 @@
-//! Validation of file sinks (`[[credentials.NAME.sinks]]`): each table on its own,
-//! then what only the whole config can tell (a file written by two sinks, a sink
-//! inside the state directory).
+//! Validation of file sinks (`[[credentials.NAME.sinks]]`) and proxies
+//! (`[proxies.NAME]`): each table on its own, then what only the whole config can tell
+//! (a file written by two sinks, a sink inside the state directory, a proxy for a
+//! credential that does not exist or on an address already taken).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
 
-use super::super::raw::RawSink;
-use super::Check;
-use crate::config::{Config, CredentialSpec, Problem, SinkFormat, SinkSpec, StateConfig};
+use super::super::raw::{RawProxy, RawSink};
+use super::{Check, checked_url, parse_listen, valid_name};
+use crate::config::{
+    Config, CredentialSpec, Listen, Problem, ProxySpec, ServerConfig, SinkFormat, SinkSpec,
+    StateConfig,
+};
+
+/// Default upstream `response_timeout` of a proxy.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The checked sinks of one credential.
 pub(super) fn sinks(
@@ -103,8 +111,122 @@ pub(super) fn sinks_overall(
     }
 }
 
+/// The checked `[proxies]`, sorted by name.
+pub(super) fn proxies(
+    check: &mut Check,
+    raw: Option<BTreeMap<String, RawProxy>>,
+    server: &ServerConfig,
+    credentials: &[CredentialSpec],
+) -> Vec<ProxySpec> {
+    let mut taken: Vec<(Listen, String)> = server
+        .listen
+        .iter()
+        .map(|l| (l.clone(), "server.listen".to_owned()))
+        .collect();
+    let mut proxies = Vec::new();
+    for (name, raw) in raw.unwrap_or_default() {
+        let key = format!("proxies.{name}");
+        let before = check.problems.len();
+        if !valid_name(&name) {
+            check.fail(&key, "a name is 1-64 letters, digits, `-`, `_` or `.`");
+        }
+        let listen = proxy_listen(check, &key, raw.listen.as_deref(), &taken);
+        let upstream = upstream(check, &key, raw.upstream.as_deref());
+        let credential = raw.credential.unwrap_or_default();
+        if credential.is_empty() {
+            check.fail(format!("{key}.credential"), "is required");
+        } else if !credentials.iter().any(|c| c.name == credential) {
+            let message = format!("no credential is named `{credential}`");
+            check.fail(format!("{key}.credential"), message);
+        }
+        let response_timeout = raw.response_timeout.unwrap_or(RESPONSE_TIMEOUT);
+        if response_timeout.is_zero() {
+            check.fail(format!("{key}.response_timeout"), "must be more than 0s");
+        }
+        if let Some(listen) = &listen {
+            taken.push((listen.clone(), format!("{key}.listen")));
+        }
+        if let (Some(listen), Some(upstream), true) =
+            (listen, upstream, check.problems.len() == before)
+        {
+            proxies.push(ProxySpec {
+                name,
+                listen,
+                upstream,
+                credential,
+                ca_file: raw.ca_file.map(PathBuf::from),
+                response_timeout,
+            });
+        }
+    }
+    proxies
+}
+
+/// A loopback address or a unix socket, not used by another listener.
+fn proxy_listen(
+    check: &mut Check,
+    key: &str,
+    text: Option<&str>,
+    taken: &[(Listen, String)],
+) -> Option<Listen> {
+    let key = format!("{key}.listen");
+    let Some(text) = text else {
+        check.fail(
+            key,
+            "is required (e.g. \"127.0.0.1:8657\" or \"unix:/run/app/api.sock\")",
+        );
+        return None;
+    };
+    let listen = parse_listen(text).map_err(|e| check.fail(&key, e)).ok()?;
+    if let Listen::Tcp(addr) = &listen
+        && !addr.ip().is_loopback()
+    {
+        let message = format!(
+            "`{text}` is not a loopback address: the proxy adds the token to every request it \
+             receives, so only local clients may reach it (use 127.0.0.1, ::1 or a unix socket)"
+        );
+        check.fail(key, message);
+        return None;
+    }
+    if let Some((_, owner)) = taken.iter().find(|(l, _)| same_listener(l, &listen)) {
+        check.fail(key, format!("`{text}` is already used by {owner}"));
+        return None;
+    }
+    Some(listen)
+}
+
+/// Two listeners that would collide (port 0 never does: each gets its own port).
+fn same_listener(a: &Listen, b: &Listen) -> bool {
+    match (a, b) {
+        (Listen::Tcp(a), Listen::Tcp(b)) => a.port() != 0 && a == b,
+        (a, b) => a == b,
+    }
+}
+
+/// An http(s) base URL: no credentials, query or fragment; a path is a prefix.
+fn upstream(check: &mut Check, key: &str, text: Option<&str>) -> Option<reqwest::Url> {
+    let key = format!("{key}.upstream");
+    let Some(text) = text else {
+        check.fail(key, "is required (e.g. \"https://api.example.com\")");
+        return None;
+    };
+    let url = checked_url(text).map_err(|e| check.fail(&key, e)).ok()?;
+    if !url.username().is_empty() || url.password().is_some() {
+        check.fail(key, "must not carry a user name or password");
+        return None;
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        check.fail(
+            key,
+            "must not have a query or fragment; a path is used as a prefix",
+        );
+        return None;
+    }
+    Some(url)
+}
+
 /// For `check-config --check-secrets`, on the machine that will run the broker: each
-/// sink's directory exists.
+/// sink's directory exists, and each proxy's CA file holds certificates.
 pub fn check_delivery(config: &Config) -> Vec<Problem> {
     let mut problems = Vec::new();
     for c in &config.credentials {
@@ -116,6 +238,17 @@ pub fn check_delivery(config: &Config) -> Vec<Problem> {
                     message: format!("the directory {} does not exist", dir.display()),
                 });
             }
+        }
+    }
+    for proxy in &config.proxies {
+        let Some(path) = proxy.ca_file.as_ref() else {
+            continue;
+        };
+        if let Err(message) = crate::proxy::read_roots(path) {
+            problems.push(Problem {
+                key: format!("proxies.{}.ca_file", proxy.name),
+                message,
+            });
         }
     }
     problems
