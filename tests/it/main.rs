@@ -20,4 +20,5 @@ mod operations;
 mod persistence;
 mod security;
 mod single_flight;
+mod sinks;
 mod tls;
