@@ -22,3 +22,4 @@ mod security;
 mod single_flight;
 mod sinks;
 mod tls;
+mod watch;
