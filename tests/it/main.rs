@@ -4,6 +4,7 @@
 
 mod harness;
 mod redis_server;
+mod upstream;
 
 mod api;
 mod chaos;
@@ -18,6 +19,7 @@ mod grants;
 mod hostile;
 mod operations;
 mod persistence;
+mod proxy;
 mod security;
 mod single_flight;
 mod sinks;
