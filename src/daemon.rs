@@ -181,8 +181,9 @@ async fn reloader(broker: Arc<Broker>, path: PathBuf, running: Config) {
         if config.server != running.server
             || config.state != running.state
             || config.idp != running.idp
+            || config.proxies != running.proxies
         {
-            warn!("[server], [state] and [idp] changes take effect at the next restart");
+            warn!("[server], [state], [idp] and [proxies] changes take effect at the next restart");
         }
         if let Err(e) = broker.reload(&config).await {
             error!(error = %e, "reload failed; keeping the running credentials");
