@@ -96,6 +96,14 @@ pub(super) async fn conditional(
     credential
         .next_version(token.version(), Instant::now() + wait)
         .await;
+    // A reload that replaced the credential stopped this one: answer from its successor.
+    let credential = match credential.stopped() {
+        true => app
+            .broker
+            .credential(credential.name())
+            .unwrap_or(credential),
+        false => credential,
+    };
     match credential.get(Want::Fresh(query.min_ttl)).await {
         Ok(token) if token.matches(tags) => not_modified(&credential, &token),
         other => answer(&credential, other, query.format),

@@ -330,3 +330,48 @@ async fn event_streams_are_guarded_capped_and_end_at_shutdown() {
     assert!(broker.proc.wait_exit(Duration::from_secs(5)).success());
     assert!(started.elapsed() < Duration::from_secs(5));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_changes_the_credential_ends_its_streams_and_moves_long_polls_on() {
+    let idp = Idp::start(&["--access-ttl", "300s"]);
+    let dir = tempdir();
+    let broker = watched_broker(&idp, dir.path(), "");
+    let (first, tag) = current(&broker).await;
+    let mut stream = Events::new(Events::open(&broker, None).await);
+    stream.token().await;
+    let url = broker.url.clone();
+    let poll = tokio::spawn(async move {
+        client()
+            .get(format!("{url}/token/x?wait=60s"))
+            .header("Token-Broker", "1")
+            .header("If-None-Match", tag)
+            .send()
+            .await
+            .unwrap()
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // A new scope replaces the credential: its successor fetches a token for it.
+    let path = dir.path().join("config.toml");
+    let config = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, config + "scope = \"changed\"\n").unwrap();
+    signal(&broker.proc.child, "HUP");
+
+    assert_eq!(
+        stream.next(Duration::from_secs(10)).await,
+        None,
+        "the stream ended"
+    );
+    let answered = tokio::time::timeout(Duration::from_secs(10), poll)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        answered.status(),
+        200,
+        "the poll answered from the successor"
+    );
+    let body: Value = answered.json().await.unwrap();
+    assert_ne!(body["access_token"], first.as_str());
+    assert_eq!(body["scope"], "changed");
+}
