@@ -112,10 +112,12 @@ pub struct SinkMetrics {
 }
 
 impl SinkMetrics {
+    /// A file written.
     pub fn written(&self) {
         self.ok.inc();
     }
 
+    /// A write that failed.
     pub fn failed(&self) {
         self.failed.inc();
     }

@@ -207,13 +207,25 @@ impl Inner {
             }
         };
         drop(first);
+        self.retry(target, &fresh, again).await
+    }
+
+    /// The one retry, with a token fresh from the refresh.
+    async fn retry(
+        &self,
+        target: &Target,
+        fresh: &Token,
+        body: Outgoing,
+    ) -> (&'static str, Response) {
         let (_, sent) = watch::channel(true);
-        match self.send(target, &fresh, again, sent).await {
+        match self.send(target, fresh, body, sent).await {
             Ok(second) if second.status() == StatusCode::UNAUTHORIZED => {
                 self.metrics.retry("rejected");
                 let until = now_ms() + QUIET.as_millis() as u64;
-                self.quiet_until.store(until, Ordering::Relaxed);
-                warn!(proxy = %self.spec.name, quiet_s = QUIET.as_secs(), "the upstream refused a freshly refreshed token too (wrong audience or scope?); passing 401s on without refreshing for a while");
+                // Logged once per quiet spell, not once per request in it.
+                if self.quiet_until.swap(until, Ordering::Relaxed) < now_ms() {
+                    warn!(proxy = %self.spec.name, quiet_s = QUIET.as_secs(), "the upstream refused a freshly refreshed token too (wrong audience or scope?); passing 401s on without refreshing for a while");
+                }
                 ("unauthorized", relay(second))
             }
             Ok(second) => {

@@ -43,6 +43,7 @@ pub struct Watchers {
 }
 
 impl Watchers {
+    /// No watchers yet; at most `max` at once, counted in `gauge`.
     pub fn new(max: usize, gauge: Gauge) -> Arc<Watchers> {
         Arc::new(Watchers {
             open: AtomicUsize::new(0),
@@ -163,20 +164,7 @@ pub(super) async fn events<B>(
         last: first.version(),
         _slot: slot,
     };
-    let body = stream::unfold(stream, |mut s| async move {
-        let frame = s.next().await?;
-        Some((Ok::<_, std::convert::Infallible>(frame), s))
-    });
-    let mut response = Response::new(Body::from_stream(body));
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    // Reverse proxies that buffer responses would hold events back.
-    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    response
+    stream.into_response()
 }
 
 fn events_format(query: Option<&str>, headers: &HeaderMap) -> Result<Format, ApiError> {
@@ -212,6 +200,24 @@ struct Stream {
 }
 
 impl Stream {
+    /// The `text/event-stream` answer that sends this stream's frames.
+    fn into_response(self) -> Response {
+        let body = stream::unfold(self, |mut s| async move {
+            let frame = s.next().await?;
+            Some((Ok::<_, std::convert::Infallible>(frame), s))
+        });
+        let mut response = Response::new(Body::from_stream(body));
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream"),
+        );
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        // Reverse proxies that buffer responses would hold events back.
+        headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+        response
+    }
+
     /// The next frame: an event, or a keep-alive comment; `None` ends the stream.
     async fn next(&mut self) -> Option<Bytes> {
         if let Some(token) = self.pending.take() {

@@ -20,6 +20,7 @@ mod hostile;
 mod operations;
 mod persistence;
 mod proxy;
+mod proxy_bodies;
 mod security;
 mod single_flight;
 mod sinks;

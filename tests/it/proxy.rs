@@ -1,21 +1,19 @@
 //! Header-injecting proxies against real upstreams (the dev IdP's `/api/whoami` and a
 //! test server): the token added and the client's replaced, hop-by-hop headers dropped
-//! both ways, large bodies streamed both ways without being held, one refresh for a
-//! burst of 401s, the retry after a 401 (and when there is none), clear errors.
+//! both ways, one refresh for a burst of 401s, clear errors, a unix socket, the header
+//! deadline, config checks. Bodies: `proxy_bodies`.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use futures_util::future::join_all;
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::harness::*;
-use crate::upstream;
+use crate::upstream::{self, exchange};
 
 /// A broker with credential `x` and the given `[proxies...]` tables.
-fn start(idp: &Idp, dir: &std::path::Path, proxies: &str, env: &[(&str, &str)]) -> Broker {
+pub fn start(idp: &Idp, dir: &std::path::Path, proxies: &str, env: &[(&str, &str)]) -> Broker {
     let bootstrap = dir.join("bootstrap");
     std::fs::write(&bootstrap, &idp.refresh_token).unwrap();
     let config = base_config(dir) + &refresh_credential("x", idp, &bootstrap, "") + proxies;
@@ -23,7 +21,7 @@ fn start(idp: &Idp, dir: &std::path::Path, proxies: &str, env: &[(&str, &str)]) 
 }
 
 /// The address a proxy listens on, from its start-up line.
-fn proxy_addr(broker: &mut Broker, name: &str) -> String {
+pub fn proxy_addr(broker: &mut Broker, name: &str) -> String {
     broker.proc.wait_for("the proxy to listen", |line| {
         let event: Value = serde_json::from_str(line).ok()?;
         (event["message"] == "proxy serving" && event["proxy"] == name)
@@ -32,70 +30,10 @@ fn proxy_addr(broker: &mut Broker, name: &str) -> String {
 }
 
 /// A proxy table on a free loopback port.
-fn proxy(name: &str, upstream: &str, extra: &str) -> String {
+pub fn proxy(name: &str, upstream: &str, extra: &str) -> String {
     format!(
         "\n[proxies.{name}]\nlisten = \"127.0.0.1:0\"\nupstream = \"{upstream}\"\ncredential = \"x\"\n{extra}\n"
     )
-}
-
-/// A raw HTTP/1.1 exchange: `head` (ending in a blank line) and `body` go out as
-/// written; returns the status, the headers (lower-case names) and the decoded body.
-async fn exchange(addr: &str, head: &str, body: &[u8]) -> (u16, HashMap<String, String>, Vec<u8>) {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream.write_all(head.as_bytes()).await.unwrap();
-    stream.write_all(body).await.unwrap();
-    let mut answer = Vec::new();
-    stream.read_to_end(&mut answer).await.unwrap();
-    let split = answer.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
-    let text = String::from_utf8(answer[..split].to_vec()).unwrap();
-    let mut lines = text.split("\r\n");
-    let status = lines
-        .next()
-        .unwrap()
-        .split(' ')
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
-    let headers: HashMap<String, String> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    let mut body = answer[split + 4..].to_vec();
-    if headers
-        .get("transfer-encoding")
-        .is_some_and(|v| v == "chunked")
-    {
-        body = dechunk(&body);
-    }
-    (status, headers, body)
-}
-
-fn dechunk(mut data: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    loop {
-        let line = data.windows(2).position(|w| w == b"\r\n").unwrap();
-        let size =
-            usize::from_str_radix(std::str::from_utf8(&data[..line]).unwrap().trim(), 16).unwrap();
-        data = &data[line + 2..];
-        if size == 0 {
-            return out;
-        }
-        out.extend_from_slice(&data[..size]);
-        data = &data[size + 2..];
-    }
-}
-
-/// Peak resident memory of a process, in bytes.
-fn peak_rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
-    line.split_whitespace()
-        .nth(1)
-        .unwrap()
-        .parse::<u64>()
-        .unwrap()
-        * 1024
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -164,97 +102,6 @@ async fn the_upstream_gets_the_token_and_its_host_and_no_hop_by_hop_headers() {
     assert_eq!(who["client_id"], "dev-client");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn large_bodies_stream_through_both_ways_without_being_held() {
-    let idp = Idp::start(&["--access-ttl", "300s"]);
-    let upstream = upstream::start(idp.url.clone()).await;
-    let dir = tempdir();
-    let mut broker = start(
-        &idp,
-        dir.path(),
-        &proxy("api", &format!("{upstream}/base"), ""),
-        &[],
-    );
-    let addr = proxy_addr(&mut broker, "api");
-    broker.ready().await;
-    let pid = broker.proc.child.id();
-    let before = peak_rss(pid);
-    const MIB: u64 = 1024 * 1024;
-
-    // A 96 MiB chunked upload, written chunk by chunk.
-    let n = 96 * MIB;
-    let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    let head = format!(
-        "POST /digest HTTP/1.1\r\nHost: {addr}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
-    );
-    stream.write_all(head.as_bytes()).await.unwrap();
-    for start in (0..n).step_by(MIB as usize) {
-        let chunk: Vec<u8> = (start..start + MIB).map(upstream::pattern).collect();
-        stream
-            .write_all(format!("{:x}\r\n", chunk.len()).as_bytes())
-            .await
-            .unwrap();
-        stream.write_all(&chunk).await.unwrap();
-        stream.write_all(b"\r\n").await.unwrap();
-    }
-    stream.write_all(b"0\r\n\r\n").await.unwrap();
-    let mut answer = Vec::new();
-    stream.read_to_end(&mut answer).await.unwrap();
-    let text = String::from_utf8_lossy(&answer);
-    let (len, sha) = upstream::pattern_digest(n);
-    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
-    assert!(
-        text.contains(&format!("\"len\":{len}")) && text.contains(&sha),
-        "{text}"
-    );
-
-    // A 24 MiB upload with Content-Length, echoed back as it streams.
-    let body: Vec<u8> = (0..24 * MIB).map(upstream::pattern).collect();
-    let response = client()
-        .post(format!("http://{addr}/echo"))
-        .body(body.clone())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    assert!(
-        response.bytes().await.unwrap() == body,
-        "the echo is the upload"
-    );
-
-    // A 128 MiB download, read as it comes.
-    let n = 128 * MIB;
-    let mut response = client()
-        .get(format!("http://{addr}/download/{n}"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    let mut hasher = Sha256::new();
-    let mut got = 0u64;
-    while let Some(chunk) = response.chunk().await.unwrap() {
-        got += chunk.len() as u64;
-        hasher.update(&chunk);
-    }
-    assert_eq!(
-        (got, upstream::hex(&hasher.finalize())),
-        upstream::pattern_digest(n)
-    );
-
-    // Holding any of these bodies whole would have grown the broker by 24 MiB or more.
-    let grown = peak_rss(pid).saturating_sub(before);
-    assert!(
-        grown < 16 * MIB,
-        "the broker's peak memory grew by {} MiB",
-        grown / MIB
-    );
-    let metrics = broker.metrics_text().await;
-    assert!(
-        metrics.contains(r#"token_broker_proxy_requests_total{proxy="api",outcome="forwarded"} 3"#),
-        "{metrics}"
-    );
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_hundred_requests_with_a_stale_token_make_one_refresh() {
     let idp = Idp::start(&["--access-ttl", "300s", "--latency", "200ms"]);
@@ -309,94 +156,6 @@ async fn three_hundred_requests_with_a_stale_token_make_one_refresh() {
     );
     for token in [&first, &second] {
         assert!(!logs.contains(token.as_str()), "a token reached the logs");
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn after_a_401_a_kept_body_is_sent_again_and_a_streamed_one_is_not() {
-    let idp = Idp::start(&["--access-ttl", "300s"]);
-    let upstream = upstream::start(idp.url.clone()).await;
-    let dir = tempdir();
-    let mut broker = start(
-        &idp,
-        dir.path(),
-        &proxy("api", &format!("{upstream}/base"), ""),
-        &[],
-    );
-    let addr = proxy_addr(&mut broker, "api");
-    broker.ready().await;
-    let client = client();
-    let guarded = format!("http://{addr}/guarded");
-
-    // 10 KiB with Content-Length: read first, sent again with the new token.
-    let small: Vec<u8> = (0..10_240).map(upstream::pattern).collect();
-    stale(&idp).await;
-    let grants = idp.stat("refresh_grants").await;
-    let response = client
-        .post(&guarded)
-        .body(small.clone())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    let body: Value = response.json().await.unwrap();
-    assert_eq!(body["len"], 10_240);
-    assert_eq!(body["sha256"], upstream::pattern_digest(10_240).1.as_str());
-    assert_eq!(idp.stat("refresh_grants").await, grants + 1);
-
-    // 3 KiB chunked: streamed, kept while streaming, and whole: sent again.
-    stale(&idp).await;
-    let chunked: Vec<u8> = (0..3000).map(upstream::pattern).collect();
-    let mut body = format!("{:x}\r\n", 1000).into_bytes();
-    body.extend_from_slice(&chunked[..1000]);
-    body.extend_from_slice(format!("\r\n{:x}\r\n", 2000).as_bytes());
-    body.extend_from_slice(&chunked[1000..]);
-    body.extend_from_slice(b"\r\n0\r\n\r\n");
-    let head = format!(
-        "POST /guarded HTTP/1.1\r\nHost: {addr}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
-    );
-    let (status, _, answer) = exchange(&addr, &head, &body).await;
-    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&answer));
-    let answer: Value = serde_json::from_slice(&answer).unwrap();
-    assert_eq!(answer["sha256"], upstream::pattern_digest(3000).1.as_str());
-
-    // 1 MiB: streamed and not kept, so the 401 is passed on; the token is still
-    // reported, and the next request finds the new one.
-    stale(&idp).await;
-    let grants = idp.stat("refresh_grants").await;
-    let stale_token = broker.access_token("x").await;
-    let large: Vec<u8> = (0..1024 * 1024).map(upstream::pattern).collect();
-    let response = client
-        .post(&guarded)
-        .body(large.clone())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 401);
-    assert_eq!(
-        response.text().await.unwrap(),
-        "stale token",
-        "the upstream's own answer"
-    );
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while broker.access_token("x").await == stale_token {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the rejected token was not reported"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(idp.stat("refresh_grants").await, grants + 1);
-    let response = client.post(&guarded).body(large).send().await.unwrap();
-    assert_eq!(response.status(), 200);
-
-    let metrics = broker.metrics_text().await;
-    for expected in [
-        r#"token_broker_proxy_retries_total{proxy="api",result="ok"} 2"#,
-        r#"token_broker_proxy_retries_total{proxy="api",result="body_not_kept"} 1"#,
-        r#"token_broker_proxy_requests_total{proxy="api",outcome="unauthorized"} 1"#,
-    ] {
-        assert!(metrics.contains(expected), "{expected} not in {metrics}");
     }
 }
 
@@ -574,7 +333,7 @@ fn check_config_refuses_bad_proxies() {
 }
 
 /// Makes the broker's current token stale at the API (the dev IdP forgets it).
-async fn stale(idp: &Idp) {
+pub async fn stale(idp: &Idp) {
     idp.admin("forget-access-tokens", serde_json::json!({}))
         .await;
 }

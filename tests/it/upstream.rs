@@ -1,9 +1,11 @@
 //! A small real HTTP server the proxy tests forward to, under `/base`: it reports the
 //! headers it received, echoes and digests bodies as they stream, streams large
-//! downloads, answers slowly, and guards a route with the dev IdP's `/api/whoami`.
+//! downloads, answers slowly or always 401, and guards a route with the dev IdP's
+//! `/api/whoami`. Plus a raw HTTP/1.1 client, for requests no library would send.
 
 #![allow(clippy::unwrap_used)]
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use axum::Router;
@@ -15,6 +17,7 @@ use axum::routing::{get, post};
 use futures_util::StreamExt;
 use serde_json::json;
 use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The byte at `i` of every generated body: a pattern a truncation or reordering breaks.
 pub fn pattern(i: u64) -> u8 {
@@ -48,6 +51,7 @@ pub async fn start(idp_url: String) -> String {
         .route("/base/download/{n}", get(download))
         .route("/base/slow", get(slow))
         .route("/base/guarded", post(guarded))
+        .route("/base/refuses", get(refuses))
         .with_state(idp_url);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -113,6 +117,11 @@ async fn slow() -> &'static str {
     "late"
 }
 
+/// Refuses every token, fresh or not: what an API does with a wrong audience.
+async fn refuses() -> Response {
+    (StatusCode::UNAUTHORIZED, "wrong audience").into_response()
+}
+
 /// Reads the body, then lets the dev IdP judge the bearer token: 401 unless it is live.
 async fn guarded(State(idp): State<String>, headers: HeaderMap, body: Body) -> Response {
     let (n, sha) = digest_body(body).await;
@@ -125,4 +134,68 @@ async fn guarded(State(idp): State<String>, headers: HeaderMap, body: Body) -> R
         return (StatusCode::UNAUTHORIZED, "stale token").into_response();
     }
     axum::Json(json!({"len": n, "sha256": sha})).into_response()
+}
+
+/// A raw HTTP/1.1 exchange: `head` (ending in a blank line) and `body` go out as
+/// written; returns the status, the headers (lower-case names) and the decoded body.
+pub async fn exchange(
+    addr: &str,
+    head: &str,
+    body: &[u8],
+) -> (u16, HashMap<String, String>, Vec<u8>) {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(body).await.unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await.unwrap();
+    let split = answer.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let text = String::from_utf8(answer[..split].to_vec()).unwrap();
+    let mut lines = text.split("\r\n");
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers: HashMap<String, String> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let mut body = answer[split + 4..].to_vec();
+    if headers
+        .get("transfer-encoding")
+        .is_some_and(|v| v == "chunked")
+    {
+        body = dechunk(&body);
+    }
+    (status, headers, body)
+}
+
+fn dechunk(mut data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let line = data.windows(2).position(|w| w == b"\r\n").unwrap();
+        let size =
+            usize::from_str_radix(std::str::from_utf8(&data[..line]).unwrap().trim(), 16).unwrap();
+        data = &data[line + 2..];
+        if size == 0 {
+            return out;
+        }
+        out.extend_from_slice(&data[..size]);
+        data = &data[size + 2..];
+    }
+}
+
+/// Peak resident memory of a process, in bytes.
+pub fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse::<u64>()
+        .unwrap()
+        * 1024
 }

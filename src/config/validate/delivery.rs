@@ -123,43 +123,50 @@ pub(super) fn proxies(
         .iter()
         .map(|l| (l.clone(), "server.listen".to_owned()))
         .collect();
-    let mut proxies = Vec::new();
-    for (name, raw) in raw.unwrap_or_default() {
-        let key = format!("proxies.{name}");
-        let before = check.problems.len();
-        if !valid_name(&name) {
-            check.fail(&key, "a name is 1-64 letters, digits, `-`, `_` or `.`");
-        }
-        let listen = proxy_listen(check, &key, raw.listen.as_deref(), &taken);
-        let upstream = upstream(check, &key, raw.upstream.as_deref());
-        let credential = raw.credential.unwrap_or_default();
-        if credential.is_empty() {
-            check.fail(format!("{key}.credential"), "is required");
-        } else if !credentials.iter().any(|c| c.name == credential) {
-            let message = format!("no credential is named `{credential}`");
-            check.fail(format!("{key}.credential"), message);
-        }
-        let response_timeout = raw.response_timeout.unwrap_or(RESPONSE_TIMEOUT);
-        if response_timeout.is_zero() {
-            check.fail(format!("{key}.response_timeout"), "must be more than 0s");
-        }
-        if let Some(listen) = &listen {
-            taken.push((listen.clone(), format!("{key}.listen")));
-        }
-        if let (Some(listen), Some(upstream), true) =
-            (listen, upstream, check.problems.len() == before)
-        {
-            proxies.push(ProxySpec {
-                name,
-                listen,
-                upstream,
-                credential,
-                ca_file: raw.ca_file.map(PathBuf::from),
-                response_timeout,
-            });
-        }
+    raw.unwrap_or_default()
+        .into_iter()
+        .filter_map(|(name, raw)| proxy(check, name, raw, &mut taken, credentials))
+        .collect()
+}
+
+/// One proxy; its address joins `taken`.
+fn proxy(
+    check: &mut Check,
+    name: String,
+    raw: RawProxy,
+    taken: &mut Vec<(Listen, String)>,
+    credentials: &[CredentialSpec],
+) -> Option<ProxySpec> {
+    let key = format!("proxies.{name}");
+    let before = check.problems.len();
+    if !valid_name(&name) {
+        check.fail(&key, "a name is 1-64 letters, digits, `-`, `_` or `.`");
     }
-    proxies
+    let listen = proxy_listen(check, &key, raw.listen.as_deref(), taken);
+    let upstream = upstream(check, &key, raw.upstream.as_deref());
+    let credential = raw.credential.unwrap_or_default();
+    if credential.is_empty() {
+        check.fail(format!("{key}.credential"), "is required");
+    } else if !credentials.iter().any(|c| c.name == credential) {
+        let message = format!("no credential is named `{credential}`");
+        check.fail(format!("{key}.credential"), message);
+    }
+    let response_timeout = raw.response_timeout.unwrap_or(RESPONSE_TIMEOUT);
+    if response_timeout.is_zero() {
+        check.fail(format!("{key}.response_timeout"), "must be more than 0s");
+    }
+    if let Some(listen) = &listen {
+        taken.push((listen.clone(), format!("{key}.listen")));
+    }
+    (check.problems.len() == before).then_some(())?;
+    Some(ProxySpec {
+        name,
+        listen: listen?,
+        upstream: upstream?,
+        credential,
+        ca_file: raw.ca_file.map(PathBuf::from),
+        response_timeout,
+    })
 }
 
 /// A loopback address or a unix socket, not used by another listener.
