@@ -80,14 +80,18 @@ impl Token {
         let mut json = serde_json::to_vec(&head).unwrap_or_default();
         json.pop();
         json.extend_from_slice(br#","expires_in":"#);
+        // The entity tag shares the body's allocation: one fewer per version.
+        let head_len = json.len();
+        let version = rand::random::<u64>();
+        json.extend_from_slice(&quoted_hex(version));
         // Serializing grows the buffer by doubling; thousands of tokens are held at once.
         json.shrink_to_fit();
-        let version = rand::random::<u64>();
+        let both = Bytes::from_owner(Wiped(json));
         Token {
             raw: Bytes::from_owner(Wiped(access_token.as_bytes().to_vec())),
-            json_head: Bytes::from_owner(Wiped(json)),
+            json_head: both.slice(..head_len),
             version,
-            etag: Bytes::from_owner(quoted_hex(version)),
+            etag: both.slice(head_len..),
             token_type,
             scope,
             issued_at,

@@ -330,6 +330,32 @@ fn check_config_refuses_bad_proxies() {
             "missing {expected:?} in:\n{errors}"
         );
     }
+
+    // With --check-secrets, a proxy's CA file must hold certificates.
+    let not_pem = dir.path().join("ca.pem");
+    std::fs::write(&not_pem, "not a certificate").unwrap();
+    let config = format!(
+        "[state]\ndir = \"{}\"\n[credentials.x]\ngrant = \"client_credentials\"\ntoken_url = \"http://127.0.0.1:9/token\"\nclient_id = \"c\"\nclient_secret = \"s\"\n\
+         [proxies.api]\nlisten = \"127.0.0.1:9000\"\nupstream = \"https://api.example.com\"\ncredential = \"x\"\nca_file = \"{}\"\n",
+        dir.path().join("state").display(),
+        not_pem.display()
+    );
+    std::fs::write(&path, config).unwrap();
+    let check = |extra: &[&str]| {
+        let mut args = vec!["check-config", "--config", path.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        std::process::Command::new(bin())
+            .args(&args)
+            .output()
+            .unwrap()
+    };
+    assert!(check(&[]).status.success());
+    let output = check(&["--check-secrets"]);
+    let errors = String::from_utf8(output.stderr).unwrap();
+    assert!(
+        errors.contains("proxies.api.ca_file:") && errors.contains("holds no PEM certificate"),
+        "{errors}"
+    );
 }
 
 /// Makes the broker's current token stale at the API (the dev IdP forgets it).
