@@ -42,7 +42,7 @@ async fn the_upstream_gets_the_token_and_its_host_and_no_hop_by_hop_headers() {
     let upstream = upstream::start(idp.url.clone()).await;
     let dir = tempdir();
     let proxies = proxy("api", &format!("{upstream}/base/"), "") + &proxy("idp", &idp.url, "");
-    let mut broker = start(&idp, dir.path(), &proxies, &[]);
+    let mut broker = start(&idp, dir.path(), &proxies, &[("RUST_LOG", "trace")]);
     let addr = proxy_addr(&mut broker, "api");
     let whoami = proxy_addr(&mut broker, "idp");
     let token = broker.access_token("x").await;
@@ -100,6 +100,15 @@ async fn the_upstream_gets_the_token_and_its_host_and_no_hop_by_hop_headers() {
     );
     let who: Value = response.json().await.unwrap();
     assert_eq!(who["client_id"], "dev-client");
+    let logs = broker.proc.logs();
+    assert!(
+        logs.contains("\"level\":\"TRACE\""),
+        "trace lines were logged"
+    );
+    assert!(
+        !logs.contains(&token),
+        "the token reached the trace-level logs"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
