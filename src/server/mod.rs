@@ -1,4 +1,5 @@
-//! The HTTP layer: routes, request guards, listeners.
+//! The HTTP layer: routes, request guards, listeners, and the watchers (conditional reads,
+//! long polls, event streams).
 //!
 //! `Api::new(app)` is the whole API as a value (token reads answered directly, everything
 //! else by `router(app)`), so tests can call it without a socket; `serve(listeners, app,
