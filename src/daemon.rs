@@ -89,6 +89,7 @@ pub async fn run(
         Broker::new(&config, store, Metrics::new(STATES), shutdown.clone())
             .map_err(anyhow::Error::msg)?,
     );
+    let bound_proxies = crate::proxy::bind(&config).await?;
     let states: Weak<dyn StateSource> = Arc::downgrade(&broker) as Weak<Broker>;
     broker.metrics().set_state_source(states);
     broker.start();
@@ -102,6 +103,7 @@ pub async fn run(
         state,
         idp,
         credentials,
+        proxies,
     } = config;
     drop(credentials);
     let config = Config {
@@ -109,6 +111,7 @@ pub async fn run(
         state,
         idp,
         credentials: Vec::new(),
+        proxies,
     };
     let app = App {
         broker: broker.clone(),
@@ -116,6 +119,7 @@ pub async fn run(
         request_deadline: config.server.request_timeout + std::time::Duration::from_secs(5),
         header_timeout: config.server.header_timeout,
         allowed_hosts: App::hosts(&config.server, &listeners),
+        watchers: server::Watchers::new(config.server.max_watchers, broker.metrics().watchers()),
     };
     let stop = CancellationToken::new();
     let server = tokio::spawn(server::serve(
@@ -123,6 +127,7 @@ pub async fn run(
         app,
         stop.clone().cancelled_owned(),
     ));
+    let mut proxy_tasks = crate::proxy::start(bound_proxies, &broker, &config, stop.clone())?;
     if let Some(path) = path {
         tokio::spawn(reloader(broker.clone(), path, config.clone()));
     }
@@ -133,6 +138,7 @@ pub async fn run(
     let drained = tokio::time::timeout(grace, async {
         broker.drain(grace).await;
         let _ = server.await;
+        while proxy_tasks.join_next().await.is_some() {}
     })
     .await;
     if drained.is_err() {
@@ -175,8 +181,9 @@ async fn reloader(broker: Arc<Broker>, path: PathBuf, running: Config) {
         if config.server != running.server
             || config.state != running.state
             || config.idp != running.idp
+            || config.proxies != running.proxies
         {
-            warn!("[server], [state] and [idp] changes take effect at the next restart");
+            warn!("[server], [state], [idp] and [proxies] changes take effect at the next restart");
         }
         if let Err(e) = broker.reload(&config).await {
             error!(error = %e, "reload failed; keeping the running credentials");

@@ -12,7 +12,10 @@
 //! - `broker`: per-credential state, the single flight, proactive timers.
 //! - `store`: durable, crash-safe persistence of rotated refresh tokens: files for one
 //!   broker, or Redis shared by a fleet.
-//! - `server`: the HTTP API (routes, guards, listeners, error mapping).
+//! - `server`: the HTTP API (routes, guards, listeners, error mapping), long polls and
+//!   event streams.
+//! - `sink`: file sinks, the token written to a file on every new version.
+//! - `proxy`: header-injecting proxies that forward requests with the token added.
 //! - `metrics`: Prometheus metrics.
 //! - `daemon`: `run` wiring (store, broker, server, signals, drain).
 //! - `dev` and `dev_idp`: the try-it-now mode and the strict development IdP.
@@ -31,9 +34,11 @@ pub mod error;
 pub mod exec;
 pub mod idp;
 pub mod metrics;
+pub mod proxy;
 pub mod secret;
 pub mod server;
 pub mod signal;
+pub mod sink;
 pub mod store;
 
 #[cfg(test)]

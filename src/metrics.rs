@@ -20,6 +20,10 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+mod delivery;
+
+pub use delivery::{ProxyMetrics, SinkMetrics};
+
 // Label sets share the credential's name (one allocation per credential, however many
 // series it has) and use static strings for the rest: with thousands of credentials,
 // a String per label per series costs megabytes.
@@ -91,6 +95,8 @@ pub struct Metrics {
     lease_lost: Family<Name, Counter>,
     adopted: Family<Adopted, Counter>,
     store_errors: Family<Operation, Counter>,
+    /// Sinks, proxies and watchers.
+    delivery: delivery::Delivery,
 }
 
 /// Handles for one credential's hot counters.
@@ -134,6 +140,7 @@ impl Metrics {
             lease_lost: Family::default(),
             adopted: Family::default(),
             store_errors: Family::default(),
+            delivery: delivery::Delivery::default(),
         };
         registry.register(
             "requests",
@@ -175,6 +182,7 @@ impl Metrics {
             m.store_latency.clone(),
         );
         m.register_shared(&mut registry);
+        m.delivery.register(&mut registry);
         *m.registry.lock().unwrap_or_else(|e| e.into_inner()) = registry;
         m
     }
@@ -260,6 +268,7 @@ impl Metrics {
                 via,
             });
         }
+        self.delivery.forget(&name.credential);
     }
 
     /// The text exposition. With thousands of credentials it runs to megabytes: the

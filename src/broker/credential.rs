@@ -77,6 +77,11 @@ pub struct Credential {
     /// Cancelled when this credential is retired (shutdown, or removed or replaced by a
     /// reload): its timer stops and it starts no new refresh.
     pub(super) stop: CancellationToken,
+    /// Wakes the watchers (long polls, event streams) when a new version is published.
+    /// Inline and task-free: with nobody watching, a publish costs an uncontended lock.
+    pub(super) changed: tokio::sync::Notify,
+    /// The files every new version is written to.
+    pub(super) sinks: Vec<Arc<crate::sink::Sink>>,
 }
 
 /// The mutable part of a credential.
@@ -142,6 +147,16 @@ impl Credential {
                     .map_err(|e| format!("credentials.{}.client_keys[{i}]: {e}", spec.name))
             })
             .collect::<Result<Vec<_>, String>>()?;
+        let stop = shared.shutdown.child_token();
+        let sinks = if spec.sinks.is_empty() {
+            Vec::new()
+        } else {
+            let metrics = shared.metrics.sink(&spec.name);
+            let sink = |s: &crate::config::SinkSpec| {
+                crate::sink::Sink::new(s.clone(), &spec.name, stop.clone(), metrics.clone())
+            };
+            spec.sinks.iter().map(sink).collect()
+        };
         Ok(Arc::new_cyclic(|me| Credential {
             spec: spec.clone(),
             current: ArcSwapOption::empty(),
@@ -152,7 +167,9 @@ impl Credential {
             metrics: shared.metrics.credential(&spec.name),
             shared: shared.clone(),
             client_keys,
-            stop: shared.shutdown.child_token(),
+            stop,
+            changed: tokio::sync::Notify::new(),
+            sinks,
         }))
     }
 
@@ -204,7 +221,11 @@ impl Credential {
     /// hangs off here.
     pub(super) fn publish(&self, token: Arc<Token>) {
         self.metrics.set_expiry(token.expires_at);
+        for sink in &self.sinks {
+            sink.offer(token.clone());
+        }
         self.current.store(Some(token));
+        self.changed.notify_waiters();
     }
 
     /// Tells the proactive timer that this credential's next due time may have moved.

@@ -5,7 +5,8 @@
 //! the ordering that makes rotation safe), `refused` (when to ask again about a refused
 //! credential without a chain), `restore` (where a chain starts after a restart), `fleet` (the single flight across brokers sharing a redis store), `timer`
 //! (proactive refresh and bootstrap watching), `schedule` (the pure timing policy),
-//! `token` (a published token version), `status` (what operators see).
+//! `token` (a published token version), `watch` (waiting for the next version),
+//! `status` (what operators see).
 //! Nothing here knows HTTP.
 
 mod credential;
@@ -21,6 +22,7 @@ mod schedule;
 mod status;
 mod timer;
 mod token;
+mod watch;
 
 use std::collections::HashMap;
 use std::sync::Arc;

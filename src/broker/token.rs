@@ -4,6 +4,12 @@
 //! an `ArcSwap` and answers from bytes encoded once per version. Only `expires_in` changes
 //! from second to second, so the JSON body is stored without it and completed per request.
 //! The token bytes are zeroized when the last copy is dropped.
+//!
+//! Each version also draws a random 64-bit id, its entity tag: clients compare versions
+//! with it (`ETag`, `If-None-Match`, watch streams) without it saying anything about the
+//! token. A hash of the token would let anyone who sees the tag confirm a guessed token
+//! offline; a process-wide counter would repeat after a restart and make a client wait
+//! on a tag that now names another token.
 
 use std::fmt;
 use std::time::{Duration, SystemTime};
@@ -17,6 +23,11 @@ pub struct Token {
     raw: Bytes,
     /// `{"access_token":...,"expires_at":...` without `expires_in` and the closing brace.
     json_head: Bytes,
+    /// This version's random id.
+    version: u64,
+    /// The id as a quoted entity tag, encoded once so responses carry it without
+    /// allocating.
+    etag: Bytes,
     pub token_type: String,
     pub scope: Option<String>,
     pub issued_at: SystemTime,
@@ -69,11 +80,18 @@ impl Token {
         let mut json = serde_json::to_vec(&head).unwrap_or_default();
         json.pop();
         json.extend_from_slice(br#","expires_in":"#);
+        // The entity tag shares the body's allocation: one fewer per version.
+        let head_len = json.len();
+        let version = rand::random::<u64>();
+        json.extend_from_slice(&quoted_hex(version));
         // Serializing grows the buffer by doubling; thousands of tokens are held at once.
         json.shrink_to_fit();
+        let both = Bytes::from_owner(Wiped(json));
         Token {
             raw: Bytes::from_owner(Wiped(access_token.as_bytes().to_vec())),
-            json_head: Bytes::from_owner(Wiped(json)),
+            json_head: both.slice(..head_len),
+            version,
+            etag: both.slice(head_len..),
             token_type,
             scope,
             issued_at,
@@ -90,6 +108,26 @@ impl Token {
     /// Whether the token has any lifetime left.
     pub fn is_valid(&self, now: SystemTime) -> bool {
         self.expires_at > now
+    }
+
+    /// This version's id: another version of the credential has another id.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// The entity tag of this version, quoted (`"0123456789abcdef"`).
+    pub fn etag(&self) -> Bytes {
+        self.etag.clone()
+    }
+
+    /// Whether an `If-None-Match` value names this version: `*`, or a list of tags
+    /// (weak ones compared weakly, as RFC 9110 says for `If-None-Match`).
+    pub fn matches(&self, if_none_match: &[u8]) -> bool {
+        if_none_match.split(|b| *b == b',').any(|tag| {
+            let tag = tag.trim_ascii();
+            let tag = tag.strip_prefix(b"W/").unwrap_or(tag);
+            tag == b"*" || tag == &self.etag[..]
+        })
     }
 
     /// The bare token bytes.
@@ -130,6 +168,16 @@ fn put_decimal(out: &mut BytesMut, mut n: u64) {
         }
     }
     out.put_slice(&digits[start..]);
+}
+
+/// `"` + 16 lower-case hex digits + `"`.
+fn quoted_hex(n: u64) -> [u8; 18] {
+    let mut out = [b'"'; 18];
+    for (i, digit) in out[1..17].iter_mut().enumerate() {
+        let nibble = (n >> (60 - 4 * i)) & 0xf;
+        *digit = b"0123456789abcdef"[nibble as usize];
+    }
+    out
 }
 
 /// RFC 3339 in UTC with whole seconds; times past year 9999, which RFC 3339 cannot
@@ -191,5 +239,25 @@ mod tests {
         let body: serde_json::Value = serde_json::from_slice(&t.json_body(now)).unwrap();
         assert_eq!(body["expires_at"], "9999-12-31T23:59:59Z");
         assert!(body["expires_in"].as_u64().unwrap() > 200_000_000_000);
+    }
+
+    #[test]
+    fn versions_have_their_own_tags_and_match_if_none_match_lists() {
+        let now = SystemTime::now();
+        let make = || Token::new("same", "Bearer".into(), None, now, now, now);
+        let (a, b) = (make(), make());
+        assert_ne!(a.version(), b.version());
+        assert_ne!(a.etag(), b.etag());
+        let tag = String::from_utf8(a.etag().to_vec()).unwrap();
+        assert_eq!(tag.len(), 18);
+        assert!(tag.starts_with('"') && tag.ends_with('"'));
+        assert!(!tag.contains("same"));
+        assert!(a.matches(tag.as_bytes()));
+        assert!(a.matches(format!("\"x\", W/{tag} ").as_bytes()));
+        assert!(a.matches(b"*"));
+        assert!(!a.matches(b"\"x\""));
+        assert!(!b.matches(tag.as_bytes()));
+        assert!(!a.matches(tag.trim_matches('"').as_bytes()));
+        assert_eq!(quoted_hex(0x0123_4567_89ab_cdef), *b"\"0123456789abcdef\"");
     }
 }

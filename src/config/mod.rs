@@ -5,6 +5,7 @@
 //! and returns either a `Config` whose values are all usable, or every problem at once,
 //! each naming its key, so `check-config` can report them together.
 
+mod delivery;
 mod grant;
 mod load;
 mod raw;
@@ -17,6 +18,7 @@ use std::time::Duration;
 
 use reqwest::Url;
 
+pub use delivery::*;
 pub use grant::*;
 pub use load::{Source, lenient};
 pub use raw::RawConfig;
@@ -66,6 +68,8 @@ pub struct Config {
     pub idp: IdpConfig,
     /// Sorted by name.
     pub credentials: Vec<CredentialSpec>,
+    /// Header-injecting proxies, sorted by name.
+    pub proxies: Vec<ProxySpec>,
 }
 
 /// Where and how the HTTP API listens.
@@ -90,6 +94,8 @@ pub struct ServerConfig {
     /// Host names (besides loopback and the listen addresses) a request may name in
     /// `Host`; others get 403 `bad_host` (DNS-rebinding protection).
     pub allowed_hosts: Vec<String>,
+    /// Cap on long polls (`?wait=`) and event streams open at once.
+    pub max_watchers: usize,
 }
 
 /// A listener address.
@@ -229,6 +235,8 @@ pub struct CredentialSpec {
     pub lost_answer: LostAnswer,
     /// Who may fetch this credential; open to every local client when empty.
     pub access: Access,
+    /// Files the token is written to on every new version.
+    pub sinks: Vec<SinkSpec>,
 }
 
 /// Per-credential client access control. A request is allowed when the credential has
@@ -313,5 +321,6 @@ pub fn check_sources(config: &Config) -> Vec<Problem> {
             });
         }
     }
+    problems.extend(validate::check_delivery(config));
     problems
 }

@@ -19,6 +19,7 @@ pub struct RawConfig {
     pub state: Option<RawState>,
     pub idp: Option<RawIdp>,
     pub credentials: Option<BTreeMap<String, RawCredential>>,
+    pub proxies: Option<BTreeMap<String, RawProxy>>,
 }
 
 /// `listen` takes one address or a list of them.
@@ -47,6 +48,8 @@ pub struct RawServer {
     #[serde(default, with = "lenient")]
     pub watch_config: Option<bool>,
     pub allowed_hosts: Option<Vec<String>>,
+    #[serde(default, with = "lenient")]
+    pub max_watchers: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -137,6 +140,7 @@ pub struct RawCredential {
     pub signing_alg: Option<String>,
     pub key_id: Option<String>,
     pub exec: Option<RawExec>,
+    pub sinks: Option<Vec<RawSink>>,
 }
 
 /// `credentials.NAME.exec`: the command of `grant = "exec"`.
@@ -148,4 +152,25 @@ pub struct RawExec {
     #[serde(default, with = "serde_opt")]
     pub timeout: Option<Duration>,
     pub format: Option<String>,
+}
+
+/// `[[credentials.NAME.sinks]]`: a file the token is written to.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSink {
+    pub path: Option<String>,
+    pub format: Option<String>,
+    pub mode: Option<String>,
+}
+
+/// `[proxies.NAME]`: a header-injecting proxy.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProxy {
+    pub listen: Option<String>,
+    pub upstream: Option<String>,
+    pub credential: Option<String>,
+    pub ca_file: Option<String>,
+    #[serde(default, with = "serde_opt")]
+    pub response_timeout: Option<Duration>,
 }

@@ -11,8 +11,11 @@ use super::raw::{OneOrMany, RawConfig, RawCredential, RawIdp, RawServer};
 use super::*;
 
 mod client;
+mod delivery;
 mod exec;
 mod grant;
+
+pub use delivery::check_delivery;
 
 /// Collects problems while building a value.
 #[derive(Default)]
@@ -60,12 +63,15 @@ pub fn validate(raw: RawConfig) -> Result<Config, Problems> {
             ),
         );
     }
+    delivery::sinks_overall(&mut check, &credentials, &state);
+    let proxies = delivery::proxies(&mut check, raw.proxies, &server, &credentials);
     if check.problems.is_empty() {
         Ok(Config {
             server,
             state,
             idp,
             credentials,
+            proxies,
         })
     } else {
         Err(Problems(check.problems))
@@ -113,6 +119,7 @@ fn server(check: &mut Check, raw: RawServer) -> ServerConfig {
             .iter()
             .map(|h| h.to_ascii_lowercase())
             .collect(),
+        max_watchers: raw.max_watchers.unwrap_or(10_000),
     }
 }
 
@@ -221,6 +228,7 @@ fn credential(check: &mut Check, name: String, raw: RawCredential) -> Option<Cre
             LostAnswer::RetryWithinGrace
         }
     };
+    let sinks = delivery::sinks(check, &key, raw.sinks);
     if check.problems.len() > before {
         return None;
     }
@@ -251,11 +259,12 @@ fn credential(check: &mut Check, name: String, raw: RawCredential) -> Option<Cre
             gids: raw.allowed_gids.unwrap_or_default(),
             keys: raw.client_keys.unwrap_or_default(),
         },
+        sinks,
         name,
     })
 }
 
-fn valid_name(name: &str) -> bool {
+pub(super) fn valid_name(name: &str) -> bool {
     (1..=64).contains(&name.len())
         && name != "."
         && name != ".."

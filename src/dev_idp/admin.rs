@@ -1,5 +1,5 @@
 //! Admin endpoints that tests use to steer the IdP: faults, latency, revocation,
-//! minting new credentials and resetting the counters.
+//! forgetting access tokens, minting new credentials and resetting the counters.
 //!
 //! They are unauthenticated by design (the IdP is for loopback use in development and
 //! tests only) and answer JSON. Bodies are parsed strictly so a typo in a test fails
@@ -23,6 +23,7 @@ pub fn routes() -> Router<DevIdp> {
         .route("/admin/faults", post(set_faults))
         .route("/admin/latency", post(set_latency))
         .route("/admin/revoke", post(revoke))
+        .route("/admin/forget-access-tokens", post(forget_access_tokens))
         .route("/admin/refresh-tokens", post(mint_refresh_token))
         .route("/admin/stats/reset", post(reset_stats))
 }
@@ -76,6 +77,15 @@ async fn revoke(State(idp): State<DevIdp>) -> Response {
     let revoked = idp.with_state(|state| state.revoke_all());
     tracing::info!(revoked, "dev-idp families revoked");
     axum::Json(json!({"revoked": revoked})).into_response()
+}
+
+/// `POST /admin/forget-access-tokens`: every access token issued so far gets 401 from
+/// `/api/whoami`, while refresh tokens keep working, so a client sees a stale token it
+/// can recover from with one refresh.
+async fn forget_access_tokens(State(idp): State<DevIdp>) -> Response {
+    let forgotten = idp.with_state(|state| state.forget_access_tokens());
+    tracing::info!(forgotten, "dev-idp access tokens forgotten");
+    axum::Json(json!({"forgotten": forgotten})).into_response()
 }
 
 #[derive(Deserialize, Default)]

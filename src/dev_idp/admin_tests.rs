@@ -224,6 +224,24 @@ async fn whoami_accepts_live_tokens_only() {
 }
 
 #[tokio::test]
+async fn forgotten_access_tokens_are_refused_while_refresh_tokens_still_work() {
+    let idp = DevIdp::new(DevIdpOptions::default());
+    let json = refresh(&idp, &idp.initial_refresh_token()).await.json();
+    let bearer = format!("Bearer {}", json["access_token"].as_str().unwrap());
+    assert_eq!(whoami(&idp, Some(&bearer)).await.status, StatusCode::OK);
+    let forgotten = admin(&idp, "/admin/forget-access-tokens", "").await;
+    assert_eq!(forgotten.json(), json!({"forgotten": 1}));
+    assert_eq!(
+        whoami(&idp, Some(&bearer)).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    let next = refresh(&idp, json["refresh_token"].as_str().unwrap()).await;
+    assert_eq!(next.status, StatusCode::OK);
+    let bearer = format!("Bearer {}", next.json()["access_token"].as_str().unwrap());
+    assert_eq!(whoami(&idp, Some(&bearer)).await.status, StatusCode::OK);
+}
+
+#[tokio::test]
 async fn mint_after_revoke_and_reset_stats() {
     let idp = DevIdp::new(DevIdpOptions::default());
     admin(&idp, "/admin/revoke", "").await;

@@ -353,6 +353,15 @@ impl State {
         revoked
     }
 
+    /// Forgets every access token issued so far (refresh tokens stay valid): the API
+    /// now refuses tokens the broker still holds as valid, as after a key rotation at
+    /// the resource server. Returns how many there were.
+    pub fn forget_access_tokens(&mut self) -> u64 {
+        let forgotten = self.access_tokens.len() as u64;
+        self.access_tokens.clear();
+        forgotten
+    }
+
     /// Who a bearer token speaks for, if it is issued, unexpired and not revoked.
     pub fn whoami(&self, now: SystemTime, token: &str) -> Option<WhoAmI> {
         let record = self.access_tokens.get(token)?;

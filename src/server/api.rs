@@ -19,7 +19,7 @@ use tower::Service;
 use tracing::error;
 
 use super::listen::Peer;
-use super::{App, guard, router, token};
+use super::{App, guard, router, token, watch};
 
 /// The whole API: the fast path plus the router.
 #[derive(Clone)]
@@ -47,6 +47,17 @@ impl Api {
         {
             let read = read_token(&self.app, name, &request, peer);
             return match AssertUnwindSafe(read).catch_unwind().await {
+                Ok(response) => response,
+                Err(_) => panicked(),
+            };
+        }
+        // Event streams live as long as their client: kept away from the router's
+        // request deadline.
+        if request.method() == Method::GET
+            && let Some(name) = events_path(request.uri().path())
+        {
+            let open = open_events(&self.app, name, &request, peer);
+            return match AssertUnwindSafe(open).catch_unwind().await {
                 Ok(response) => response,
                 Err(_) => panicked(),
             };
@@ -80,6 +91,35 @@ async fn read_token<B>(
     token::read(app, name.map(Ok), peer, request.uri().query(), headers).await
 }
 
+/// `GET /token/{name}/events` after the token routes' guards.
+async fn open_events<B>(
+    app: &App,
+    name: &str,
+    request: &Request<B>,
+    peer: Option<&Peer>,
+) -> Response {
+    let headers = request.headers();
+    let guarded =
+        guard::check_host(app, headers, peer).and_then(|()| guard::check_local(app, headers));
+    if let Err(refused) = guarded {
+        return refused.into_response();
+    }
+    watch::events(app, name, request, peer).await
+}
+
+/// The credential name of `/token/{name}/events`, for plain names.
+fn events_path(path: &str) -> Option<&str> {
+    let name = path.strip_prefix("/token/")?.strip_suffix("/events")?;
+    plain_name(name).then_some(name)
+}
+
+fn plain_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
 /// `Some(None)` for `/token`, `Some(Some(name))` for `/token/{name}` with a plain name;
 /// `None` for anything the router should decide (other paths, `/token/refresh`, which
 /// is POST-only, and names needing percent-decoding).
@@ -89,12 +129,7 @@ fn token_path(path: &str) -> Option<Option<&str>> {
         return Some(None);
     }
     let name = rest.strip_prefix('/')?;
-    let plain = !name.is_empty()
-        && name != "refresh"
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-    plain.then_some(Some(name))
+    (name != "refresh" && plain_name(name)).then_some(Some(name))
 }
 
 fn panicked() -> Response {
@@ -122,6 +157,21 @@ mod tests {
             "/healthz",
         ] {
             assert_eq!(token_path(router_decides), None, "{router_decides}");
+        }
+    }
+
+    #[test]
+    fn event_streams_are_recognised_for_plain_names_only() {
+        use super::events_path;
+        assert_eq!(events_path("/token/github/events"), Some("github"));
+        for not_events in [
+            "/token/events",
+            "/token//events",
+            "/token/a/b/events",
+            "/token/a%20b/events",
+            "/token/a/events/",
+        ] {
+            assert_eq!(events_path(not_events), None, "{not_events}");
         }
     }
 }

@@ -21,6 +21,8 @@ pub enum ApiError {
     /// The client may not fetch this credential.
     Forbidden(String),
     NotFound,
+    /// `server.max_watchers` long polls and event streams are open already.
+    TooManyWatchers,
 }
 
 impl ApiError {
@@ -46,6 +48,7 @@ impl ApiError {
             ApiError::BadHost => "bad_host",
             ApiError::Forbidden(_) => "forbidden",
             ApiError::NotFound => "not_found",
+            ApiError::TooManyWatchers => "too_many_watchers",
             ApiError::Broker { error, .. } => match error {
                 Error::UnknownCredential(_) => "unknown_credential",
                 Error::NoDefaultCredential { .. } | Error::BadRequest(_) => "bad_request",
@@ -64,6 +67,7 @@ impl ApiError {
             | ApiError::BadHost
             | ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::TooManyWatchers => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Broker { error, .. } => match error {
                 Error::UnknownCredential(_) => StatusCode::NOT_FOUND,
                 Error::NoDefaultCredential { .. } | Error::BadRequest(_) => StatusCode::BAD_REQUEST,
@@ -88,6 +92,9 @@ impl ApiError {
             }
             ApiError::Forbidden(_) => "this client may not fetch this credential".into(),
             ApiError::NotFound => "no such endpoint".into(),
+            ApiError::TooManyWatchers => {
+                "too many long polls and event streams are open (server.max_watchers); retry later".into()
+            }
             ApiError::Broker { error, .. } => error.to_string(),
         }
     }
@@ -121,6 +128,9 @@ impl IntoResponse for ApiError {
         {
             let secs = after.as_secs_f64().ceil().max(1.0) as u64;
             headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if let ApiError::TooManyWatchers = &self {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(1));
         }
         response
     }

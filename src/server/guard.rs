@@ -2,6 +2,7 @@
 //! panic in a handler turns into (a 500 JSON answer, with the process still serving).
 
 use std::borrow::Cow;
+use std::collections::HashSet;
 use std::panic::AssertUnwindSafe;
 
 use axum::extract::{Request, State};
@@ -36,17 +37,22 @@ pub fn check_local(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
 /// DNS-rebinding protection: a browser tricked into calling us by a hostile name still
 /// sends that name in `Host`. Unix-socket requests cannot be reached that way.
 pub fn check_host(app: &App, headers: &HeaderMap, peer: Option<&Peer>) -> Result<(), ApiError> {
+    match host_allowed(&app.allowed_hosts, headers, peer) {
+        true => Ok(()),
+        false => Err(ApiError::BadHost),
+    }
+}
+
+/// Whether `Host` is absent, one of `hosts`, or the request came over a unix socket.
+pub fn host_allowed(hosts: &HashSet<String>, headers: &HeaderMap, peer: Option<&Peer>) -> bool {
     if matches!(peer, Some(Peer::Unix { .. })) {
-        return Ok(());
+        return true;
     }
     let host = headers
         .get(header::HOST)
         .and_then(|v| v.to_str().ok())
         .map(host_name);
-    match host {
-        Some(name) if !app.allowed_hosts.contains(name.as_ref()) => Err(ApiError::BadHost),
-        _ => Ok(()),
-    }
+    host.is_none_or(|name| hosts.contains(name.as_ref()))
 }
 
 /// `check_local` as middleware, for the token routes the router serves.

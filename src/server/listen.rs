@@ -2,8 +2,10 @@
 //! serving (so a busy port is a start-up error and tests can bind port 0), each
 //! connection served by hyper with limits a slow or hostile client cannot get around:
 //! a deadline for request headers (which also closes idle keep-alive connections), a
-//! cap on header size, and graceful draining at shutdown.
+//! cap on header size, and graceful draining at shutdown. The API and the proxies
+//! (`proxy`) share it: each is a `Handler`.
 
+use std::future::Future;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -32,6 +34,26 @@ pub enum Peer {
         uid: u32,
         gid: u32,
     },
+}
+
+/// What a connection runs for each of its requests.
+pub trait Handler: Clone + Send + Sync + 'static {
+    /// Answers one request from `peer`.
+    fn call(
+        &self,
+        request: hyper::Request<hyper::body::Incoming>,
+        peer: &Peer,
+    ) -> impl Future<Output = axum::response::Response> + Send;
+}
+
+impl Handler for Api {
+    fn call(
+        &self,
+        request: hyper::Request<hyper::body::Incoming>,
+        peer: &Peer,
+    ) -> impl Future<Output = axum::response::Response> + Send {
+        self.handle(request, Some(peer))
+    }
 }
 
 /// A bound listener.
@@ -82,9 +104,9 @@ impl Listener {
     }
 
     /// Accepts until `stop`, then waits for open connections to finish their requests.
-    pub(super) async fn serve(
+    pub async fn serve(
         self,
-        api: Api,
+        api: impl Handler,
         header_timeout: Duration,
         stop: CancellationToken,
     ) -> std::io::Result<()> {
@@ -143,7 +165,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
 fn spawn_connection(
     io: Box<dyn Io>,
     peer: Peer,
-    api: &Api,
+    api: &impl Handler,
     header_timeout: Duration,
     graceful: &GracefulShutdown,
 ) {
@@ -153,7 +175,7 @@ fn spawn_connection(
             let connection = connection.clone();
             async move {
                 let (api, peer) = &*connection;
-                Ok::<_, Infallible>(api.handle(request, Some(peer)).await)
+                Ok::<_, Infallible>(api.call(request, peer).await)
             }
         });
     let connection = hyper::server::conn::http1::Builder::new()

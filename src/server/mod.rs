@@ -1,4 +1,5 @@
-//! The HTTP layer: routes, request guards, listeners.
+//! The HTTP layer: routes, request guards, listeners, and the watchers (conditional reads,
+//! long polls, event streams).
 //!
 //! `Api::new(app)` is the whole API as a value (token reads answered directly, everything
 //! else by `router(app)`), so tests can call it without a socket; `serve(listeners, app,
@@ -11,6 +12,7 @@ mod guard;
 mod listen;
 mod ops;
 mod token;
+mod watch;
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -25,7 +27,9 @@ use axum::routing::{get, post};
 
 pub use api::Api;
 pub use error::ApiError;
-pub use listen::{Listener, Peer, bind};
+pub use guard::{host_allowed, host_name};
+pub use listen::{Handler, Listener, Peer, bind};
+pub use watch::{MAX_WAIT, Watchers};
 
 use crate::broker::Broker;
 
@@ -44,6 +48,8 @@ pub struct App {
     pub header_timeout: Duration,
     /// Names a request may carry in `Host`.
     pub allowed_hosts: Arc<HashSet<String>>,
+    /// Long polls and event streams open now, and their cap.
+    pub watchers: Arc<Watchers>,
 }
 
 impl App {

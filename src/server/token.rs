@@ -2,7 +2,7 @@
 //! Parsing and answering only; every decision about refreshing is the broker's.
 
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use axum::Extension;
 use axum::body::{Body, Bytes};
@@ -24,6 +24,7 @@ use crate::broker::{Credential, Token, Want};
 struct TokenQuery {
     min_ttl: Option<String>,
     format: Option<String>,
+    wait: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -33,7 +34,7 @@ struct RefreshBody {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Format {
+pub(super) enum Format {
     Json,
     Raw,
 }
@@ -116,13 +117,13 @@ pub async fn read(
     headers: &HeaderMap,
 ) -> Response {
     match resolve(app, name, peer, headers) {
-        Ok(credential) => get(credential, query, headers).await,
+        Ok(credential) => get(app, credential, query, headers).await,
         Err(error) => error.into_response(),
     }
 }
 
 /// The named (or default) credential, if it exists and this client may fetch it.
-fn resolve(
+pub(super) fn resolve(
     app: &App,
     name: Option<Result<&str, ApiError>>,
     peer: Option<&Peer>,
@@ -162,19 +163,26 @@ fn resolve(
     Err(ApiError::Forbidden(credential.name().to_owned()))
 }
 
-async fn get(credential: Arc<Credential>, query: Option<&str>, headers: &HeaderMap) -> Response {
-    let parsed = parse_query(query, headers);
-    let (min_ttl, format) = match parsed {
+async fn get(
+    app: &App,
+    credential: Arc<Credential>,
+    query: Option<&str>,
+    headers: &HeaderMap,
+) -> Response {
+    let query = match parse_query(query, headers) {
         Ok(parsed) => parsed,
         Err(e) => return e.into_response(),
     };
     debug!(
         credential = credential.name(),
-        min_ttl_ms = min_ttl.as_millis() as u64,
+        min_ttl_ms = query.min_ttl.as_millis() as u64,
         "token request"
     );
-    let outcome = credential.get(Want::Fresh(min_ttl)).await;
-    answer(&credential, outcome, format)
+    let outcome = credential.get(Want::Fresh(query.min_ttl)).await;
+    match headers.get(header::IF_NONE_MATCH) {
+        None => answer(&credential, outcome, query.format),
+        Some(tags) => super::watch::conditional(app, credential, outcome, tags, &query).await,
+    }
 }
 
 async fn refresh(credential: Arc<Credential>, headers: &HeaderMap, body: &[u8]) -> Response {
@@ -183,11 +191,7 @@ async fn refresh(credential: Arc<Credential>, headers: &HeaderMap, body: &[u8]) 
         Ok(None) => Want::Forced,
         Err(e) => return e.into_response(),
     };
-    let format = if wants_text(headers) {
-        Format::Raw
-    } else {
-        Format::Json
-    };
+    let format = default_format(headers);
     debug!(
         credential = credential.name(),
         kind = want.trigger(),
@@ -196,7 +200,11 @@ async fn refresh(credential: Arc<Credential>, headers: &HeaderMap, body: &[u8]) 
     answer(&credential, credential.get(want).await, format)
 }
 
-fn answer(credential: &Credential, outcome: crate::broker::Outcome, format: Format) -> Response {
+pub(super) fn answer(
+    credential: &Credential,
+    outcome: crate::broker::Outcome,
+    format: Format,
+) -> Response {
     match outcome {
         Ok(token) => {
             credential.count_served();
@@ -210,7 +218,7 @@ fn answer(credential: &Credential, outcome: crate::broker::Outcome, format: Form
     }
 }
 
-fn token_response(token: &Token, format: Format) -> Response {
+pub(super) fn token_response(token: &Token, format: Format) -> Response {
     let (body, content_type) = match format {
         Format::Json => (token.json_body(SystemTime::now()), "application/json"),
         Format::Raw => (token.raw(), "text/plain; charset=utf-8"),
@@ -219,43 +227,70 @@ fn token_response(token: &Token, format: Format) -> Response {
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    insert_etag(headers, token);
     *response.status_mut() = StatusCode::OK;
     response
 }
 
-fn parse_query(
-    query: Option<&str>,
-    headers: &HeaderMap,
-) -> Result<(std::time::Duration, Format), ApiError> {
+/// The version's entity tag; shares the bytes encoded with the version.
+pub(super) fn insert_etag(headers: &mut HeaderMap, token: &Token) {
+    if let Ok(etag) = HeaderValue::from_maybe_shared(token.etag()) {
+        headers.insert(header::ETAG, etag);
+    }
+}
+
+/// A token read's query.
+pub(super) struct Query {
+    pub min_ttl: Duration,
+    pub format: Format,
+    /// How long a conditional read may wait for a new version (`?wait=`).
+    pub wait: Duration,
+}
+
+fn parse_query(query: Option<&str>, headers: &HeaderMap) -> Result<Query, ApiError> {
     let Some(query) = query.filter(|q| !q.is_empty()) else {
-        let format = if wants_text(headers) {
-            Format::Raw
-        } else {
-            Format::Json
-        };
-        return Ok((std::time::Duration::ZERO, format));
+        return Ok(Query {
+            min_ttl: Duration::ZERO,
+            format: default_format(headers),
+            wait: Duration::ZERO,
+        });
     };
     let parsed: TokenQuery = serde_urlencoded::from_str(query).map_err(|e| {
         ApiError::bad_request(format!(
-            "bad query string: {e}; known parameters: min_ttl, format"
+            "bad query string: {e}; known parameters: min_ttl, format, wait"
         ))
     })?;
-    let min_ttl = match parsed.min_ttl.as_deref() {
-        None => std::time::Duration::ZERO,
-        Some(text) => crate::duration::parse(text)
-            .map_err(|e| ApiError::bad_request(format!("min_ttl: {e}")))?,
-    };
-    let format = match parsed.format.as_deref() {
-        None if wants_text(headers) => Format::Raw,
-        None | Some("json") => Format::Json,
-        Some("raw") => Format::Raw,
-        Some(other) => {
-            return Err(ApiError::bad_request(format!(
-                "format: `{other}` is not json or raw"
-            )));
+    let duration = |key: &str, text: Option<&str>| match text {
+        None => Ok(Duration::ZERO),
+        Some(text) => {
+            crate::duration::parse(text).map_err(|e| ApiError::bad_request(format!("{key}: {e}")))
         }
     };
-    Ok((min_ttl, format))
+    Ok(Query {
+        min_ttl: duration("min_ttl", parsed.min_ttl.as_deref())?,
+        format: parse_format(parsed.format.as_deref(), headers)?,
+        wait: duration("wait", parsed.wait.as_deref())?,
+    })
+}
+
+/// `format=json|raw`; without it, `Accept` decides.
+pub(super) fn parse_format(format: Option<&str>, headers: &HeaderMap) -> Result<Format, ApiError> {
+    match format {
+        None => Ok(default_format(headers)),
+        Some("json") => Ok(Format::Json),
+        Some("raw") => Ok(Format::Raw),
+        Some(other) => Err(ApiError::bad_request(format!(
+            "format: `{other}` is not json or raw"
+        ))),
+    }
+}
+
+fn default_format(headers: &HeaderMap) -> Format {
+    if wants_text(headers) {
+        Format::Raw
+    } else {
+        Format::Json
+    }
 }
 
 /// `Accept: text/plain` (as the first choice) asks for the bare token.

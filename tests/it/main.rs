@@ -4,6 +4,7 @@
 
 mod harness;
 mod redis_server;
+mod upstream;
 
 mod api;
 mod chaos;
@@ -19,8 +20,12 @@ mod hostile;
 mod lifetimes;
 mod operations;
 mod persistence;
+mod proxy;
+mod proxy_bodies;
 mod refusals;
 mod security;
 mod single_flight;
+mod sinks;
 mod stampede;
 mod tls;
+mod watch;

@@ -1,0 +1,349 @@
+//! One proxied request: admit it, take the credential's token, send it upstream with
+//! the token, and after a 401 report the token, wait for the single refresh and send
+//! it once more, if its body was kept.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::body::Body;
+use axum::http::{HeaderMap, Method, Request, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use hyper::body::Incoming;
+use serde_json::json;
+use tokio::sync::watch;
+use tracing::{debug, warn};
+
+use super::body::{self, Replay};
+use super::client::Outgoing;
+use super::headers;
+use super::{Inner, QUIET};
+use crate::broker::{Credential, Token, Want};
+use crate::server::{ApiError, Peer, host_allowed, host_name};
+
+/// Why a request got no upstream answer.
+enum Failure {
+    Unreachable(String),
+    Timeout(Duration),
+    BadRequest(String),
+}
+
+/// What is sent upstream on each attempt, but the token and the body.
+struct Target {
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+}
+
+impl Inner {
+    /// Answers one request, counting its outcome.
+    pub(super) async fn forward(&self, request: Request<Incoming>, peer: &Peer) -> Response {
+        let started = Instant::now();
+        let method = request.method().clone();
+        let (outcome, response) = self.answer(request, peer).await;
+        self.metrics.request(outcome);
+        // No path or query: they can carry secrets of their own (signed URLs).
+        debug!(proxy = %self.spec.name, %method, status = response.status().as_u16(), outcome, took_ms = started.elapsed().as_millis() as u64, "proxied");
+        response
+    }
+
+    async fn answer(&self, request: Request<Incoming>, peer: &Peer) -> (&'static str, Response) {
+        let credential = match self.admit(&request, peer) {
+            Ok(credential) => credential,
+            Err(refused) => return *refused,
+        };
+        let token = match credential.get(Want::Fresh(Duration::ZERO)).await {
+            Ok(token) => token,
+            Err(error) => {
+                return (
+                    "no_token",
+                    ApiError::about(error, credential.name()).into_response(),
+                );
+            }
+        };
+        let (parts, incoming) = request.into_parts();
+        let target = match self.target(parts.method, &parts.uri, parts.headers) {
+            Ok(target) => target,
+            Err(failure) => return self.failed(failure),
+        };
+        let prepared = match body::prepare(incoming).await {
+            Ok(prepared) => prepared,
+            Err(e) => {
+                return self.failed(Failure::BadRequest(format!(
+                    "cannot read the request body: {e}"
+                )));
+            }
+        };
+        match self
+            .send(&target, &token, prepared.body, prepared.sent)
+            .await
+        {
+            Ok(first) if first.status() == StatusCode::UNAUTHORIZED => {
+                self.after_401(&credential, &target, &token, &prepared.replay, first)
+                    .await
+            }
+            Ok(response) => ("forwarded", relay(response)),
+            Err(failure) => self.failed(failure),
+        }
+    }
+
+    /// The credential, if this request may use it: not from a web page, for a known
+    /// `Host`, and allowed by the credential's client rules.
+    fn admit(
+        &self,
+        request: &Request<Incoming>,
+        peer: &Peer,
+    ) -> Result<Arc<Credential>, Box<(&'static str, Response)>> {
+        let headers = request.headers();
+        if request.method() == Method::CONNECT {
+            return Err(Box::new(self.failed(Failure::BadRequest(
+                "CONNECT is not supported: this proxy forwards requests to its one upstream".into(),
+            ))));
+        }
+        if !host_allowed(&self.hosts, headers, Some(peer)) {
+            return Err(Box::new(("refused", ApiError::BadHost.into_response())));
+        }
+        if from_web_page(headers, &self.hosts) {
+            let message = "a browser sent this request for a web page (Origin or Sec-Fetch-Site): the proxy does not lend its token to web pages";
+            return Err(Box::new((
+                "refused",
+                self.error(StatusCode::FORBIDDEN, "browser_request", message),
+            )));
+        }
+        let credential = self.broker.credential(&self.spec.credential).map_err(|e| {
+            Box::new((
+                "no_token",
+                ApiError::about(e, &self.spec.credential).into_response(),
+            ))
+        })?;
+        let unix = match peer {
+            Peer::Unix { uid, gid } => Some((*uid, *gid)),
+            Peer::Tcp(_) => None,
+        };
+        let key = headers.get("token-broker-key").map(|v| v.as_bytes());
+        if !credential.allows(unix, key) {
+            warn!(proxy = %self.spec.name, ?peer, key_sent = key.is_some(), "proxy client refused");
+            return Err(Box::new((
+                "refused",
+                ApiError::Forbidden(credential.name().to_owned()).into_response(),
+            )));
+        }
+        Ok(credential)
+    }
+
+    /// Where the request goes: the upstream's base plus the client's path and query.
+    fn target(&self, method: Method, uri: &Uri, mut headers: HeaderMap) -> Result<Target, Failure> {
+        let path = uri.path_and_query().map_or("/", |p| p.as_str());
+        let uri = format!("{}{path}", self.base)
+            .parse::<Uri>()
+            .map_err(|e| Failure::BadRequest(format!("cannot build the upstream URL: {e}")))?;
+        headers.remove(header::AUTHORIZATION);
+        Ok(Target {
+            method,
+            uri,
+            headers,
+        })
+    }
+
+    /// One attempt. The response deadline starts once the body has been sent: a large
+    /// upload may take as long as it takes.
+    async fn send(
+        &self,
+        target: &Target,
+        token: &Token,
+        body: Outgoing,
+        mut sent: watch::Receiver<bool>,
+    ) -> Result<hyper::Response<Incoming>, Failure> {
+        let mut request = Request::new(body);
+        *request.method_mut() = target.method.clone();
+        *request.uri_mut() = target.uri.clone();
+        *request.headers_mut() = target.headers.clone();
+        let bearer = headers::bearer(token.secret())
+            .ok_or_else(|| Failure::BadRequest("the token cannot be sent in a header".into()))?;
+        headers::upstream_request(request.headers_mut(), &self.host, bearer);
+        let response = self.client.request(request);
+        tokio::pin!(response);
+        let early = tokio::select! {
+            answered = &mut response => Some(answered),
+            _ = sent.wait_for(|done| *done) => None,
+        };
+        let answered = match early {
+            Some(answered) => answered,
+            None => tokio::time::timeout(self.spec.response_timeout, response)
+                .await
+                .map_err(|_| Failure::Timeout(self.spec.response_timeout))?,
+        };
+        answered.map_err(|e| Failure::Unreachable(chain(&e)))
+    }
+
+    /// After an upstream 401: report the token, and send once more with its successor
+    /// if the body can be sent again.
+    async fn after_401(
+        &self,
+        credential: &Arc<Credential>,
+        target: &Target,
+        token: &Token,
+        replay: &Replay,
+        first: hyper::Response<Incoming>,
+    ) -> (&'static str, Response) {
+        if now_ms() < self.quiet_until.load(Ordering::Relaxed) {
+            self.metrics.retry("quiet");
+            return ("unauthorized", relay(first));
+        }
+        let rejected = Want::Rejected(token.secret().to_owned());
+        let Some(again) = replay.again() else {
+            // No retry, but the next request should find a new token.
+            self.metrics.retry("body_not_kept");
+            let credential = credential.clone();
+            tokio::spawn(async move { credential.get(rejected).await });
+            return ("unauthorized", relay(first));
+        };
+        let fresh = match credential.get(rejected).await {
+            Ok(fresh) => fresh,
+            Err(error) => {
+                self.metrics.retry("no_token");
+                warn!(proxy = %self.spec.name, error = %error, "the upstream refused the token and no new one could be had; passing the 401 on");
+                return ("unauthorized", relay(first));
+            }
+        };
+        drop(first);
+        self.retry(target, &fresh, again).await
+    }
+
+    /// The one retry, with a token fresh from the refresh.
+    async fn retry(
+        &self,
+        target: &Target,
+        fresh: &Token,
+        body: Outgoing,
+    ) -> (&'static str, Response) {
+        let (_, sent) = watch::channel(true);
+        match self.send(target, fresh, body, sent).await {
+            Ok(second) if second.status() == StatusCode::UNAUTHORIZED => {
+                self.metrics.retry("rejected");
+                let until = now_ms() + QUIET.as_millis() as u64;
+                // Logged once per quiet spell, not once per request in it.
+                if self.quiet_until.swap(until, Ordering::Relaxed) < now_ms() {
+                    warn!(proxy = %self.spec.name, quiet_s = QUIET.as_secs(), "the upstream refused a freshly refreshed token too (wrong audience or scope?); passing 401s on without refreshing for a while");
+                }
+                ("unauthorized", relay(second))
+            }
+            Ok(second) => {
+                self.metrics.retry("ok");
+                ("forwarded", relay(second))
+            }
+            Err(failure) => {
+                self.metrics.retry("upstream_error");
+                self.failed(failure)
+            }
+        }
+    }
+
+    fn failed(&self, failure: Failure) -> (&'static str, Response) {
+        match failure {
+            Failure::Unreachable(reason) => {
+                warn!(proxy = %self.spec.name, upstream = %self.spec.upstream, error = %reason, "upstream unreachable");
+                let message = format!("cannot reach the upstream {}: {reason}", self.spec.upstream);
+                (
+                    "upstream_unreachable",
+                    self.error(StatusCode::BAD_GATEWAY, "upstream_unreachable", &message),
+                )
+            }
+            Failure::Timeout(after) => {
+                let message = format!(
+                    "the upstream did not answer within response_timeout ({})",
+                    crate::duration::format(after)
+                );
+                (
+                    "upstream_timeout",
+                    self.error(StatusCode::GATEWAY_TIMEOUT, "upstream_timeout", &message),
+                )
+            }
+            Failure::BadRequest(message) => (
+                "bad_request",
+                self.error(StatusCode::BAD_REQUEST, "bad_request", &message),
+            ),
+        }
+    }
+
+    /// An answer of the proxy itself, in the API's error shape plus the proxy's name.
+    fn error(&self, status: StatusCode, code: &str, message: &str) -> Response {
+        let body = json!({"error": code, "message": message, "proxy": self.spec.name});
+        let mut response = (status, axum::Json(body)).into_response();
+        response.headers_mut().insert(
+            header::CACHE_CONTROL,
+            header::HeaderValue::from_static("no-store"),
+        );
+        response
+    }
+}
+
+/// The upstream's answer as the client gets it: hop-by-hop headers dropped, the body
+/// streamed.
+fn relay(response: hyper::Response<Incoming>) -> Response {
+    let (mut parts, body) = response.into_parts();
+    headers::drop_hop_by_hop(&mut parts.headers);
+    Response::from_parts(parts, Body::new(body))
+}
+
+/// A browser acting for a web page: `Sec-Fetch-Site` says the page is elsewhere, or
+/// `Origin` names a host that is not this proxy's.
+fn from_web_page(headers: &HeaderMap, hosts: &std::collections::HashSet<String>) -> bool {
+    let cross = headers
+        .get("sec-fetch-site")
+        .is_some_and(|v| !matches!(v.as_bytes(), b"none" | b"same-origin"));
+    let foreign_origin = headers.get(header::ORIGIN).is_some_and(|origin| {
+        let host = origin
+            .to_str()
+            .ok()
+            .and_then(|o| o.split_once("://"))
+            .map(|(_, rest)| host_name(rest));
+        host.is_none_or(|h| !hosts.contains(h.as_ref()))
+    });
+    cross || foreign_origin
+}
+
+/// An error and its sources, `: `-separated (hyper's own message is terse).
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    #[test]
+    fn web_pages_are_told_apart_from_apps() {
+        let hosts: std::collections::HashSet<String> =
+            ["127.0.0.1".to_owned(), "localhost".to_owned()].into();
+        let with = |pairs: &[(&'static str, &'static str)]| {
+            let mut headers = HeaderMap::new();
+            for (k, v) in pairs {
+                headers.insert(*k, HeaderValue::from_static(v));
+            }
+            from_web_page(&headers, &hosts)
+        };
+        assert!(!with(&[]));
+        assert!(!with(&[("sec-fetch-site", "none")]));
+        assert!(!with(&[("origin", "http://localhost:9000")]));
+        assert!(with(&[("sec-fetch-site", "cross-site")]));
+        assert!(with(&[("sec-fetch-site", "same-site")]));
+        assert!(with(&[("origin", "https://evil.example")]));
+        assert!(with(&[("origin", "null")]));
+    }
+}
