@@ -3,18 +3,22 @@
 //!
 //! Layout: `credential` (state and the single-flight gate), `refresh` (one refresh and
 //! the ordering that makes rotation safe), `restore` (where a chain starts after a
-//! restart), `fleet` (the single flight across brokers sharing a redis store), `timer`
+//! restart), `fleet` (the single flight across brokers sharing a redis store, with
+//! `lease`, `reconcile`, `shared_write` and `notices`), `timer`
 //! (proactive refresh and bootstrap watching), `schedule` (the pure timing policy),
 //! `token` (a published token version), `status` (what operators see).
 //! Nothing here knows HTTP.
 
 mod credential;
 mod fleet;
+mod lease;
 mod notices;
+mod reconcile;
 mod refresh;
 mod reload;
 mod restore;
 mod schedule;
+mod shared_write;
 mod status;
 mod timer;
 mod token;
@@ -53,6 +57,9 @@ pub(crate) struct Shared {
     pub shutdown: CancellationToken,
     /// Every credential's next proactive wake-up.
     pub timers: timer::Timers<Credential>,
+    /// `idp.timeout`: with the shared store, how long another broker's refresh may still
+    /// be out.
+    pub idp_timeout: Duration,
 }
 
 /// The credentials in force; replaced whole by a reload, read lock-free by requests.
@@ -105,6 +112,7 @@ impl Broker {
             max_waiting: config.server.max_waiting_requests,
             shutdown,
             timers: timer::Timers::new(config.idp.max_concurrent),
+            idp_timeout: config.idp.timeout,
         });
         let map = config
             .credentials
