@@ -19,6 +19,7 @@ use tracing::{debug, info, warn};
 
 use super::credential::{Credential, Inner, Outcome};
 use super::lease::Held;
+use super::reconcile::Reconciled;
 use super::token::Token;
 use crate::config::OnStoreUnavailable;
 use crate::error::Error;
@@ -168,7 +169,7 @@ impl Credential {
     pub(super) async fn refresh_shared(self: &Arc<Self>, redis: &Arc<RedisStore>) -> Outcome {
         let held = match self.take_lease(redis).await {
             Took::Lease(held) => held,
-            Took::Settled(outcome) => return outcome,
+            Took::Settled(outcome) => return self.answered_by_adoption(outcome),
             Took::Unreachable(why) => return self.without_store(redis, why).await,
         };
         self.lock().fleet.lease = Some(held.clone());
@@ -185,14 +186,25 @@ impl Credential {
     }
 
     async fn under_lease(self: &Arc<Self>, redis: &RedisStore, held: &Held) -> Outcome {
-        if let Some(outcome) = self.reconcile(redis, held).await {
-            return outcome;
+        match self.reconcile(redis, held).await {
+            Some(Reconciled::Adopted(outcome)) => return self.answered_by_adoption(outcome),
+            Some(Reconciled::Settled(outcome)) => return outcome,
+            None => {}
         }
         if let Some((error, until)) = self.held_back(redis).await {
             self.lock().fleet.held_until = Some(until);
             return Err(error);
         }
         self.fetch().await
+    }
+
+    /// A flight's outcome taken from another broker's record: a token there is counted
+    /// as adopted, not as this broker's refresh.
+    fn answered_by_adoption(&self, outcome: Outcome) -> Outcome {
+        if outcome.is_ok() {
+            self.lock().fleet.adopted = true;
+        }
+        outcome
     }
 
     /// Takes the lease, or waits for the broker holding it and adopts its result.
@@ -296,9 +308,6 @@ impl Credential {
         inner.unsaved = None;
         self.adopt(&mut inner, record.saved);
         let outcome = self.adopted_outcome(&mut inner, before, via, &record.writer);
-        if !idle && matches!(outcome, Some(Ok(_))) {
-            inner.fleet.adopted = true;
-        }
         drop(inner);
         if marked && idle {
             warn!(credential = self.name(), written_by = %record.writer, "the broker refreshing this credential is gone with its refresh out; settling it here");

@@ -19,6 +19,7 @@ use tracing::{debug, info, warn};
 use super::credential::Credential;
 use super::fleet::Taker;
 use super::lease::Held;
+use super::reconcile::Reconciled;
 use super::{Broker, schedule};
 use crate::secret::hex;
 use crate::store::{Notice, Polled, ReadError, RedisStore};
@@ -245,7 +246,7 @@ impl Credential {
             return;
         }
         let held = Held::new(token, asked, redis.lease_duration);
-        if let Some(Err(e)) = self.reconcile(redis, &held).await {
+        if let Some(Reconciled::Settled(Err(e))) = self.reconcile(redis, &held).await {
             debug!(credential = self.name(), error = %e, "could not write the state back");
         }
         if redis.release(self.name(), &held.token).await.is_err() {

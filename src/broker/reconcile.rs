@@ -30,7 +30,7 @@ impl Credential {
     /// Brings this broker's state and the shared record together. `Some` when that
     /// settles the flight (another broker already refreshed, the chain has stopped, a
     /// held-back token was written); `None` to go on.
-    pub(super) async fn reconcile(&self, redis: &RedisStore, held: &Held) -> Option<Outcome> {
+    pub(super) async fn reconcile(&self, redis: &RedisStore, held: &Held) -> Option<Reconciled> {
         let record = match redis.read(self.name()).await {
             Ok(record) => record,
             Err(ReadError::Corrupt { why, version }) => {
@@ -42,7 +42,7 @@ impl Credential {
             }
             Err(ReadError::Unavailable(why)) => {
                 self.shared.metrics.store_error("load");
-                return Some(Err(Error::Store(why)));
+                return Some(Reconciled::Settled(Err(Error::Store(why))));
             }
         };
         let found = record.as_ref().map_or(0, |r| r.version);
@@ -51,7 +51,9 @@ impl Credential {
             self.hold_after_loss(redis).await;
         }
         match (step, record) {
-            (Step::Take(by), Some(record)) => self.adopt_record(record, "flight", by),
+            (Step::Take(by), Some(record)) => self
+                .adopt_record(record, "flight", by)
+                .map(Reconciled::Adopted),
             (Step::WriteBack, _) => self.written_back(redis, held, found).await,
             _ => None,
         }
@@ -89,11 +91,16 @@ impl Credential {
     }
 
     /// `write_back` as a flight's answer: the token it wrote, its error, or nothing.
-    async fn written_back(&self, redis: &RedisStore, held: &Held, found: u64) -> Option<Outcome> {
+    async fn written_back(
+        &self,
+        redis: &RedisStore,
+        held: &Held,
+        found: u64,
+    ) -> Option<Reconciled> {
         match self.write_back(redis, held, found).await {
-            Ok(Some(token)) => Some(Ok(token)),
+            Ok(Some(token)) => Some(Reconciled::Settled(Ok(token))),
             Ok(None) => None,
-            Err(e) => Some(Err(e)),
+            Err(e) => Some(Reconciled::Settled(Err(e))),
         }
     }
 
@@ -219,6 +226,14 @@ impl Credential {
             ready,
         ))
     }
+}
+
+/// How reconciling settled a flight.
+pub(super) enum Reconciled {
+    /// With the record another broker wrote (its token counts as adopted).
+    Adopted(Outcome),
+    /// With this broker's own work (a token held back, now written) or an error.
+    Settled(Outcome),
 }
 
 /// What reconciling does with the record.

@@ -18,6 +18,16 @@ end
 return 0
 ";
 
+/// Sets a hold until `ARGV[1]` (milliseconds since the epoch, expiring with it) unless
+/// one until later is set.
+pub(super) const HOLD: &str = r"
+local current = tonumber(redis.call('GET', KEYS[1])) or 0
+if current < tonumber(ARGV[1]) then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+end
+return 1
+";
+
 /// Compare-and-delete, then a notice so waiting brokers try the lease at once.
 pub(super) const RELEASE: &str = r"
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
@@ -89,15 +99,16 @@ impl RedisStore {
     }
 
     /// Holds the credential's refreshes back for `window` after Redis lost writes (no
-    /// refresh token may be marked as sent meanwhile); an existing hold is kept.
+    /// refresh token may be marked as sent meanwhile); a hold that lasts longer is kept.
     pub async fn hold(&self, name: &str, window: Duration) -> Result<(), String> {
         let mut conn = self.connection().await?;
         let until = SystemTime::now() + window;
-        let options = ::redis::SetOptions::default()
-            .conditional_set(::redis::ExistenceCheck::NX)
-            .with_expiration(::redis::SetExpiry::PX(millis(window)));
-        let _: Option<String> = self
-            .limit(conn.set_options(self.hold_key(name), epoch_millis(until), options))
+        let mut call = self.hold_script.prepare_invoke();
+        call.key(self.hold_key(name))
+            .arg(epoch_millis(until))
+            .arg(millis(window));
+        let _: i64 = self
+            .limit(call.invoke_async(&mut conn))
             .await?
             .map_err(|e| self.failed(e))?;
         Ok(())

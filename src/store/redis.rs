@@ -101,6 +101,7 @@ pub struct RedisStore {
     save_script: Script,
     pub(super) renew_script: Script,
     pub(super) release_script: Script,
+    pub(super) hold_script: Script,
 }
 
 /// Writes as `Fence` and `WriteKind` describe, with the key check beside every record:
@@ -158,6 +159,7 @@ impl RedisStore {
             save_script: Script::new(SAVE),
             renew_script: Script::new(super::lease::RENEW),
             release_script: Script::new(super::lease::RELEASE),
+            hold_script: Script::new(super::lease::HOLD),
         })
     }
 

@@ -194,8 +194,12 @@ async fn without_its_lease_a_writer_may_record_only_what_overwrites_nothing_newe
     // While the credential is held back after lost writes, no mark goes through.
     assert!(b.acquire("x", "lease-b").await.unwrap());
     b.hold("x", Duration::from_secs(5)).await.unwrap();
+    b.hold("x", Duration::from_secs(1)).await.unwrap();
     let held = b.held_until("x").await.unwrap().unwrap();
-    assert!(held > SystemTime::now() + Duration::from_secs(4));
+    assert!(
+        held > SystemTime::now() + Duration::from_secs(4),
+        "the longer hold stays"
+    );
     let mark = kind(WriteKind::Mark, fence(1 << 20, (1 << 20) + 1, "lease-b"));
     let refused = b.save("x", &saved("rt-2"), &mark).await;
     assert!(
