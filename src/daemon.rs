@@ -19,7 +19,7 @@ use crate::config::{self, Config, Listen};
 const WATCH_INTERVAL: Duration = Duration::from_secs(2);
 use crate::metrics::{Metrics, StateSource};
 use crate::server::{self, App, Listener};
-use crate::store::Store;
+use crate::store::{RedisStore, Store};
 
 /// TCP listeners bound from the head of a config file before the rest is parsed and
 /// checked, with the addresses they were bound for.
@@ -84,6 +84,7 @@ pub async fn run(
     let store = Store::open(&config.state)
         .await
         .map_err(anyhow::Error::msg)?;
+    let shared_store = store.shared().cloned();
     let shutdown = CancellationToken::new();
     let broker = Arc::new(
         Broker::new(&config, store, Metrics::new(STATES), shutdown.clone())
@@ -131,7 +132,11 @@ pub async fn run(
     if let Some(path) = path {
         tokio::spawn(reloader(broker.clone(), path, config.clone()));
     }
-    crate::signal::terminated().await;
+    if let Err(why) = stopped(shared_store.as_deref()).await {
+        error!(error = %why, "this broker cannot use the shared store; stopping");
+        stop.cancel();
+        return Err(anyhow::Error::msg(why));
+    }
     let grace = config.server.shutdown_grace;
     info!(grace = %crate::duration::format(grace), "shutting down: no new connections, finishing refreshes in flight");
     stop.cancel();
@@ -145,6 +150,23 @@ pub async fn run(
         warn!("shutdown grace elapsed; exiting with work still open");
     }
     Ok(())
+}
+
+/// Waits for SIGTERM or SIGINT (`Ok`), or for the shared store to find that this
+/// broker's encryption key does not fit the fleet's (`Err`): Redis lost the key check
+/// and a broker with another key stored its own, or this broker started while Redis was
+/// down. Such a broker must not run.
+async fn stopped(redis: Option<&RedisStore>) -> Result<(), String> {
+    let wrong_key = async {
+        match redis {
+            Some(redis) => redis.wrong_key().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        () = crate::signal::terminated() => Ok(()),
+        why = wrong_key => Err(why),
+    }
 }
 
 /// Reloads on SIGHUP, and on file changes when `server.watch_config` is set. A config

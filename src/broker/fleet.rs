@@ -4,12 +4,13 @@
 //! It sits inside each broker's own flight (`Credential::refresh`), so there is still
 //! one mechanism. The flight takes the credential's lease in Redis (SET NX PX with a
 //! random token), or waits for a change notice and adopts the record another broker
-//! wrote. Holding the lease, it re-reads the record (another broker may have refreshed
-//! meanwhile: adopt instead of calling the IdP), then runs the ordinary refresh
-//! (`Credential::fetch`), whose writes are fenced: they go through only while the lease
-//! is still this broker's and the record is still at the version it read. The lease is
-//! renewed while the refresh runs and released by compare-and-delete at the end.
-//! Notices and polling between flights live in `notices`.
+//! wrote. Holding the lease, it reconciles its state with the record (`reconcile`:
+//! another broker may have refreshed meanwhile, Redis may have lost writes), then runs
+//! the ordinary refresh (`Credential::fetch`), whose writes are fenced
+//! (`shared_write`). The lease is renewed while the refresh runs (`lease`) and released
+//! by compare-and-delete at the end. Notices and polling between flights live in
+//! `notices`. Here: the broker's position relative to the record (`Fleet`), taking the
+//! lease, and adopting records.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -17,12 +18,14 @@ use std::time::{Duration, Instant, SystemTime};
 use tracing::{debug, info, warn};
 
 use super::credential::{Credential, Inner, Outcome};
+use super::lease::Held;
+use super::reconcile::Reconciled;
 use super::token::Token;
 use crate::config::OnStoreUnavailable;
 use crate::error::Error;
 use crate::metrics::LeaseEvent;
 use crate::secret::hex;
-use crate::store::{Fence, ReadError, Record, RedisStore, StoreError};
+use crate::store::{Fence, ReadError, Record, RedisStore, WriteKind};
 
 /// A flight waits at most this long (or three leases) for another broker's refresh.
 const MAX_LEASE_WAIT: Duration = Duration::from_secs(60);
@@ -35,7 +38,7 @@ const MAX_LEASE_WAIT: Duration = Duration::from_secs(60);
 const WRITE_BITS: u32 = 20;
 
 /// The version a write makes after `version`.
-fn next_version(version: u64, new_token: bool) -> u64 {
+pub(super) fn next_version(version: u64, new_token: bool) -> u64 {
     if new_token {
         ((version >> WRITE_BITS) + 1) << WRITE_BITS
     } else {
@@ -48,16 +51,93 @@ fn next_version(version: u64, new_token: bool) -> u64 {
 pub(crate) struct Fleet {
     /// The version of the shared record this broker's state matches.
     pub version: u64,
-    /// The lease token while this broker's flight holds the lease.
-    pub lease: Option<String>,
+    /// The stamp of the write that made that record: a record at the same version with
+    /// another stamp is another history (Redis lost writes, another broker wrote anew).
+    pub stamp: Option<String>,
+    /// The highest version seen in Redis: a record found below it means Redis lost writes.
+    pub seen: u64,
+    /// The lease while this broker's flight holds it.
+    pub lease: Option<Held>,
     /// A flight is refreshing without the lease (`refresh_locally`, Redis unreachable).
     pub local: bool,
     /// The state holds a new token not yet written: the next write starts a new
     /// rotation in the version.
     pub rotated: bool,
-    /// This broker's chain moved on without the store; it is written back once Redis
-    /// can be reached again.
+    /// This broker's state moved on without the store (a refresh without the lease, a
+    /// write that failed); it is written back once Redis can be reached again.
     pub unsynced: bool,
+    /// The version of the last mark this broker wrote itself: a mark in the state at
+    /// another version came from another broker (or an earlier life of this one).
+    pub own_mark: Option<u64>,
+    /// Another broker's mark, at this version, first seen with nobody holding the lease.
+    pub orphan: Option<(u64, SystemTime)>,
+    /// A write whose answer was lost, to recognise it if it shows up in Redis.
+    pub pending: Option<Pending>,
+    /// After lost writes: no refresh from this broker before then.
+    pub settle_until: Option<SystemTime>,
+    /// The flight ends because refreshes are held back until then: it retries then.
+    pub held_until: Option<SystemTime>,
+    /// The flight was answered with another broker's token (counted as adopted).
+    pub adopted: bool,
+}
+
+/// A write whose answer was lost.
+#[derive(Debug, Clone)]
+pub(crate) struct Pending {
+    pub version: u64,
+    pub stamp: String,
+    pub kind: WriteKind,
+}
+
+impl Fleet {
+    /// The version this broker's state would have once written: a new token that is
+    /// not yet written counts, so a record from before it is never taken over it.
+    pub fn effective(&self) -> u64 {
+        if self.rotated {
+            next_version(self.version, true)
+        } else {
+            self.version
+        }
+    }
+
+    /// Notes a version (and stamp) read from Redis; `true` when it is below one seen
+    /// before, which only lost writes explain.
+    pub fn observe(&mut self, version: u64, stamp: Option<&str>) -> bool {
+        let went_back = version < self.seen;
+        self.seen = self.seen.max(version);
+        let landed = self
+            .pending
+            .as_ref()
+            .is_some_and(|p| p.version == version && stamp == Some(p.stamp.as_str()));
+        if let Some(pending) = self.pending.take_if(|_| landed) {
+            // A write this broker gave up on went through after all. What it holds now
+            // may differ (a mark whose token was then not sent): write it back.
+            self.version = version;
+            self.stamp = Some(pending.stamp);
+            self.rotated &= pending.kind != WriteKind::Token;
+            self.unsynced = true;
+        }
+        went_back
+    }
+
+    /// A write went through as `fence` says.
+    pub fn wrote(&mut self, version: u64, fence: &Fence) {
+        self.version = version;
+        self.stamp = Some(fence.stamp.clone());
+        self.seen = self.seen.max(version);
+        self.rotated = false;
+        self.pending = None;
+        if fence.kind == WriteKind::Mark {
+            self.own_mark = Some(version);
+        }
+    }
+
+    /// The state was loaded from this record.
+    pub fn restored(&mut self, version: u64, stamp: Option<String>) {
+        self.version = version;
+        self.stamp = stamp;
+        self.seen = self.seen.max(version);
+    }
 }
 
 /// Who adopts a record, which decides what it may take.
@@ -65,17 +145,20 @@ pub(crate) struct Fleet {
 pub(super) enum Taker {
     /// A flight holding the lease: it may take over a refresh another broker left out.
     Lease,
+    /// A flight holding the lease that found the record at this broker's version but
+    /// from another history: the record is what the fleet sees, so it is taken.
+    Diverged,
     /// A flight waiting for the lease: settled records only.
     Waiting,
     /// Between flights (a notice or the poll). `orphaned`: the record has a refresh out
-    /// and no broker holds the lease, so its broker is gone; the mark is taken and the
-    /// timer settles it at once, within the IdP's reuse grace if there is one.
+    /// and no broker holds the lease; the mark is taken, and a flight settles it once
+    /// its broker can no longer be waiting for the answer.
     Idle { orphaned: bool },
 }
 
 /// How the wait for the lease ended.
 enum Took {
-    Lease(String),
+    Lease(Held),
     /// Another broker's result (or a reason to stop) settled this flight.
     Settled(Outcome),
     Unreachable(String),
@@ -84,15 +167,17 @@ enum Took {
 impl Credential {
     /// A refresh under the fleet's lease. The credential is restored already.
     pub(super) async fn refresh_shared(self: &Arc<Self>, redis: &Arc<RedisStore>) -> Outcome {
-        let lease = match self.take_lease(redis).await {
-            Took::Lease(lease) => lease,
-            Took::Settled(outcome) => return outcome,
+        let held = match self.take_lease(redis).await {
+            Took::Lease(held) => held,
+            Took::Settled(outcome) => return self.answered_by_adoption(outcome),
             Took::Unreachable(why) => return self.without_store(redis, why).await,
         };
-        self.lock().fleet.lease = Some(lease.clone());
-        let outcome = self.renewing(redis, &lease, self.under_lease(redis)).await;
+        self.lock().fleet.lease = Some(held.clone());
+        let outcome = self
+            .renewing(redis, &held, self.under_lease(redis, &held))
+            .await;
         self.lock().fleet.lease = None;
-        if let Err(e) = redis.release(self.name(), &lease).await {
+        if let Err(e) = redis.release(self.name(), &held.token).await {
             // It runs out by itself within lease_duration.
             self.shared.metrics.store_error("lease");
             debug!(credential = self.name(), error = %e, "could not release the lease");
@@ -100,11 +185,26 @@ impl Credential {
         outcome
     }
 
-    async fn under_lease(self: &Arc<Self>, redis: &RedisStore) -> Outcome {
-        if let Some(outcome) = self.reconcile(redis).await {
-            return outcome;
+    async fn under_lease(self: &Arc<Self>, redis: &RedisStore, held: &Held) -> Outcome {
+        match self.reconcile(redis, held).await {
+            Some(Reconciled::Adopted(outcome)) => return self.answered_by_adoption(outcome),
+            Some(Reconciled::Settled(outcome)) => return outcome,
+            None => {}
+        }
+        if let Some((error, until)) = self.held_back(redis).await {
+            self.lock().fleet.held_until = Some(until);
+            return Err(error);
         }
         self.fetch().await
+    }
+
+    /// A flight's outcome taken from another broker's record: a token there is counted
+    /// as adopted, not as this broker's refresh.
+    fn answered_by_adoption(&self, outcome: Outcome) -> Outcome {
+        if outcome.is_ok() {
+            self.lock().fleet.adopted = true;
+        }
+        outcome
     }
 
     /// Takes the lease, or waits for the broker holding it and adopts its result.
@@ -118,10 +218,11 @@ impl Credential {
             let notified = self.remote.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
+            let asked = Instant::now();
             match redis.acquire(self.name(), &token).await {
                 Ok(true) => {
                     self.metrics.lease(LeaseEvent::Acquired);
-                    return Took::Lease(token);
+                    return Took::Lease(Held::new(token, asked, redis.lease_duration));
                 }
                 Ok(false) => {}
                 Err(why) => return Took::Unreachable(why),
@@ -147,125 +248,28 @@ impl Credential {
                 () = tokio::time::sleep(redis.poll_interval) => {}
                 () = self.stop.cancelled() => return Took::Settled(Err(Error::ShuttingDown)),
             }
-            if let Some(took) = self.holder_done(redis).await {
-                return took;
+            if let Some(outcome) = self.holder_done(redis).await {
+                return Took::Settled(outcome);
             }
         }
     }
 
-    /// While waiting: whether the lease holder's record settles this flight.
-    async fn holder_done(&self, redis: &RedisStore) -> Option<Took> {
+    /// While waiting: whether the lease holder's record settles this flight. A failed
+    /// read is no reason to stop waiting: only a failed attempt at the lease says that
+    /// Redis cannot be reached (and, with `refresh_locally`, starts a refresh here).
+    async fn holder_done(&self, redis: &RedisStore) -> Option<Outcome> {
         match redis.read(self.name()).await {
-            Ok(Some(record)) => self
-                .adopt_record(record, "flight", Taker::Waiting)
-                .map(Took::Settled),
-            Ok(None) | Err(ReadError::Corrupt { .. }) => None,
-            Err(ReadError::Unavailable(why)) => Some(Took::Unreachable(why)),
-        }
-    }
-
-    /// Runs `work`, renewing the lease every third of its duration. A lost lease does
-    /// not stop the work (its IdP call may be out already): fencing refuses its write.
-    async fn renewing(
-        &self,
-        redis: &RedisStore,
-        lease: &str,
-        work: impl Future<Output = Outcome>,
-    ) -> Outcome {
-        let renew = async {
-            loop {
-                tokio::time::sleep(redis.lease_duration / 3).await;
-                match redis.renew(self.name(), lease).await {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        self.metrics.lease(LeaseEvent::Lost);
-                        warn!(
-                            credential = self.name(),
-                            "the refresh lease ran out before the refresh finished; its result \
-                             will not be written over another broker's"
-                        );
-                        return;
-                    }
-                    Err(e) => {
-                        self.shared.metrics.store_error("lease");
-                        warn!(credential = self.name(), error = %e, "could not renew the refresh lease");
-                    }
-                }
+            Ok(Some(record)) => self.adopt_record(record, "flight", Taker::Waiting),
+            Ok(None) => None,
+            Err(ReadError::Corrupt { version, .. }) => {
+                self.lock().fleet.observe(version, None);
+                None
             }
-        };
-        tokio::pin!(work);
-        tokio::pin!(renew);
-        let mut renewing = true;
-        loop {
-            tokio::select! {
-                outcome = &mut work => return outcome,
-                () = &mut renew, if renewing => renewing = false,
+            Err(ReadError::Unavailable(e)) => {
+                debug!(credential = self.name(), error = %e, "cannot read the shared record while waiting for the lease");
+                None
             }
         }
-    }
-
-    /// With the lease held: brings this broker's state and the shared record together.
-    /// `Some` when that settles the flight (another broker already refreshed, or the
-    /// chain has stopped); `None` to go on and refresh.
-    pub(super) async fn reconcile(&self, redis: &RedisStore) -> Option<Outcome> {
-        let (record, version) = match redis.read(self.name()).await {
-            Ok(Some(record)) => {
-                let version = record.version;
-                (Some(record), version)
-            }
-            Ok(None) => (None, 0),
-            Err(ReadError::Corrupt { why, version }) => {
-                warn!(credential = self.name(), error = %why, "the shared record is unreadable; writing this broker's state over it");
-                return self.write_back(redis, version).await.err().map(Err);
-            }
-            Err(ReadError::Unavailable(why)) => {
-                self.shared.metrics.store_error("load");
-                return Some(Err(Error::Store(why)));
-            }
-        };
-        let (ours, unsynced) = {
-            let inner = self.lock();
-            (inner.fleet.version, inner.fleet.unsynced)
-        };
-        if let Some(record) = record.filter(|_| version > ours) {
-            if unsynced {
-                warn!(
-                    credential = self.name(),
-                    "this broker refreshed while redis was unreachable, and so did another; \
-                     taking the shared record"
-                );
-            }
-            return self.adopt_record(record, "flight", Taker::Lease);
-        }
-        if version < ours || unsynced {
-            return self.write_back(redis, version).await.err().map(Err);
-        }
-        None
-    }
-
-    /// Writes this broker's state over an older record: Redis lost writes (a restart
-    /// without persistence, a failover to a replica behind) or this broker refreshed
-    /// while Redis was unreachable. Versions never go back, so other brokers adopt it.
-    async fn write_back(&self, redis: &RedisStore, found: u64) -> Result<(), Error> {
-        let (saved, fence) = {
-            let inner = self.lock();
-            let fence = Fence {
-                expected: found,
-                next: inner.fleet.version.max(found) + 1,
-                lease: inner.fleet.lease.clone(),
-            };
-            (self.saved(&inner, None), fence)
-        };
-        info!(
-            credential = self.name(),
-            found,
-            ours = fence.next - 1,
-            "the shared record is behind this broker's state; writing it back"
-        );
-        let result = redis.save(self.name(), &saved, &fence).await;
-        self.wrote(result)?;
-        self.lock().fleet.unsynced = false;
-        Ok(())
     }
 
     /// Makes a newer record this broker's state. `Some` when that answers a flight: a
@@ -278,20 +282,29 @@ impl Credential {
     ) -> Option<Outcome> {
         let before = self.current();
         let mut inner = self.lock();
+        inner.fleet.observe(record.version, record.stamp.as_deref());
         // A record with a refresh out belongs to the broker sending it, unless that
         // broker is gone.
         let marked = record.saved.in_flight_since.is_some();
-        let may_take_mark = matches!(by, Taker::Lease | Taker::Idle { orphaned: true });
+        let may_take_mark = matches!(
+            by,
+            Taker::Lease | Taker::Diverged | Taker::Idle { orphaned: true }
+        );
         let idle = matches!(by, Taker::Idle { .. });
+        let newer = record.version > inner.fleet.effective()
+            || (by == Taker::Diverged && record.version == inner.fleet.version);
         if !inner.restored
             || (idle && inner.flight.is_some())
-            || record.version <= inner.fleet.version
+            || !newer
             || (marked && !may_take_mark)
         {
             return None;
         }
-        inner.fleet.version = record.version;
-        inner.fleet.unsynced = false;
+        let fleet = &mut inner.fleet;
+        fleet.version = record.version;
+        fleet.stamp = record.stamp.clone();
+        fleet.unsynced = false;
+        fleet.rotated = false;
         inner.unsaved = None;
         self.adopt(&mut inner, record.saved);
         let outcome = self.adopted_outcome(&mut inner, before, via, &record.writer);
@@ -300,7 +313,7 @@ impl Credential {
             warn!(credential = self.name(), written_by = %record.writer, "the broker refreshing this credential is gone with its refresh out; settling it here");
         }
         if idle {
-            // The timer picks up the new token's schedule, or settles a taken mark now.
+            // The timer picks up the new token's schedule, or settles a taken mark.
             self.schedule_changed();
         }
         outcome
@@ -353,55 +366,48 @@ impl Credential {
         self.lock().fleet.local = false;
         outcome
     }
-
-    /// The fence for a write in this flight; `None` when the flight runs without the
-    /// store (`refresh_locally`): the state stays in memory until it can be written back.
-    pub(super) fn fence(&self) -> Option<Fence> {
-        let mut inner = self.lock();
-        let fleet = &mut inner.fleet;
-        let next = next_version(fleet.version, fleet.rotated);
-        if fleet.local {
-            // Counted as if written, so the state is newer than the record when it is
-            // written back.
-            fleet.version = next;
-            fleet.rotated = false;
-            fleet.unsynced = true;
-            return None;
-        }
-        Some(Fence {
-            expected: fleet.version,
-            next,
-            lease: fleet.lease.clone(),
-        })
-    }
-
-    /// Takes a write's result: the new version, or the error requests see.
-    pub(super) fn wrote(&self, result: Result<u64, StoreError>) -> Result<(), Error> {
-        match result {
-            Ok(version) => {
-                let fleet = &mut self.lock().fleet;
-                fleet.version = version;
-                fleet.rotated = false;
-                Ok(())
-            }
-            Err(StoreError::Unavailable(why)) => {
-                if self.shared.store.shared().is_some() {
-                    self.shared.metrics.store_error("save");
-                }
-                Err(Error::Store(why))
-            }
-            Err(StoreError::Fenced(why)) => {
-                self.metrics.lease(LeaseEvent::Lost);
-                warn!(credential = self.name(), reason = %why, "the shared store refused a write");
-                Err(Error::Store(why))
-            }
-        }
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_new_token_not_yet_written_outranks_the_record_it_came_from() {
+        let mut fleet = Fleet {
+            version: next_version(5 << WRITE_BITS, false),
+            ..Fleet::default()
+        };
+        assert_eq!(fleet.effective(), fleet.version);
+        fleet.rotated = true;
+        assert_eq!(fleet.effective(), 6 << WRITE_BITS);
+        // A record written back from before the token (its rotation, more writes) is
+        // still older.
+        assert!(next_version(fleet.version + 100, false) < fleet.effective());
+    }
+
+    #[test]
+    fn a_version_below_one_seen_means_lost_writes_and_a_lost_answer_is_recognised() {
+        let mut fleet = Fleet::default();
+        assert!(!fleet.observe(7, Some("a")));
+        assert!(fleet.observe(0, None), "the record is gone");
+        assert!(!fleet.observe(7, Some("a")));
+        fleet.pending = Some(Pending {
+            version: 8,
+            stamp: "mine".into(),
+            kind: WriteKind::Token,
+        });
+        fleet.rotated = true;
+        assert!(!fleet.observe(8, Some("theirs")));
+        assert_eq!(
+            (fleet.version, fleet.rotated),
+            (0, true),
+            "not this broker's write"
+        );
+        assert!(!fleet.observe(8, Some("mine")));
+        assert_eq!(fleet.version, 8);
+        assert!(!fleet.rotated && fleet.unsynced && fleet.pending.is_none());
+    }
 
     #[test]
     fn a_state_after_a_new_token_orders_after_every_state_before_it() {

@@ -3,7 +3,9 @@
 //!
 //! Layout: `credential` (state and the single-flight gate), `refresh` (one refresh and
 //! the ordering that makes rotation safe), `refused` (when to ask again about a refused
-//! credential without a chain), `restore` (where a chain starts after a restart), `fleet` (the single flight across brokers sharing a redis store), `timer`
+//! credential without a chain), `restore` (where a chain starts after a restart),
+//! `fleet` (the single flight across brokers sharing a redis store, with `lease`,
+//! `reconcile`, `shared_write` and `notices`), `timer`
 //! (proactive refresh and bootstrap watching), `schedule` (the pure timing policy),
 //! `token` (a published token version), `watch` (waiting for the next version),
 //! `status` (what operators see).
@@ -11,7 +13,9 @@
 
 mod credential;
 mod fleet;
+mod lease;
 mod notices;
+mod reconcile;
 mod refresh;
 mod refused;
 mod reload;
@@ -19,6 +23,7 @@ mod reload;
 mod restart_tests;
 mod restore;
 mod schedule;
+mod shared_write;
 mod status;
 mod timer;
 mod token;
@@ -58,6 +63,9 @@ pub(crate) struct Shared {
     pub shutdown: CancellationToken,
     /// Every credential's next proactive wake-up.
     pub timers: timer::Timers<Credential>,
+    /// `idp.timeout`: with the shared store, how long another broker's refresh may still
+    /// be out.
+    pub idp_timeout: Duration,
 }
 
 /// The credentials in force; replaced whole by a reload, read lock-free by requests.
@@ -110,6 +118,7 @@ impl Broker {
             max_waiting: config.server.max_waiting_requests,
             shutdown,
             timers: timer::Timers::new(config.idp.max_concurrent),
+            idp_timeout: config.idp.timeout,
         });
         let map = config
             .credentials

@@ -4,9 +4,11 @@
 //! dropped subscription, a restart of Redis, an ACL that forbids the channel).
 //!
 //! A newer, settled record is adopted through `Credential::publish` and
-//! `Credential::schedule_changed`; a record older than this broker's state (Redis lost
-//! writes) is written back under the lease. A running flight is left alone: it reads
-//! the record itself.
+//! `Credential::schedule_changed`; a record older than this broker's state, damaged, or
+//! from another history (Redis lost writes) is written back under a lease; a new token
+//! held back while Redis was unreachable gets a flight at once, so it is written before
+//! another broker gives up on the refresh that got it. A running flight is left alone:
+//! it reads the record itself.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,9 +18,11 @@ use tracing::{debug, info, warn};
 
 use super::credential::Credential;
 use super::fleet::Taker;
+use super::lease::Held;
+use super::reconcile::Reconciled;
 use super::{Broker, schedule};
 use crate::secret::hex;
-use crate::store::{Notice, ReadError, RedisStore};
+use crate::store::{Notice, Polled, ReadError, RedisStore};
 
 impl Broker {
     /// With the shared store: listens for change notices and polls; a no-op otherwise.
@@ -110,42 +114,91 @@ fn on_notice(broker: &Arc<Broker>, redis: &Arc<RedisStore>, notice: Notice) {
     };
     // A flight waiting for the lease tries again (its holder wrote or let go).
     credential.remote.notify_waiters();
-    if notice.version > credential.lock().fleet.version {
+    let newer = {
+        let fleet = &mut credential.lock().fleet;
+        fleet.observe(notice.version, None);
+        notice.version > fleet.effective()
+    };
+    if newer {
         let redis = redis.clone();
         tokio::spawn(async move { credential.fetch_record(&redis, "notice").await });
     }
 }
 
-/// Compares every credential's version with Redis in one round trip.
+/// Compares every credential's version (and stamp) with Redis in one round trip.
 async fn catch_up(broker: &Broker, redis: &RedisStore, via: &'static str) {
     let credentials = broker.credentials();
     let names: Vec<String> = credentials.iter().map(|c| c.spec.name.clone()).collect();
-    let versions = match redis.versions(&names).await {
-        Ok(versions) => versions,
+    let polled = match redis.versions(&names).await {
+        Ok(polled) => polled,
         Err(e) => {
             broker.shared.metrics.store_error("poll");
             debug!(error = %e, "cannot poll the shared records");
             return;
         }
     };
-    for (credential, version) in credentials.into_iter().zip(versions) {
-        let (ours, unsynced, restored) = {
-            let inner = credential.lock();
-            (inner.fleet.version, inner.fleet.unsynced, inner.restored)
-        };
-        if !restored || (version == ours && !unsynced) {
-            continue;
+    for (credential, polled) in credentials.into_iter().zip(polled) {
+        let step = credential.next_step(&polled);
+        if step != Step::None {
+            credential.remote.notify_waiters();
         }
-        credential.remote.notify_waiters();
-        if version > ours {
-            credential.fetch_record(redis, via).await;
-        } else {
-            credential.sync_back(redis).await;
+        match step {
+            Step::None => {}
+            Step::Adopt => credential.fetch_record(redis, via).await,
+            Step::WriteBack => credential.sync_back(redis).await,
+            Step::Flight => {
+                // A new token held back while Redis could not be reached: write it now,
+                // before another broker decides the refresh that got it was lost.
+                credential.lock().retry_at = None;
+                credential.schedule_changed();
+            }
         }
     }
 }
 
+/// What a poll asks of a credential.
+#[derive(Debug, PartialEq, Eq)]
+enum Step {
+    None,
+    /// The record is newer: take it.
+    Adopt,
+    /// The record is behind this broker's state, damaged, or from another history.
+    WriteBack,
+    /// A token is held back: a flight writes it.
+    Flight,
+}
+
 impl Credential {
+    /// Compares a polled version with this broker's state.
+    fn next_step(&self, polled: &Polled) -> Step {
+        let mut inner = self.lock();
+        if !inner.restored {
+            return Step::None;
+        }
+        let Some(version) = polled.version else {
+            return Step::WriteBack;
+        };
+        inner.fleet.observe(version, polled.stamp.as_deref());
+        if inner.unsaved.is_some() {
+            return if inner.flight.is_none() {
+                Step::Flight
+            } else {
+                Step::None
+            };
+        }
+        let fleet = &inner.fleet;
+        if version > fleet.effective() {
+            Step::Adopt
+        } else if version < fleet.version
+            || fleet.unsynced
+            || (version == fleet.version && polled.stamp != fleet.stamp)
+        {
+            Step::WriteBack
+        } else {
+            Step::None
+        }
+    }
+
     /// Reads the record and adopts it if it is newer and settled.
     async fn fetch_record(&self, redis: &RedisStore, via: &'static str) {
         if self.lock().flight.is_some() {
@@ -155,9 +208,21 @@ impl Credential {
             Ok(Some(record)) => {
                 let orphaned = record.saved.in_flight_since.is_some()
                     && matches!(redis.lease_held(self.name()).await, Ok(false));
+                if orphaned {
+                    // When the lease was first seen gone: the mark is settled only
+                    // after its broker had time to write an answer it may hold.
+                    let now = std::time::SystemTime::now();
+                    let fleet = &mut self.lock().fleet;
+                    if fleet.orphan.is_none_or(|(v, _)| v != record.version) {
+                        fleet.orphan = Some((record.version, now));
+                    }
+                }
                 let _ = self.adopt_record(record, via, Taker::Idle { orphaned });
             }
-            Ok(None) | Err(ReadError::Corrupt { .. }) => {}
+            Ok(None) => {}
+            Err(ReadError::Corrupt { version, .. }) => {
+                self.lock().fleet.observe(version, None);
+            }
             Err(ReadError::Unavailable(e)) => {
                 self.shared.metrics.store_error("load");
                 debug!(credential = self.name(), error = %e, "cannot read the shared record");
@@ -166,22 +231,28 @@ impl Credential {
     }
 
     /// Outside a flight: writes this broker's state back over an older record, under
-    /// the lease, so a broker that starts now finds the live chain and not a spent one.
+    /// a lease of its own, so a broker that starts now finds the live chain and not a
+    /// spent one.
     async fn sync_back(&self, redis: &RedisStore) {
-        if self.lock().flight.is_some() || self.stop.is_cancelled() {
-            return;
+        {
+            let inner = self.lock();
+            if inner.flight.is_some() || inner.unsaved.is_some() || self.stop.is_cancelled() {
+                return;
+            }
         }
         let token = hex(&rand::random::<[u8; 16]>());
+        let asked = std::time::Instant::now();
         if !matches!(redis.acquire(self.name(), &token).await, Ok(true)) {
             return;
         }
-        self.lock().fleet.lease = Some(token.clone());
-        if let Some(Err(e)) = self.reconcile(redis).await {
+        let held = Held::new(token, asked, redis.lease_duration);
+        if let Some(Reconciled::Settled(Err(e))) = self.reconcile(redis, &held).await {
             debug!(credential = self.name(), error = %e, "could not write the state back");
         }
-        self.lock().fleet.lease = None;
-        if redis.release(self.name(), &token).await.is_err() {
+        if redis.release(self.name(), &held.token).await.is_err() {
             self.shared.metrics.store_error("lease");
         }
+        // The record taken may carry a mark to settle, or a new schedule.
+        self.schedule_changed();
     }
 }

@@ -107,10 +107,15 @@ impl Credential {
             // once anything differs from these (see `restore::check_bootstrap`).
             self.lock().inputs_sent = Some(inputs.digest());
         }
+        // With the shared store: the lease may be lost while the request waits for a
+        // permit to go out; then it must not go out at all.
+        let lease = self.lock().fleet.lease.as_ref().map(|h| h.clock.clone());
+        let still_ours = move || lease.as_ref().is_none_or(|clock| clock.held());
         let request = TokenRequest {
             spec: &self.spec,
             inputs: &inputs,
             refresh_token,
+            before_send: Some(&still_ours),
         };
         let started = Instant::now();
         let answer = self.shared.idp.request_token(&request).await;
@@ -192,7 +197,7 @@ impl Credential {
             Err(Some(stop)) => return Err(self.record_stop(stop).await),
             Err(None) => return Ok(()),
         };
-        self.write(saved).await.inspect_err(|_| {
+        self.write_as(saved, true).await.inspect_err(|_| {
             self.lock().unanswered_since = None;
         })
     }
@@ -308,7 +313,12 @@ impl Credential {
 
     /// Writes durably (with the shared store: fenced by this flight's lease).
     async fn write(&self, saved: Saved) -> Result<(), Error> {
-        let Some(fence) = self.fence() else {
+        self.write_as(saved, false).await
+    }
+
+    /// `write`; `mark`: the refresh token in `saved` is sent next.
+    async fn write_as(&self, saved: Saved, mark: bool) -> Result<(), Error> {
+        let Some(fence) = self.fence(mark) else {
             return Ok(());
         };
         let started = Instant::now();
@@ -316,7 +326,7 @@ impl Credential {
         self.shared
             .metrics
             .observe_store(started.elapsed().as_secs_f64());
-        self.wrote(result)
+        self.wrote(result, &fence).await
     }
 
     /// Publishes the outcome, ends the flight and wakes every waiter.
@@ -329,7 +339,11 @@ impl Credential {
     ) {
         let now = SystemTime::now();
         let mut inner = self.lock();
+        // Another broker's token taken from the store is counted as adopted only.
+        let adopted = std::mem::take(&mut inner.fleet.adopted);
+        let held_until = inner.fleet.held_until.take();
         match &mut outcome {
+            Ok(token) if adopted => self.publish(token.clone()),
             Ok(token) => {
                 self.publish(token.clone());
                 inner.failures = 0;
@@ -361,7 +375,11 @@ impl Credential {
                         rand::random::<f64>(),
                     )
                 };
-                let delay = self.within_grace(&inner, delay, now);
+                let delay = match held_until {
+                    // Held back by the fleet: nothing to gain before then.
+                    Some(until) => until.duration_since(now).unwrap_or_default(),
+                    None => self.within_grace(&inner, delay, now),
+                };
                 if let Error::UpstreamUnavailable { retry_after, .. } = error {
                     *retry_after = delay;
                 }
@@ -371,7 +389,9 @@ impl Credential {
             }
         }
         let result = if outcome.is_ok() { "ok" } else { "error" };
-        self.metrics.refreshed(trigger, result);
+        if !adopted {
+            self.metrics.refreshed(trigger, result);
+        }
         inner.flight = None;
         self.metrics.in_flight.set(0);
         drop(inner);

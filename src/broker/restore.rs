@@ -54,8 +54,9 @@ impl Credential {
                 saved,
                 skipped,
                 version,
+                stamp,
             } => {
-                inner.fleet.version = version;
+                inner.fleet.restored(version, stamp);
                 for file in skipped {
                     warn!(
                         credential = self.name(),

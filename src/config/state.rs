@@ -132,11 +132,15 @@ fn timings(check: &mut Check, raw: &RawState) -> (Duration, Duration, Duration) 
     if !(Duration::from_secs(1)..=Duration::from_secs(600)).contains(&lease_duration) {
         check.fail("state.lease_duration", "must be between 1s and 10m");
     }
-    if timeout.is_zero() || timeout * 2 > lease_duration {
+    // A renewal is due a quarter into the lease and gives up after twice the timeout:
+    // with the timeout at most a quarter, a renewal that failed still leaves a retry a
+    // full timeout before the lease runs out.
+    if timeout.is_zero() || timeout * 4 > lease_duration {
         check.fail(
             "state.timeout",
-            "must be more than 0s and at most half of lease_duration, so a lease renewal \
-             can fail once and be retried before the lease runs out",
+            "must be more than 0s and at most a quarter of lease_duration, so a lease \
+             renewal that times out can be retried, with a full timeout, before the lease \
+             runs out",
         );
     }
     let poll_interval = raw.poll_interval.unwrap_or(Duration::from_secs(1));
@@ -296,8 +300,8 @@ ca_file = "/etc/ssl/redis-ca.pem"
                 "state.on_store_unavailable: unknown policy `yolo`",
             ),
             (
-                "backend = \"redis\"\nurl = \"redis://127.0.0.1\"\nlease_duration = \"2s\"\ntimeout = \"1500ms\"",
-                "state.timeout: must be more than 0s and at most half of lease_duration",
+                "backend = \"redis\"\nurl = \"redis://127.0.0.1\"\nlease_duration = \"2s\"\ntimeout = \"600ms\"",
+                "state.timeout: must be more than 0s and at most a quarter of lease_duration",
             ),
             (
                 "backend = \"redis\"\nurl = \"redis://127.0.0.1\"\nca_file = \"/ca.pem\"",

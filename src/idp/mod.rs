@@ -67,6 +67,9 @@ pub struct TokenRequest<'a> {
     pub inputs: &'a Inputs,
     /// The refresh token to send (`refresh_token` grant only).
     pub refresh_token: Option<&'a SecretString>,
+    /// Asked right before the request goes out (after waiting for a permit): `false`
+    /// sends nothing and answers `Unavailable` (the broker lost its right to send).
+    pub before_send: Option<&'a (dyn Fn() -> bool + Sync)>,
 }
 
 /// A shared HTTP client for every credential, with a global cap on calls in flight.
@@ -129,6 +132,13 @@ impl IdpClient {
                 reason: "shutting down".into(),
                 retry_after: None,
             })?;
+        if req.before_send.is_some_and(|still| !still()) {
+            return Err(IdpError::Unavailable {
+                reason: "the refresh lease was lost before the request went out; nothing was sent"
+                    .into(),
+                retry_after: None,
+            });
+        }
         // Built after discovery (signed assertions name the token endpoint as audience)
         // and after the permit, so their `iat` and `exp` do not age in the queue.
         let form = grant::form(req.spec, req.inputs, req.refresh_token, &token_url.text).map_err(

@@ -73,6 +73,7 @@ async fn assertions_name_the_endpoint_as_written_and_are_signed_after_the_permit
                 spec: &spec,
                 inputs: &inputs,
                 refresh_token: None,
+                before_send: None,
             };
             client.request_token(&request).await
         })

@@ -106,6 +106,7 @@ impl FileStore {
                         saved,
                         skipped,
                         version: 0,
+                        stamp: None,
                     };
                 }
                 Err(e) => skipped.push(format!("{}: {e}", path.display())),

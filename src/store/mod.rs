@@ -4,12 +4,15 @@
 //!
 //! Two backends behind one `Store`: `file` (the default), generation files in
 //! `state.dir` for one broker; `redis`, one record per credential shared by a fleet of
-//! brokers, written under a lease with a version check (fencing) and optionally sealed
-//! (`crypto`). Only the broker decides when to write; the stores only keep what they
+//! brokers, written under a lease with a version check (fencing, `lease`), optionally
+//! sealed (`crypto`, `keycheck`), with change notices (`changes`). Only the broker decides when to write; the stores only keep what they
 //! are given, crash-safely.
 
+mod changes;
 mod crypto;
 mod file;
+mod keycheck;
+mod lease;
 mod record;
 mod redis;
 
@@ -19,9 +22,10 @@ use std::time::SystemTime;
 
 use secrecy::SecretString;
 
+pub use changes::Notice;
 pub use crypto::Cipher;
 pub use file::FileStore;
-pub use redis::{ConnectError, Notice, ReadError, Record, RedisStore};
+pub use redis::{ConnectError, Polled, ReadError, Record, RedisStore};
 
 use crate::config::StateConfig;
 
@@ -59,15 +63,18 @@ impl fmt::Debug for Saved {
 
 /// What loading found.
 #[derive(Debug)]
+// Made once per credential and taken apart at once: boxing would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 pub enum Loaded {
     /// Nothing stored yet.
     Empty,
     /// The newest readable state, a warning per newer unreadable one skipped, and the
-    /// shared record's version (0 for the file store).
+    /// shared record's version (0 for the file store) and stamp (see `Fence::stamp`).
     Found {
         saved: Saved,
         skipped: Vec<String>,
         version: u64,
+        stamp: Option<String>,
     },
     /// State exists but none is readable.
     Corrupt(Vec<String>),
@@ -83,8 +90,31 @@ pub struct Fence {
     pub expected: u64,
     /// The version it writes.
     pub next: u64,
-    /// The lease token the writer holds.
+    /// The lease token the writer holds (or held: see `WriteKind`).
     pub lease: Option<String>,
+    /// What the write is, which decides what it must find.
+    pub kind: WriteKind,
+    /// A random tag stored with the record: when a write's answer is lost, reading the
+    /// record back tells whether it went through.
+    pub stamp: String,
+}
+
+/// The kinds of shared-store writes. The lease guards the IdP call, not the record: a
+/// broker whose lease ran out while nobody took it over may still record what it knows,
+/// as long as that overwrites nothing newer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum WriteKind {
+    /// The refresh token is about to be sent: only under the writer's lease, over the
+    /// version it read, and not while the credential is held back after lost writes.
+    Mark,
+    /// A new token from the IdP: under the writer's lease or no one's, over any record
+    /// older than the version it writes (a state after a new token is newer than every
+    /// state before it).
+    Token,
+    /// Anything else (a cleared mark, a stop, a write-back): under the writer's lease or
+    /// no one's, over the version it read.
+    #[default]
+    Other,
 }
 
 /// Why a write did not happen.
@@ -156,6 +186,7 @@ impl Store {
                     saved: record.saved,
                     skipped: Vec::new(),
                     version: record.version,
+                    stamp: record.stamp,
                 },
                 Err(ReadError::Corrupt { why, .. }) => Loaded::Corrupt(vec![why]),
                 Err(ReadError::Unavailable(why)) => Loaded::Unavailable(why),

@@ -4,6 +4,11 @@
 //!
 //! Unknown fields are accepted (unlike the file store's format): during a rolling
 //! upgrade, older brokers must still read records that newer ones wrote.
+//!
+//! Records are read only after the fleet's key check passed (see `redis`), so a sealed
+//! record that does not open is damaged (or was planted), not sealed with another key.
+//! Not detected here: a record rolled back to an older sealed copy of the same version
+//! (brokers that saw a newer version notice the step back; one starting then does not).
 
 use std::time::{Duration, SystemTime};
 
@@ -35,10 +40,10 @@ struct Body {
 /// Why a stored record could not be used.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Unreadable {
-    /// Its bytes are broken: this record is lost.
+    /// Its bytes are broken (or do not open with the fleet's key): this record is lost.
     Corrupt(String),
-    /// It needs a key this broker lacks, or was sealed with another key: nothing is
-    /// lost, this broker is misconfigured.
+    /// It is sealed and this broker has no key, or in clear while this broker has one:
+    /// nothing is lost, this broker is misconfigured.
     Key(String),
 }
 
@@ -93,7 +98,9 @@ pub fn decode(
     let opened;
     let json: &[u8] = match (crypto::is_sealed(bytes), cipher) {
         (true, Some(cipher)) => {
-            opened = cipher.open(context, bytes).map_err(Unreadable::Key)?;
+            // The key check passed before any record is read: a record that does not
+            // open with the fleet's key is damaged, and waiting for another key is vain.
+            opened = cipher.open(context, bytes).map_err(Unreadable::Corrupt)?;
             &opened
         }
         (true, None) => {
@@ -110,8 +117,7 @@ pub fn decode(
         }
         (false, None) => bytes,
     };
-    let body: Body = serde_json::from_slice(json)
-        .map_err(|e| Unreadable::Corrupt(format!("bad record: {e}")))?;
+    let body: Body = serde_json::from_slice(json).map_err(|e| Unreadable::Corrupt(bad_json(&e)))?;
     if body.credential != name {
         return Err(Unreadable::Corrupt(format!(
             "the record belongs to credential `{}`",
@@ -131,6 +137,23 @@ pub fn decode(
         in_flight_since: body.in_flight_since_ms.map(at),
     };
     Ok((saved, body.written_by))
+}
+
+/// What is wrong with a record's JSON, by kind and place only: serde's own messages
+/// quote the offending value, which may be a token.
+fn bad_json(error: &serde_json::Error) -> String {
+    use serde_json::error::Category;
+    let what = match error.classify() {
+        Category::Io => "cannot be read",
+        Category::Syntax => "is not valid JSON",
+        Category::Data => "has a field of the wrong type, or lacks one",
+        Category::Eof => "is truncated",
+    };
+    format!(
+        "bad record: it {what} (line {}, column {})",
+        error.line(),
+        error.column()
+    )
 }
 
 fn millis(t: SystemTime) -> u64 {
@@ -188,7 +211,6 @@ mod tests {
             Err(Unreadable::Key(message)) => message,
             other => panic!("expected a key error, got {:?}", other.map(|_| ())),
         };
-        assert!(key_error(decode("x", "c", &sealed, Some(&cipher(2)))).contains("not the key"));
         assert!(key_error(decode("x", "c", &sealed, None)).contains("set state.encryption_key"));
         assert!(key_error(decode("x", "c", &clear, Some(&cipher(1)))).contains("stored in clear"));
         assert!(matches!(
@@ -199,5 +221,52 @@ mod tests {
             decode("x", "c", b"{not json", None),
             Err(Unreadable::Corrupt(_))
         ));
+    }
+
+    #[test]
+    fn a_damaged_sealed_record_is_corrupt_not_a_key_problem() {
+        let mut sealed = encode("x", "c", &saved(), "", Some(&cipher(1))).unwrap();
+        let last = sealed.len() - 1;
+        sealed[last] ^= 1;
+        assert!(matches!(
+            decode("x", "c", &sealed, Some(&cipher(1))),
+            Err(Unreadable::Corrupt(m)) if m.contains("cannot decrypt")
+        ));
+        // Moved to another version (its associated data), or sealed with another key:
+        // the key check passed, so the record is what is wrong.
+        let moved = encode("x", "c#1", &saved(), "", Some(&cipher(1))).unwrap();
+        assert!(matches!(
+            decode("x", "c#2", &moved, Some(&cipher(1))),
+            Err(Unreadable::Corrupt(_))
+        ));
+        assert!(matches!(
+            decode("x", "c#1", &moved, Some(&cipher(2))),
+            Err(Unreadable::Corrupt(_))
+        ));
+    }
+
+    #[test]
+    fn a_malformed_record_is_described_without_its_values() {
+        let json = br#"{"credential":"x","refresh_token":"rt-secret","access_token":"at-secret",
+            "token_type":"Bearer","scope":null,"issued_at_ms":"at-secret-2","expires_at_ms":1,
+            "bootstrap":null,"reauth_reason":null,"in_flight_since_ms":null}"#;
+        let Err(Unreadable::Corrupt(message)) = decode("x", "c", json, None) else {
+            panic!("expected a corrupt record");
+        };
+        assert!(
+            message.contains("wrong type") && message.contains("line 2"),
+            "{message}"
+        );
+        assert!(!message.contains("secret"), "{message}");
+        let truncated = decode(
+            "x",
+            "c",
+            br#"{"credential": "x", "refresh_token": "rt-sec"#,
+            None,
+        );
+        let Err(Unreadable::Corrupt(message)) = truncated else {
+            panic!("expected a corrupt record");
+        };
+        assert!(!message.contains("rt-sec"), "{message}");
     }
 }

@@ -1,25 +1,28 @@
-//! The shared backend: one record per credential in Redis, written only by the broker
-//! that holds the credential's lease and only over the version it read (fencing), with
-//! a change notice on a pub/sub channel after every write.
+//! The shared backend: one record per credential in Redis, written by the broker that
+//! holds the credential's lease over the version it read (fencing; a broker whose lease
+//! ran out may still write where nothing newer is overwritten, see `WriteKind`), with a
+//! change notice on a pub/sub channel after every write.
 //!
-//! Keys, all under `key_prefix`: `record:NAME`, a hash of `version` and `data` (the
-//! record, sealed when a key is configured); `lease:NAME`, the lease token with a TTL;
-//! `key-check`, a sealed constant that tells a wrong `encryption_key` at once. Channel
-//! `changes` carries `NAME VERSION`. Redis is reached lazily, so a broker starts (and
-//! serves nothing stale) while Redis is still down. This module decides nothing about
-//! refreshing: `broker::fleet` does.
+//! Keys, all under `key_prefix`: `record:NAME`, a hash of `version`, `data` (the record,
+//! sealed when a key is configured) and `stamp` (a random tag per write); `lease:NAME`,
+//! the lease token with a TTL; `hold:NAME`, set for a while after Redis lost writes to
+//! the record, when no refresh token may be marked as sent; `key-check` (see
+//! `keycheck`). Channel `changes` carries `NAME VERSION`. Redis is reached lazily, so a
+//! broker starts (and serves nothing stale) while Redis is still down. This module
+//! decides nothing about refreshing: `broker::fleet` does.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use ::redis::{AsyncCommands, Client, IntoConnectionInfo, Script};
-use futures_util::{Stream, StreamExt};
-use tokio::sync::OnceCell;
+use arc_swap::ArcSwapOption;
 
 use super::crypto::Cipher;
+use super::keycheck::KeyCheck;
 use super::record::{self, Unreadable};
-use super::{Fence, Saved, StoreError};
+use super::{Fence, Saved, StoreError, WriteKind};
 use crate::config::{OnStoreUnavailable, RedisConfig};
 use crate::secret::ExposeSecret;
 
@@ -31,16 +34,18 @@ pub struct Record {
     pub version: u64,
     /// Host and pid of the broker that wrote it.
     pub writer: String,
+    /// The tag of the write that made it (`Fence::stamp`); `None` from older brokers.
+    pub stamp: Option<String>,
 }
 
-/// A change notice: the credential's record (or lease) changed; `version` is the
-/// record's version after the change.
+/// One credential's entry in a poll of every version.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Notice {
-    /// The credential.
-    pub name: String,
-    /// Its record's version after the change.
-    pub version: u64,
+pub struct Polled {
+    /// The record's version: 0 when there is none, `None` when the field is not a
+    /// number (the record is damaged).
+    pub version: Option<u64>,
+    /// The stamp of the write that made it.
+    pub stamp: Option<String>,
 }
 
 /// Why a record could not be read.
@@ -71,13 +76,20 @@ impl From<ConnectError> for String {
 
 /// The Redis backend.
 pub struct RedisStore {
-    client: Client,
-    /// Made on first use and then kept: it reconnects by itself.
-    connection: OnceCell<ConnectionManager>,
+    pub(super) client: Client,
+    /// Made on first use and then kept: it reconnects by itself, except when a
+    /// reconnection fails other than on I/O (a refused password while Redis restarts
+    /// with its users): it then keeps failing, so it is dropped (`failed`) and the next
+    /// use connects anew, checking the key again.
+    connection: ArcSwapOption<ConnectionManager>,
+    /// Held while connecting, so concurrent first uses make one connection.
+    connecting: tokio::sync::Mutex<()>,
     prefix: String,
     cipher: Option<Cipher>,
     /// Limit for connecting and for each command.
-    timeout: Duration,
+    pub(super) timeout: Duration,
+    /// Whether this broker's encryption key fits the fleet's.
+    key_check: KeyCheck,
     /// Host and pid, written into each record.
     writer: String,
     /// How long a lease lives unless renewed (`state.lease_duration`).
@@ -87,39 +99,38 @@ pub struct RedisStore {
     /// Whether a broker refreshes without the lease when Redis is unreachable.
     pub on_unavailable: OnStoreUnavailable,
     save_script: Script,
-    renew_script: Script,
-    release_script: Script,
+    pub(super) renew_script: Script,
+    pub(super) release_script: Script,
+    pub(super) hold_script: Script,
 }
 
-/// Writes only for the lease holder and only over the version it read.
+/// Writes as `Fence` and `WriteKind` describe, with the key check beside every record:
+/// stored again if Redis lost it, and the write refused (-4) if it is not the one this
+/// broker verified. -1: another broker holds the lease (or, for a mark, this one does
+/// not); -2: the record is not the version the write expects; -5: the credential is held
+/// back after lost writes, so no refresh token may be marked as sent.
 const SAVE: &str = r"
-if redis.call('GET', KEYS[2]) ~= ARGV[1] then return -1 end
-local current = tonumber(redis.call('HGET', KEYS[1], 'version') or '0')
-if current ~= tonumber(ARGV[2]) then return -2 end
-redis.call('HSET', KEYS[1], 'version', ARGV[3], 'data', ARGV[4])
+local check = redis.call('GET', KEYS[3])
+if ARGV[9] == '' then
+  if check then return -4 end
+elseif not check then
+  redis.call('SET', KEYS[3], ARGV[9])
+elseif check ~= ARGV[9] then
+  return -4
+end
+local holder = redis.call('GET', KEYS[2])
+if holder ~= ARGV[1] and (holder or ARGV[7] == 'mark') then return -1 end
+local current = tonumber(redis.call('HGET', KEYS[1], 'version')) or 0
+if ARGV[7] == 'token' then
+  if current >= tonumber(ARGV[3]) then return -2 end
+elseif current ~= tonumber(ARGV[2]) then
+  return -2
+end
+if ARGV[7] == 'mark' and redis.call('GET', KEYS[4]) then return -5 end
+redis.call('HSET', KEYS[1], 'version', ARGV[3], 'data', ARGV[4], 'stamp', ARGV[8])
 redis.call('PUBLISH', ARGV[5], ARGV[6] .. ' ' .. ARGV[3])
 return tonumber(ARGV[3])
 ";
-
-/// Extends the lease only while it is still ours.
-const RENEW: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return 0
-";
-
-/// Compare-and-delete, then a notice so waiting brokers try the lease at once.
-const RELEASE: &str = r"
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-redis.call('DEL', KEYS[1])
-local version = redis.call('HGET', KEYS[2], 'version') or '0'
-redis.call('PUBLISH', ARGV[2], ARGV[3] .. ' ' .. version)
-return 1
-";
-
-/// What `key-check` holds, sealed.
-const KEY_CHECK: &[u8] = b"token-broker key check";
 
 impl RedisStore {
     /// Reads the secrets and prepares the client; does not connect yet.
@@ -135,17 +146,20 @@ impl RedisStore {
         };
         Ok(RedisStore {
             client: client(config)?,
-            connection: OnceCell::new(),
+            connection: ArcSwapOption::empty(),
+            connecting: tokio::sync::Mutex::new(()),
             prefix: config.key_prefix.clone(),
             cipher,
             timeout: config.timeout,
+            key_check: KeyCheck::new(),
             writer: writer(),
             lease_duration: config.lease_duration,
             poll_interval: config.poll_interval,
             on_unavailable: config.on_unavailable,
             save_script: Script::new(SAVE),
-            renew_script: Script::new(RENEW),
-            release_script: Script::new(RELEASE),
+            renew_script: Script::new(super::lease::RENEW),
+            release_script: Script::new(super::lease::RELEASE),
+            hold_script: Script::new(super::lease::HOLD),
         })
     }
 
@@ -154,7 +168,7 @@ impl RedisStore {
         self.connection().await.map(|_| ())
     }
 
-    async fn connection(&self) -> Result<ConnectionManager, ConnectError> {
+    pub(super) async fn connection(&self) -> Result<ConnectionManager, ConnectError> {
         let connect = async {
             let config = ConnectionManagerConfig::new()
                 .set_connection_timeout(self.timeout)
@@ -167,20 +181,32 @@ impl RedisStore {
             self.check_key(manager.clone()).await?;
             Ok(manager)
         };
+        if let Some(made) = self.connection.load_full() {
+            return Ok((*made).clone());
+        }
+        let _connecting = self.connecting.lock().await;
+        if let Some(made) = self.connection.load_full() {
+            return Ok((*made).clone());
+        }
         let made = self
-            .connection
-            .get_or_try_init(|| async {
-                self.limit(connect)
-                    .await
-                    .map_err(ConnectError::Unreachable)
-                    .and_then(|r| r)
-            })
-            .await?;
-        Ok(made.clone())
+            .limit(connect)
+            .await
+            .map_err(ConnectError::Unreachable)??;
+        self.connection.store(Some(Arc::new(made.clone())));
+        Ok(made)
+    }
+
+    /// A command's error, as text. One that the connection cannot recover from by
+    /// itself drops it, so the next use connects anew.
+    pub(super) fn failed(&self, error: ::redis::RedisError) -> String {
+        if error.is_unrecoverable_error() && !error.is_io_error() {
+            self.connection.store(None);
+        }
+        format!("redis: {error}")
     }
 
     /// Bounds one operation by the configured timeout.
-    async fn limit<T>(&self, work: impl Future<Output = T>) -> Result<T, String> {
+    pub(super) async fn limit<T>(&self, work: impl Future<Output = T>) -> Result<T, String> {
         tokio::time::timeout(self.timeout * 2, work)
             .await
             .map_err(|_| format!("redis did not answer within {:?}", self.timeout * 2))
@@ -190,49 +216,34 @@ impl RedisStore {
     /// it, so a broker with the wrong key fails at once instead of on each record.
     async fn check_key(&self, mut conn: ConnectionManager) -> Result<(), ConnectError> {
         let key = self.key("key-check");
-        let fail = |e: ::redis::RedisError| ConnectError::Unreachable(format!("redis: {e}"));
-        let mut stored: Option<Vec<u8>> = conn.get(&key).await.map_err(fail)?;
-        if let (Some(cipher), None) = (&self.cipher, &stored) {
-            let sealed = cipher
-                .seal(&key, KEY_CHECK)
-                .map_err(ConnectError::Unreachable)?;
-            let only_new =
-                ::redis::SetOptions::default().conditional_set(::redis::ExistenceCheck::NX);
-            let _: Option<String> = conn
-                .set_options(&key, sealed, only_new)
-                .await
-                .map_err(fail)?;
-            // Read back: a broker with another key may have stored its check first.
-            stored = conn.get(&key).await.map_err(fail)?;
-        }
-        match (&self.cipher, stored) {
-            (None, None) => Ok(()),
-            (None, Some(_)) => Err(ConnectError::WrongKey(format!(
-                "the records under key prefix `{}` are encrypted; set state.encryption_key \
-                 to the key the other brokers use",
-                self.prefix
-            ))),
-            (Some(cipher), stored) => match stored.map(|sealed| cipher.open(&key, &sealed)) {
-                Some(Ok(plain)) if plain.as_slice() == KEY_CHECK => Ok(()),
-                _ => Err(ConnectError::WrongKey(format!(
-                    "state.encryption_key is not the key the records under key prefix `{}` \
-                     were written with",
-                    self.prefix
-                ))),
-            },
-        }
+        let verified = self
+            .key_check
+            .verify(&mut conn, &key, self.cipher.as_ref(), &self.prefix);
+        self.limit(verified)
+            .await
+            .map_err(ConnectError::Unreachable)?
     }
 
-    fn key(&self, what: &str) -> String {
+    /// Resolves once this broker's encryption key is found not to fit the fleet's, at
+    /// start-up or later; the broker must then stop.
+    pub async fn wrong_key(&self) -> String {
+        self.key_check.failed().await
+    }
+
+    pub(super) fn key(&self, what: &str) -> String {
         format!("{}{what}", self.prefix)
     }
 
-    fn record_key(&self, name: &str) -> String {
+    pub(super) fn record_key(&self, name: &str) -> String {
         self.key(&format!("record:{name}"))
     }
 
-    fn lease_key(&self, name: &str) -> String {
+    pub(super) fn lease_key(&self, name: &str) -> String {
         self.key(&format!("lease:{name}"))
+    }
+
+    pub(super) fn hold_key(&self, name: &str) -> String {
+        self.key(&format!("hold:{name}"))
     }
 
     /// The pub/sub channel of change notices.
@@ -251,15 +262,26 @@ impl RedisStore {
             .connection()
             .await
             .map_err(|e| ReadError::Unavailable(e.into()))?;
-        let fields: (Option<u64>, Option<Vec<u8>>) = self
-            .limit(conn.hget(self.record_key(name), &["version", "data"]))
+        let fields = conn.hget(self.record_key(name), &["version", "data", "stamp"]);
+        let (version, data, stamp): (Option<String>, Option<Vec<u8>>, Option<String>) = self
+            .limit(fields)
             .await
             .map_err(ReadError::Unavailable)?
-            .map_err(|e| ReadError::Unavailable(format!("redis: {e}")))?;
-        let (Some(version), Some(data)) = fields else {
+            .map_err(|e| ReadError::Unavailable(self.failed(e)))?;
+        let Some(version) = version else {
             return Ok(None);
         };
-        let data = zeroize::Zeroizing::new(data);
+        let corrupt = |why: String, version| ReadError::Corrupt {
+            why: format!("the record of `{name}` in redis: {why}"),
+            version,
+        };
+        // The write script reads a version that is not a number as 0.
+        let version = version
+            .parse::<u64>()
+            .map_err(|_| corrupt("its version is not a number".into(), 0))?;
+        let data = zeroize::Zeroizing::new(
+            data.ok_or_else(|| corrupt(format!("version {version} has no data"), version))?,
+        );
         match record::decode(
             name,
             &self.context(name, version),
@@ -270,19 +292,19 @@ impl RedisStore {
                 saved,
                 version,
                 writer,
+                stamp,
             })),
             Err(Unreadable::Key(why)) => Err(ReadError::Unavailable(format!(
                 "the record of `{name}` in redis: {why}"
             ))),
-            Err(Unreadable::Corrupt(why)) => Err(ReadError::Corrupt {
-                why: format!("the record of `{name}` in redis (version {version}): {why}"),
-                version,
-            }),
+            Err(Unreadable::Corrupt(why)) => {
+                Err(corrupt(format!("version {version}: {why}"), version))
+            }
         }
     }
 
-    /// Writes `saved` as version `fence.next` if `fence.lease` is still held and the
-    /// record is still at `fence.expected`; returns the new version.
+    /// Writes `saved` as version `fence.next` if the lease and the record's version
+    /// allow it (see `WriteKind`); returns the new version.
     pub async fn save(&self, name: &str, saved: &Saved, fence: &Fence) -> Result<u64, StoreError> {
         let lease = fence.lease.as_deref().ok_or_else(|| {
             StoreError::Fenced("no refresh lease is held; the shared record is not written".into())
@@ -296,149 +318,80 @@ impl RedisStore {
         )
         .map_err(StoreError::Unavailable)?;
         let data = zeroize::Zeroizing::new(data);
+        let mut answer = self.save_once(name, lease, &data, fence).await?;
+        if answer == -4 {
+            // The key check changed: Redis lost it and another broker stored its own.
+            // Ours opens it (the same key): write again. Otherwise this broker stops.
+            let conn = self
+                .connection()
+                .await
+                .map_err(|e| StoreError::Unavailable(e.into()))?;
+            self.check_key(conn)
+                .await
+                .map_err(|e| StoreError::Unavailable(e.into()))?;
+            answer = self.save_once(name, lease, &data, fence).await?;
+        }
+        answer_of_save(answer)
+    }
+
+    async fn save_once(
+        &self,
+        name: &str,
+        lease: &str,
+        data: &[u8],
+        fence: &Fence,
+    ) -> Result<i64, StoreError> {
+        // Connecting verifies the key check first.
         let mut conn = self
             .connection()
             .await
             .map_err(|e| StoreError::Unavailable(e.into()))?;
+        let check = self.key_check.expected().ok_or_else(|| {
+            StoreError::Unavailable("the key check has not been verified yet".into())
+        })?;
+        let kind = match fence.kind {
+            WriteKind::Mark => "mark",
+            WriteKind::Token => "token",
+            WriteKind::Other => "other",
+        };
         let mut call = self.save_script.prepare_invoke();
         call.key(self.record_key(name))
             .key(self.lease_key(name))
+            .key(self.key("key-check"))
+            .key(self.hold_key(name))
             .arg(lease)
             .arg(fence.expected)
             .arg(fence.next)
-            .arg(data.as_slice())
+            .arg(data)
             .arg(self.channel())
-            .arg(name);
-        let answer: i64 = self
-            .limit(call.invoke_async(&mut conn))
+            .arg(name)
+            .arg(kind)
+            .arg(&fence.stamp)
+            .arg(check);
+        self.limit(call.invoke_async(&mut conn))
             .await
             .map_err(StoreError::Unavailable)?
-            .map_err(|e| StoreError::Unavailable(format!("redis: {e}")))?;
-        match answer {
-            -1 => Err(StoreError::Fenced(
-                "this broker no longer holds the refresh lease (it ran out), so its write was \
-                 refused"
-                    .into(),
-            )),
-            -2 => Err(StoreError::Fenced(
-                "another broker wrote a newer record, so this broker's write was refused".into(),
-            )),
-            version => Ok(version as u64),
-        }
+            .map_err(|e| StoreError::Unavailable(self.failed(e)))
     }
 
-    /// Takes the lease if nobody holds it.
-    pub async fn acquire(&self, name: &str, token: &str) -> Result<bool, String> {
-        let mut conn = self.connection().await?;
-        let options = ::redis::SetOptions::default()
-            .conditional_set(::redis::ExistenceCheck::NX)
-            .with_expiration(::redis::SetExpiry::PX(millis(self.lease_duration)));
-        let set: Option<String> = self
-            .limit(conn.set_options(self.lease_key(name), token, options))
-            .await?
-            .map_err(|e| format!("redis: {e}"))?;
-        Ok(set.is_some())
-    }
-
-    /// Whether any broker holds the lease.
-    pub async fn lease_held(&self, name: &str) -> Result<bool, String> {
-        let mut conn = self.connection().await?;
-        let holder: Option<String> = self
-            .limit(conn.get(self.lease_key(name)))
-            .await?
-            .map_err(|e| format!("redis: {e}"))?;
-        Ok(holder.is_some())
-    }
-
-    /// Extends the lease; `false` when it is no longer ours.
-    pub async fn renew(&self, name: &str, token: &str) -> Result<bool, String> {
-        let mut conn = self.connection().await?;
-        let mut call = self.renew_script.prepare_invoke();
-        call.key(self.lease_key(name))
-            .arg(token)
-            .arg(millis(self.lease_duration));
-        let renewed: i64 = self
-            .limit(call.invoke_async(&mut conn))
-            .await?
-            .map_err(|e| format!("redis: {e}"))?;
-        Ok(renewed == 1)
-    }
-
-    /// Gives the lease up if it is still ours, and tells the waiting brokers.
-    pub async fn release(&self, name: &str, token: &str) -> Result<(), String> {
-        let mut conn = self.connection().await?;
-        let mut call = self.release_script.prepare_invoke();
-        call.key(self.lease_key(name))
-            .key(self.record_key(name))
-            .arg(token)
-            .arg(self.channel())
-            .arg(name);
-        let _: i64 = self
-            .limit(call.invoke_async(&mut conn))
-            .await?
-            .map_err(|e| format!("redis: {e}"))?;
-        Ok(())
-    }
-
-    /// The record version of each credential (0 when it has none), in one round trip.
-    pub async fn versions(&self, names: &[String]) -> Result<Vec<u64>, String> {
+    /// The record version and stamp of each credential, in one round trip.
+    pub async fn versions(&self, names: &[String]) -> Result<Vec<Polled>, String> {
         let mut conn = self.connection().await?;
         let mut pipe = ::redis::pipe();
         for name in names {
-            pipe.hget(self.record_key(name), "version");
+            pipe.hget(self.record_key(name), &["version", "stamp"]);
         }
-        let versions: Vec<Option<u64>> = self
+        let fields: Vec<(Option<String>, Option<String>)> = self
             .limit(pipe.query_async(&mut conn))
             .await?
-            .map_err(|e| format!("redis: {e}"))?;
-        Ok(versions
+            .map_err(|e| self.failed(e))?;
+        Ok(fields
             .into_iter()
-            .map(Option::unwrap_or_default)
-            .collect())
-    }
-
-    /// Subscribes to change notices on a connection of its own. The stream ends when
-    /// that connection drops; the caller subscribes again. A probe published right
-    /// after subscribing must come back: Redis refuses a channel the ACL forbids, and
-    /// without the probe that refusal would go unnoticed.
-    pub async fn subscribe(&self) -> Result<impl Stream<Item = Notice> + use<>, String> {
-        let mut conn = self.connection().await?;
-        let mut pubsub = self
-            .limit(self.client.get_async_pubsub())
-            .await?
-            .map_err(|e| format!("redis: {e}"))?;
-        self.limit(pubsub.subscribe(self.channel()))
-            .await?
-            .map_err(|e| format!("redis: {e}"))?;
-        let mut messages = pubsub.into_on_message();
-        let probe = format!("~probe {}", crate::secret::hex(&rand::random::<[u8; 8]>()));
-        let _: i64 = self
-            .limit(conn.publish(self.channel(), &probe))
-            .await?
-            .map_err(|e| format!("redis: {e}"))?;
-        let heard = async {
-            while let Some(message) = messages.next().await {
-                if message.get_payload::<String>().is_ok_and(|p| p == probe) {
-                    return true;
-                }
-            }
-            false
-        };
-        if !self.limit(heard).await.unwrap_or(false) {
-            return Err(format!(
-                "subscribed to `{}`, but no notice arrives: does the Redis ACL allow this \
-                 channel to the user?",
-                self.channel()
-            ));
-        }
-        Ok(messages.filter_map(|message| async move {
-            let text: String = message.get_payload().ok()?;
-            let (name, version) = text.split_once(' ')?;
-            Some(Notice {
-                name: name.to_owned(),
-                version: version.parse().ok()?,
+            .map(|(version, stamp)| Polled {
+                version: version.map_or(Some(0), |v| v.parse().ok()),
+                stamp,
             })
-        }))
+            .collect())
     }
 }
 
@@ -473,7 +426,26 @@ fn client(config: &RedisConfig) -> Result<Client, String> {
     .map_err(|e| format!("state.url: {e}"))
 }
 
-fn millis(duration: Duration) -> u64 {
+/// What the SAVE script's answer means.
+fn answer_of_save(answer: i64) -> Result<u64, StoreError> {
+    let refused = |why: &str| Err(StoreError::Fenced(why.to_owned()));
+    match answer {
+        -1 => refused(
+            "this broker no longer holds the refresh lease (it ran out, and another broker \
+             holds it), so its write was refused",
+        ),
+        -2 => refused("another broker wrote a newer record, so this broker's write was refused"),
+        -4 => Err(StoreError::Unavailable(
+            "the key check in redis changed while writing; will try again".into(),
+        )),
+        -5 => refused(
+            "refreshes of this credential are held back for a while after redis lost writes",
+        ),
+        version => Ok(version.unsigned_abs()),
+    }
+}
+
+pub(super) fn millis(duration: Duration) -> u64 {
     duration.as_millis().min(u128::from(u64::MAX)) as u64
 }
 

@@ -12,22 +12,30 @@ use crate::harness::*;
 use crate::redis_server::RedisServer;
 
 /// `[server]`, a redis `[state]` and credential `x` bootstrapped from the IdP's first
-/// token. Short leases and polls keep the tests quick.
+/// token. Short leases, polls and IdP timeouts keep the tests quick; `state` may end
+/// with an `[idp]` table of its own.
 pub fn fleet_config(dir: &Path, url: &str, state: &str, idp: &Idp, credential: &str) -> String {
     let bootstrap = dir.join("bootstrap");
     std::fs::write(&bootstrap, &idp.refresh_token).unwrap();
+    // The `[state]` keys given, without a table that may follow.
+    let own = state.split("[idp]").next().unwrap_or_default();
     let defaults: String = [
         ("lease_duration", "\"2s\""),
         ("timeout", "\"500ms\""),
         ("poll_interval", "\"200ms\""),
     ]
     .iter()
-    .filter(|(key, _)| !state.contains(&format!("{key} =")))
+    .filter(|(key, _)| !own.contains(&format!("{key} =")))
     .map(|(key, value)| format!("{key} = {value}\n"))
     .collect();
+    let idp_table = if state.contains("[idp]") {
+        ""
+    } else {
+        "\n[idp]\ntimeout = \"5s\"\n"
+    };
     format!(
         "[server]\nlisten = \"127.0.0.1:0\"\nrequest_timeout = \"20s\"\n\n\
-         [state]\nbackend = \"redis\"\nurl = \"{url}\"\n{defaults}{state}\n{}",
+         [state]\nbackend = \"redis\"\nurl = \"{url}\"\n{defaults}{state}\n{idp_table}{}",
         refresh_credential("x", idp, &bootstrap, credential)
     )
 }

@@ -9,7 +9,7 @@ use base64::Engine;
 use futures_util::StreamExt;
 use secrecy::SecretString;
 use token_broker::config::{OnStoreUnavailable, RedisConfig};
-use token_broker::store::{Fence, Notice, RedisStore, Saved, StoreError};
+use token_broker::store::{Fence, Notice, RedisStore, Saved, StoreError, WriteKind};
 
 use crate::fleet::{Fleet, converged, fleet_config};
 use crate::harness::*;
@@ -50,6 +50,8 @@ fn fence(expected: u64, next: u64, lease: &str) -> Fence {
         expected,
         next,
         lease: Some(lease.to_owned()),
+        stamp: format!("stamp-{next}"),
+        ..Fence::default()
     }
 }
 
@@ -99,7 +101,11 @@ async fn a_writer_that_lost_its_lease_or_read_an_old_version_is_refused() {
             "{refused:?}"
         );
     }
-    assert!(!a.renew("x", "lease-a").await.unwrap());
+    assert!(
+        !a.renew("x", "lease-a", Duration::from_secs(1))
+            .await
+            .unwrap()
+    );
     a.release("x", "lease-a").await.unwrap();
     assert_eq!(
         redis.cli(&["GET", "token-broker:lease:x"]).trim(),
@@ -123,6 +129,86 @@ async fn a_writer_that_lost_its_lease_or_read_an_old_version_is_refused() {
             .trim()
             .is_empty()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_its_lease_a_writer_may_record_only_what_overwrites_nothing_newer() {
+    let redis = RedisServer::start();
+    let config = store_config(&redis.url(), Duration::from_secs(1));
+    let (a, b) = (
+        RedisStore::new(&config).unwrap(),
+        RedisStore::new(&config).unwrap(),
+    );
+    let kind = |kind, f: Fence| Fence { kind, ..f };
+    assert!(a.acquire("x", "lease-a").await.unwrap());
+    let mark = kind(WriteKind::Mark, fence(0, 1, "lease-a"));
+    assert_eq!(a.save("x", &saved("rt-1"), &mark).await, Ok(1));
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+
+    // A's lease ran out and nobody took it: a mark (the token would be sent next) is
+    // refused, a cleared mark over the version A wrote goes through.
+    let again = kind(WriteKind::Mark, fence(1, 2, "lease-a"));
+    assert!(matches!(
+        a.save("x", &saved("rt-1"), &again).await,
+        Err(StoreError::Fenced(_))
+    ));
+    assert_eq!(
+        a.save("x", &saved("rt-1"), &fence(1, 2, "lease-a")).await,
+        Ok(2)
+    );
+    assert_eq!(
+        redis
+            .cli(&["HGET", "token-broker:record:x", "stamp"])
+            .trim(),
+        "stamp-2"
+    );
+
+    // B takes the lease: now nothing of A's goes through, a new token included.
+    assert!(b.acquire("x", "lease-b").await.unwrap());
+    let token = kind(WriteKind::Token, fence(2, 1 << 20, "lease-a"));
+    assert!(matches!(
+        a.save("x", &saved("rt-2"), &token).await,
+        Err(StoreError::Fenced(_))
+    ));
+    assert_eq!(
+        a.save("x", &saved("rt-1"), &fence(2, 3, "lease-a"))
+            .await
+            .ok(),
+        None
+    );
+    // B stops the chain (a later write, an older rotation) and lets go; A's new token
+    // then goes over it, being newer, but never over a newer token.
+    assert_eq!(
+        b.save("x", &saved("stopped"), &fence(2, 3, "lease-b"))
+            .await,
+        Ok(3)
+    );
+    b.release("x", "lease-b").await.unwrap();
+    assert_eq!(a.save("x", &saved("rt-2"), &token).await, Ok(1 << 20));
+    let older = kind(WriteKind::Token, fence(2, 1 << 20, "lease-a"));
+    assert!(matches!(
+        a.save("x", &saved("rt-2b"), &older).await,
+        Err(StoreError::Fenced(_))
+    ));
+
+    // While the credential is held back after lost writes, no mark goes through.
+    assert!(b.acquire("x", "lease-b").await.unwrap());
+    b.hold("x", Duration::from_secs(5)).await.unwrap();
+    b.hold("x", Duration::from_secs(1)).await.unwrap();
+    let held = b.held_until("x").await.unwrap().unwrap();
+    assert!(
+        held > SystemTime::now() + Duration::from_secs(4),
+        "the longer hold stays"
+    );
+    let mark = kind(WriteKind::Mark, fence(1 << 20, (1 << 20) + 1, "lease-b"));
+    let refused = b.save("x", &saved("rt-2"), &mark).await;
+    assert!(
+        matches!(&refused, Err(StoreError::Fenced(why)) if why.contains("held back")),
+        "{refused:?}"
+    );
+    let record = a.read("x").await.unwrap().unwrap();
+    let kept = record.saved.refresh_token.unwrap();
+    assert_eq!(secrecy::ExposeSecret::expose_secret(&kept), "rt-2");
 }
 
 fn write_key(dir: &Path, name: &str, byte: u8) -> PathBuf {

@@ -99,6 +99,13 @@ impl RedisServer {
         }
     }
 
+    /// Sends a signal (`STOP`, `CONT`) to the server process: `STOP` freezes it with
+    /// every connection open, as a long pause would.
+    pub fn signal(&self, name: &str) {
+        let child = self.child.as_ref().expect("redis-server is running");
+        crate::harness::signal(child, name);
+    }
+
     /// Starts it (again) on the same port, directory and arguments.
     pub fn restart(&mut self) {
         self.kill();
