@@ -76,9 +76,21 @@ pub trait StateSource: Send + Sync + 'static {
 /// The source, once the broker exists (the metrics are made before it).
 type Source = Arc<OnceLock<Weak<dyn StateSource>>>;
 
-/// The registry and every metric family.
+/// The registry and every metric family, shared: a clone is one reference count, and
+/// every credential holds one.
 #[derive(Clone)]
-pub struct Metrics {
+pub struct Metrics(Arc<Families>);
+
+impl std::ops::Deref for Metrics {
+    type Target = Families;
+
+    fn deref(&self) -> &Families {
+        &self.0
+    }
+}
+
+/// What `Metrics` shares.
+pub struct Families {
     registry: Arc<Mutex<Registry>>,
     requests: Family<Outcome, Counter>,
     refreshes: Family<Refresh, Counter>,
@@ -124,7 +136,7 @@ impl Metrics {
     /// The metrics; `states` lists every state the state metric reports.
     pub fn new(states: &'static [&'static str]) -> Metrics {
         let mut registry = Registry::with_prefix("token_broker");
-        let m = Metrics {
+        let m = Metrics(Arc::new(Families {
             registry: Arc::default(),
             requests: Family::default(),
             refreshes: Family::default(),
@@ -141,7 +153,7 @@ impl Metrics {
             adopted: Family::default(),
             store_errors: Family::default(),
             delivery: delivery::Delivery::default(),
-        };
+        }));
         registry.register(
             "requests",
             "Token requests answered, by credential and outcome",

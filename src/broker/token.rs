@@ -76,22 +76,30 @@ impl Token {
             expires_at: rfc3339(expires_at),
             scope: scope.as_deref(),
         };
+        // One buffer holds the bare token, the JSON head and the entity tag: thousands
+        // of versions are held at once, and each allocation costs its own overhead. It
+        // is sized exactly first, so it never grows: a grown buffer would leave a copy
+        // of the token behind in freed memory, where the wipe on drop cannot reach it.
+        let mut json_len = Counter(0);
         // Serializing a struct of strings cannot fail.
-        let mut json = serde_json::to_vec(&head).unwrap_or_default();
-        json.pop();
-        json.extend_from_slice(br#","expires_in":"#);
-        // The entity tag shares the body's allocation: one fewer per version.
-        let head_len = json.len();
+        let _ = serde_json::to_writer(&mut json_len, &head);
+        let mut bytes =
+            Vec::with_capacity(access_token.len() + json_len.0 - 1 + EXPIRES_IN.len() + ETAG_LEN);
+        bytes.extend_from_slice(access_token.as_bytes());
+        let raw_end = bytes.len();
+        let _ = serde_json::to_writer(&mut bytes, &head);
+        bytes.pop();
+        bytes.extend_from_slice(EXPIRES_IN);
+        let head_end = bytes.len();
         let version = rand::random::<u64>();
-        json.extend_from_slice(&quoted_hex(version));
-        // Serializing grows the buffer by doubling; thousands of tokens are held at once.
-        json.shrink_to_fit();
-        let both = Bytes::from_owner(Wiped(json));
+        bytes.extend_from_slice(&quoted_hex(version));
+        debug_assert_eq!(bytes.len(), bytes.capacity());
+        let all = Bytes::from_owner(Wiped(bytes));
         Token {
-            raw: Bytes::from_owner(Wiped(access_token.as_bytes().to_vec())),
-            json_head: both.slice(..head_len),
+            raw: all.slice(..raw_end),
+            json_head: all.slice(raw_end..head_end),
             version,
-            etag: both.slice(head_len..),
+            etag: all.slice(head_end..),
             token_type,
             scope,
             issued_at,
@@ -170,9 +178,29 @@ fn put_decimal(out: &mut BytesMut, mut n: u64) {
     out.put_slice(&digits[start..]);
 }
 
+/// What follows the JSON head's last field; `expires_in` is appended per request.
+const EXPIRES_IN: &[u8] = br#","expires_in":"#;
+
+/// Length of an entity tag: `"` + 16 hex digits + `"`.
+const ETAG_LEN: usize = 18;
+
+/// Counts what is written to it (to size a buffer before filling it).
+struct Counter(usize);
+
+impl std::io::Write for Counter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0 += bytes.len();
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// `"` + 16 lower-case hex digits + `"`.
-fn quoted_hex(n: u64) -> [u8; 18] {
-    let mut out = [b'"'; 18];
+fn quoted_hex(n: u64) -> [u8; ETAG_LEN] {
+    let mut out = [b'"'; ETAG_LEN];
     for (i, digit) in out[1..17].iter_mut().enumerate() {
         let nibble = (n >> (60 - 4 * i)) & 0xf;
         *digit = b"0123456789abcdef"[nibble as usize];
