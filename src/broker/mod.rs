@@ -63,6 +63,8 @@ pub(crate) struct Shared {
     pub shutdown: CancellationToken,
     /// Every credential's next proactive wake-up.
     pub timers: timer::Timers<Credential>,
+    /// Where the proactive refresh points already fall, so new ones avoid busy seconds.
+    pub spread: schedule::Spread,
     /// `idp.timeout`: with the shared store, how long another broker's refresh may still
     /// be out.
     pub idp_timeout: Duration,
@@ -118,6 +120,7 @@ impl Broker {
             max_waiting: config.server.max_waiting_requests,
             shutdown,
             timers: timer::Timers::new(config.idp.max_concurrent),
+            spread: schedule::Spread::default(),
             idp_timeout: config.idp.timeout,
         });
         let map = config

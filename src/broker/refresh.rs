@@ -147,12 +147,11 @@ impl Credential {
             .expires_at
             .or_else(|| now.checked_add(self.spec.default_lifetime))
             .map_or(latest, |at| at.min(latest));
-        let refresh_at = schedule::refresh_at(
+        let refresh_at = self.shared.spread.refresh_at(
             now,
             expires_at,
             self.spec.refresh_ratio,
             self.spec.refresh_jitter,
-            rand::random::<f64>(),
         );
         let token = Arc::new(Token::new(
             response.access_token.expose_secret(),

@@ -241,12 +241,11 @@ impl Credential {
         let now = SystemTime::now();
         let usable = saved.expires_at > now && !inner.discard_stored_token;
         if let Some(access) = saved.access_token.filter(|_| usable) {
-            let refresh_at = super::schedule::refresh_at(
+            let refresh_at = self.shared.spread.refresh_at(
                 saved.issued_at,
                 saved.expires_at,
                 self.spec.refresh_ratio,
                 self.spec.refresh_jitter,
-                rand::random::<f64>(),
             );
             let token = Token::new(
                 access.expose_secret(),

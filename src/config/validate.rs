@@ -198,7 +198,7 @@ fn credential(check: &mut Check, name: String, raw: RawCredential) -> Option<Cre
     if !(0.1..=0.95).contains(&refresh_ratio) {
         check.fail(key("refresh_ratio"), "must be between 0.1 and 0.95");
     }
-    let refresh_jitter = raw.refresh_jitter.unwrap_or(0.05);
+    let refresh_jitter = raw.refresh_jitter.unwrap_or(0.1);
     if !(0.0..=0.5).contains(&refresh_jitter) || refresh_jitter >= refresh_ratio {
         check.fail(
             key("refresh_jitter"),
