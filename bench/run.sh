@@ -413,15 +413,23 @@ fi
 if want many; then
 TTLS=(60 120 180 240 300)
 section "10k credentials" "many credentials: 10,000 over IdPs with lifetimes ${TTLS[*]} s"
-IDP_URLS=() IDP_ARGS=() MANY_IDPS=()
+# The broker reaches the five IdPs through one meter, which counts the calls in flight
+# to all of them at once: the global cap is checked at every instant, not bounded by a
+# sum of each IdP's own peak.
+IDP_URLS=() IDP_ARGS=() MANY_IDPS=() ROUTES=()
+ports P_METER
 for ttl in "${TTLS[@]}"; do
     ports p
     start "many-idp-$ttl" "$BIN" dev-idp --listen "127.0.0.1:$p" --access-ttl "${ttl}s" --latency 20ms
     MANY_IDPS+=("$LAST_PID")
     wait_200 "http://127.0.0.1:$p/stats" 10 || die "dev IdP did not start"
     IDP_URLS+=("http://127.0.0.1:$p")
-    IDP_ARGS+=(--token-url "http://127.0.0.1:$p/token")
+    ROUTES+=(--route "ttl$ttl=127.0.0.1:$p")
+    IDP_ARGS+=(--token-url "http://127.0.0.1:$P_METER/ttl$ttl/token")
 done
+start many-meter "$TB" meter --listen "127.0.0.1:$P_METER" "${ROUTES[@]}"
+MANY_IDPS+=("$LAST_PID")
+wait_200 "http://127.0.0.1:$P_METER/meter" 10 || die "the IdP meter did not start"
 ports P_BROKER
 "$TB" gen-config --count 10000 --listen "127.0.0.1:$P_BROKER" --state-dir "$WORK/state-many" \
     --max-concurrent "$CAP" "${IDP_ARGS[@]}" >"$WORK/many.toml"
@@ -436,6 +444,7 @@ OBS_IDP=()
 for u in "${IDP_URLS[@]}"; do OBS_IDP+=(--idp "$u"); done
 "$TB" observe --pid "$MANY_PID" --seconds "$OBSERVE_SECS" --clk-tck "$CLK_TCK" --log "$WORK/many-broker.log" \
     "${OBS_IDP[@]}" --samples-out "$WORK/many-samples.csv" >"$WORK/many-observe.json" || die "observe failed"
+curl -s "http://127.0.0.1:$P_METER/meter" >"$WORK/many-meter.json" || die "the IdP meter did not answer"
 stop "$MANY_PID" "${MANY_IDPS[@]}"
 O="$WORK/many-observe.json"
 RSS_MAX_KB=$(jq -r '[.rss_max_kb, '"$MANY_READY_RSS"'] | max' "$O")
@@ -445,8 +454,8 @@ TIMER=$(jq -r .timer_refreshes "$O")
 PEAK=$(jq -r .timer_peak_per_second "$O")
 SHARE=$(jq -r '.timer_peak_share // 0' "$O")
 FAILED=$(jq -r .refresh_failures "$O")
-INFLIGHT_SUM=$(jq -r .idp_max_in_flight_sum "$O")
-INFLIGHT_EACH=$(jq -r '[.idp[].max_in_flight | tostring] | join("+")' "$O")
+INFLIGHT=$(jq -r .max_in_flight "$WORK/many-meter.json")
+METERED=$(jq -r .requests "$WORK/many-meter.json")
 row "10k credentials" "VmRSS once all hold tokens; peak over the ${OBSERVE_SECS} s window" "$((MANY_READY_RSS / 1024)) MiB; $((RSS_MAX_KB / 1024)) MiB" "<= 64 MiB" "$(verdict "$(cmp "$RSS_MAX_KB" '<=' $((64 * 1024)))")"
 if [ "$IDLE_CPU" = null ]; then
     row "10k credentials" "CPU between refresh waves" "no quiet second in the window" "< 2% of one core" "FAIL"
@@ -456,13 +465,13 @@ fi
 if [ $QUICK = 1 ]; then
     row "10k credentials" "proactive refreshes: busiest second's share" "skipped (--quick)" "<= 5%" "SKIP"
 else
-    row "10k credentials" "proactive refreshes: busiest second's share ($PEAK of $TIMER in ${OBSERVE_SECS} s)" "$(awk -v s="$SHARE" 'BEGIN { printf "%.1f%%", s * 100 }')" "<= 5%" "$(verdict "$(cmp "$SHARE" '<=' 0.05)")"
+    row "10k credentials" "proactive refreshes: busiest second's share, by when each began ($PEAK of $TIMER in ${OBSERVE_SECS} s; by when each finished: $(jq -r .timer_peak_per_second_finished "$O"))" "$(awk -v s="$SHARE" 'BEGIN { printf "%.1f%%", s * 100 }')" "<= 5%" "$(verdict "$(cmp "$SHARE" '<=' 0.05)")"
 fi
 row "10k credentials" "failed refreshes in the window" "$FAILED" "0" "$(verdict "$(cmp "$FAILED" '==' 0)")"
 if [ "$(jq -r .cpu_ms_per_refresh "$O")" != null ]; then
     row "10k credentials" "during waves: busiest second's CPU; CPU per refresh; refresh took_ms p50/p99 (IdP latency 20 ms)" "$(jq -r '"\(.cpu_peak_pct | round)% of one core; \(.cpu_ms_per_refresh * 10 | round / 10) ms; \(.timer_took_ms_p50) / \(.timer_took_ms_p99) ms"' "$O")" "info" "-"
 fi
-row "10k credentials" "peak IdP calls in flight, sum over the 5 IdPs ($INFLIGHT_EACH)" "$INFLIGHT_SUM" "<= $CAP (a sum of peaks only bounds it)" "$(if [ "$(cmp "$INFLIGHT_SUM" '<=' "$CAP")" = 1 ]; then echo PASS; else echo "n/a"; fi)"
+row "10k credentials" "peak IdP calls in flight to all 5 IdPs at once ($METERED calls from start-up on; [idp] max_concurrent = $CAP)" "$INFLIGHT" "<= $CAP" "$(verdict "$(cmp "$INFLIGHT" '<=' "$CAP")")"
 
 fi
 

@@ -29,7 +29,11 @@ fn runtime() -> tokio::runtime::Runtime {
 
 /// A broker with one `exec` credential whose command prints a token that lives
 /// `lifetime` seconds.
-fn credential(rt: &tokio::runtime::Runtime, dir: &std::path::Path, lifetime: u64) -> Arc<Credential> {
+fn credential(
+    rt: &tokio::runtime::Runtime,
+    dir: &std::path::Path,
+    lifetime: u64,
+) -> Arc<Credential> {
     let config = format!(
         r#"
 [state]
@@ -44,10 +48,18 @@ exec.command = ["/bin/echo", "{{\"access_token\": \"bench-token\", \"expires_in\
     let config = token_broker::config::load_str(&config).expect("config");
     rt.block_on(async {
         let store = Store::open(&config.state).await.expect("store");
-        let broker = Broker::new(&config, store, Metrics::new(STATES), CancellationToken::new())
-            .expect("broker");
+        let broker = Broker::new(
+            &config,
+            store,
+            Metrics::new(STATES),
+            CancellationToken::new(),
+        )
+        .expect("broker");
         let credential = broker.credential("x").expect("credential");
-        credential.get(Want::Fresh(Duration::ZERO)).await.expect("first token");
+        credential
+            .get(Want::Fresh(Duration::ZERO))
+            .await
+            .expect("first token");
         // The broker must outlive the benchmark: its credentials point back at it.
         std::mem::forget(broker);
         credential

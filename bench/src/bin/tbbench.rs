@@ -8,6 +8,9 @@
 //!              optionally /readyz; report the delays from the spawn.
 //!   observe    sample a process's CPU time and RSS once a second, then read the broker's
 //!              JSON log: refreshes per second, CPU between refresh waves, IdP counters.
+//!   meter      a forwarding HTTP/1.1 proxy in front of several IdPs (`--route NAME=ADDR`;
+//!              `/NAME/token` goes to ADDR's `/token`) that counts the requests in flight
+//!              across all of them; `GET /meter` answers the peak.
 //!
 //! Plain std/tokio and hand-written HTTP/1.1, so that the client is cheap and exact: it
 //! counts every status and can put all requests on the wire at once.
@@ -33,6 +36,7 @@ fn main() {
         "gen-config" => gen_config(&opts),
         "startup" => startup(&opts),
         "observe" => observe(&opts),
+        "meter" => meter(&opts),
         _ => usage(),
     }
 }
@@ -42,7 +46,8 @@ fn usage() -> ! {
         "usage: tbbench stampede --addr A --connections C --requests N --phase NAME=PATH... [--header 'K: V'] [--idp URL]
        tbbench gen-config --count N --listen A --state-dir D --token-url URL... [--grant G] [--prefix P] [--max-concurrent K] [--refresh-token-file F] [--scope S]
        tbbench startup --addr A --log FILE [--ready-timeout SECS] [--keep] -- COMMAND...
-       tbbench observe --pid P --seconds S --log FILE [--idp URL]... [--clk-tck 100] [--samples-out FILE]"
+       tbbench observe --pid P --seconds S --log FILE [--idp URL]... [--clk-tck 100] [--samples-out FILE]
+       tbbench meter --listen A --route NAME=HOST:PORT..."
     );
     std::process::exit(2)
 }
@@ -741,7 +746,8 @@ fn observe(opts: &Opts) {
     let (w0, w1) = (samples[0].wall, samples[samples.len() - 1].wall);
     // Refresh events from the broker's JSON log.
     let text = std::fs::read_to_string(log_path).unwrap_or_default();
-    let mut events: Vec<(f64, String)> = Vec::new();
+    // (when the refresh finished, its trigger, when it began: finish minus took_ms).
+    let mut events: Vec<(f64, String, f64)> = Vec::new();
     let mut timer_took: Vec<u64> = Vec::new();
     let mut failures = 0usize;
     for line in text.lines() {
@@ -775,19 +781,24 @@ fn observe(opts: &Opts) {
                 if let (true, Some(took)) = (trigger == "timer", took) {
                     timer_took.push(took);
                 }
-                events.push((ts, trigger));
+                let began = ts - took.unwrap_or(0) as f64 / 1e3;
+                events.push((ts, trigger, began));
             }
             Some(m) if m.starts_with("refresh failed") => failures += 1,
             _ => {}
         }
     }
-    // Proactive refreshes per wall-clock second.
+    // Proactive refreshes per wall-clock second, by when they began (when the IdP was
+    // asked: the load the spread is for) and by when they finished (a stall in the
+    // broker's disk writes bunches finishes that began apart).
     let mut per_second: BTreeMap<i64, usize> = BTreeMap::new();
+    let mut per_second_done: BTreeMap<i64, usize> = BTreeMap::new();
     let mut by_trigger: BTreeMap<String, usize> = BTreeMap::new();
-    for (ts, trigger) in &events {
+    for (ts, trigger, began) in &events {
         *by_trigger.entry(trigger.clone()).or_default() += 1;
         if trigger == "timer" {
-            *per_second.entry(ts.floor() as i64).or_default() += 1;
+            *per_second.entry(began.floor() as i64).or_default() += 1;
+            *per_second_done.entry(ts.floor() as i64).or_default() += 1;
         }
     }
     let timer_total: usize = per_second.values().sum();
@@ -796,6 +807,7 @@ fn observe(opts: &Opts) {
         .max_by_key(|(_, n)| **n)
         .map(|(s, n)| (*s as f64 - w0, *n))
         .unwrap_or((0.0, 0));
+    let peak_done = per_second_done.values().copied().max().unwrap_or(0);
     let busy_seconds = per_second.len();
 
     // CPU per sampling interval; an interval is idle when no refresh of any kind happened
@@ -809,7 +821,7 @@ fn observe(opts: &Opts) {
         let (a, b) = (&pair[0], &pair[1]);
         let quiet = !events
             .iter()
-            .any(|(ts, _)| *ts >= a.wall - 1.0 && *ts <= b.wall + 1.0);
+            .any(|(ts, _, began)| *ts >= a.wall - 1.0 && *began <= b.wall + 1.0);
         if quiet {
             idle_ticks += b.ticks - a.ticks;
             idle_secs += b.wall - a.wall;
@@ -862,6 +874,7 @@ fn observe(opts: &Opts) {
             "timer_peak_per_second": peak,
             "timer_peak_second_at_s": peak_second,
             "timer_peak_share": if timer_total > 0 { json!(peak as f64 / timer_total as f64) } else { Value::Null },
+            "timer_peak_per_second_finished": peak_done,
             "seconds_with_timer_refreshes": busy_seconds,
             "cpu_total_pct": total_cpu,
             "cpu_peak_pct": cpu_peak,
@@ -879,7 +892,207 @@ fn observe(opts: &Opts) {
             "rss_max_kb": rss_max,
             "hwm_end_kb": last.hwm_kb,
             "idp": idp,
-            "idp_max_in_flight_sum": idp.iter().map(|v| v["max_in_flight"].as_i64().unwrap_or(0)).sum::<i64>(),
         })
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// meter
+
+/// Requests in flight through the meter now, and the most there ever were.
+#[derive(Default)]
+struct Meter {
+    now: std::sync::atomic::AtomicU64,
+    peak: std::sync::atomic::AtomicU64,
+    total: std::sync::atomic::AtomicU64,
+}
+
+/// The IdPs sit behind one meter so that the requests in flight to all of them are
+/// counted at the same instants: a sum of each IdP's own peak only bounds the true
+/// peak from above. A request counts from when the meter holds all of it until the
+/// IdP's whole answer is back, a sub-interval of the broker's own call, so a broker
+/// that respects its cap can never make the meter read more than the cap.
+fn meter(opts: &Opts) {
+    let listen: SocketAddr = opts.req("listen").parse().expect("--listen HOST:PORT");
+    let routes: Arc<BTreeMap<String, SocketAddr>> = Arc::new(
+        opts.all("route")
+            .iter()
+            .map(|r| {
+                let (name, addr) = r.split_once('=').expect("--route NAME=HOST:PORT");
+                (
+                    name.to_owned(),
+                    addr.parse().expect("--route NAME=HOST:PORT"),
+                )
+            })
+            .collect(),
+    );
+    let meter = Arc::new(Meter::default());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .expect("bind --listen");
+        loop {
+            let Ok((client, _)) = listener.accept().await else {
+                continue;
+            };
+            let (routes, meter) = (routes.clone(), meter.clone());
+            tokio::spawn(async move {
+                if let Err(e) = meter_connection(client, &routes, &meter).await {
+                    eprintln!("meter: {e}");
+                }
+            });
+        }
+    });
+}
+
+/// Serves one client connection: each request goes to its route's IdP over a
+/// connection kept for this client connection (HTTP/1.1, one request at a time).
+async fn meter_connection(
+    mut client: tokio::net::TcpStream,
+    routes: &BTreeMap<String, SocketAddr>,
+    meter: &Meter,
+) -> Result<(), String> {
+    use std::sync::atomic::Ordering::SeqCst;
+    let mut upstreams: BTreeMap<String, tokio::net::TcpStream> = BTreeMap::new();
+    let mut buf = Vec::new();
+    loop {
+        let Some((head_len, body_len)) = read_request(&mut client, &mut buf).await? else {
+            return Ok(());
+        };
+        let request = buf.drain(..head_len + body_len).collect::<Vec<u8>>();
+        let line_end = request.iter().position(|&b| b == b'\r').unwrap_or(0);
+        let line = String::from_utf8_lossy(&request[..line_end]).into_owned();
+        let path = line.split(' ').nth(1).unwrap_or("");
+        if path == "/meter" {
+            let body = json!({
+                "max_in_flight": meter.peak.load(SeqCst),
+                "requests": meter.total.load(SeqCst),
+            })
+            .to_string();
+            let answer = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            client
+                .write_all(answer.as_bytes())
+                .await
+                .map_err(|e| e.to_string())?;
+            continue;
+        }
+        let mut parts = path.trim_start_matches('/').splitn(2, '/');
+        let (name, rest) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+        let Some(addr) = routes.get(name) else {
+            return Err(format!("no route for {path}"));
+        };
+        // The same request line, without the route's prefix.
+        let method = line.split(' ').next().unwrap_or("POST");
+        let mut forward = format!("{method} /{rest} HTTP/1.1").into_bytes();
+        forward.extend_from_slice(&request[line_end..]);
+
+        let now = meter.now.fetch_add(1, SeqCst) + 1;
+        meter.peak.fetch_max(now, SeqCst);
+        meter.total.fetch_add(1, SeqCst);
+        let answer = meter_forward(&mut upstreams, name, *addr, &forward).await;
+        meter.now.fetch_sub(1, SeqCst);
+        client
+            .write_all(&answer?)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+}
+
+/// Reads one whole request into `buf`: (head length, body length), or None at a clean end.
+async fn read_request(
+    stream: &mut tokio::net::TcpStream,
+    buf: &mut Vec<u8>,
+) -> Result<Option<(usize, usize)>, String> {
+    loop {
+        if let Some(head_len) = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4) {
+            let head = String::from_utf8_lossy(&buf[..head_len]).to_ascii_lowercase();
+            let body_len = head
+                .split("\r\n")
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map_or(Ok(0), |v| {
+                    v.trim().parse().map_err(|_| "bad content-length")
+                })?;
+            if buf.len() >= head_len + body_len {
+                return Ok(Some((head_len, body_len)));
+            }
+        }
+        let mut chunk = [0u8; 8192];
+        let n = stream.read(&mut chunk).await.map_err(|e| e.to_string())?;
+        if n == 0 {
+            return if buf.is_empty() {
+                Ok(None)
+            } else {
+                Err("request cut short".into())
+            };
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Sends one request to a route's IdP and returns its whole answer. A kept connection
+/// that the IdP closed while idle is replaced once (nothing of the answer was read).
+async fn meter_forward(
+    upstreams: &mut BTreeMap<String, tokio::net::TcpStream>,
+    name: &str,
+    addr: SocketAddr,
+    request: &[u8],
+) -> Result<Vec<u8>, String> {
+    for _ in 0..2 {
+        let reused = upstreams.contains_key(name);
+        let mut upstream = match upstreams.remove(name) {
+            Some(stream) => stream,
+            None => tokio::net::TcpStream::connect(addr)
+                .await
+                .map_err(|e| e.to_string())?,
+        };
+        match exchange(&mut upstream, request).await {
+            Ok(answer) => {
+                upstreams.insert(name.to_owned(), upstream);
+                return Ok(answer);
+            }
+            Err(Some(e)) => return Err(e),
+            Err(None) if reused => continue,
+            Err(None) => return Err("the IdP closed the connection".into()),
+        }
+    }
+    Err("the IdP closed the connection".into())
+}
+
+/// One request and its whole answer; Err(None) when the connection was closed before
+/// any of the answer came.
+async fn exchange(
+    upstream: &mut tokio::net::TcpStream,
+    request: &[u8],
+) -> Result<Vec<u8>, Option<String>> {
+    if upstream.write_all(request).await.is_err() {
+        return Err(None);
+    }
+    let mut answer = Vec::new();
+    loop {
+        if let Some((_, used, _)) = parse_response(&answer).map_err(Some)? {
+            answer.truncate(used);
+            return Ok(answer);
+        }
+        let mut chunk = [0u8; 8192];
+        let n = match upstream.read(&mut chunk).await {
+            Ok(n) => n,
+            Err(_) if answer.is_empty() => return Err(None),
+            Err(e) => return Err(Some(e.to_string())),
+        };
+        if n == 0 {
+            return Err(if answer.is_empty() {
+                None
+            } else {
+                Some("the IdP closed the connection mid-answer".into())
+            });
+        }
+        answer.extend_from_slice(&chunk[..n]);
+    }
 }
