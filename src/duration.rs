@@ -13,6 +13,13 @@ pub fn latest() -> std::time::SystemTime {
     std::time::UNIX_EPOCH + Duration::from_secs(LATEST_UNIX_SECS)
 }
 
+/// Unix seconds as an instant, if they are plausible: a time past year 9999 is no time
+/// in seconds (most often milliseconds by mistake), and counts as none.
+pub fn unix_time(secs: f64) -> Option<std::time::SystemTime> {
+    let plausible = secs.is_finite() && secs >= 0.0 && secs <= LATEST_UNIX_SECS as f64;
+    plausible.then(|| std::time::UNIX_EPOCH + Duration::from_secs_f64(secs))
+}
+
 /// Parses `30s`, `5m`, `1h`, `250ms`, `1h 30m` or a plain number of seconds.
 pub fn parse(text: &str) -> Result<Duration, String> {
     let text = text.trim();

@@ -141,11 +141,11 @@ fn seconds(value: &Value) -> Option<f64> {
     (secs.is_finite() && secs >= 0.0).then_some(secs)
 }
 
-/// An RFC 3339 time or unix seconds.
+/// An RFC 3339 time or unix seconds (not milliseconds: see `duration::unix_time`).
 fn instant(value: &Value) -> Option<SystemTime> {
     match value {
         Value::String(s) if s.contains('-') => rfc3339(s),
-        other => Some(SystemTime::UNIX_EPOCH + Duration::from_secs_f64(seconds(other)?.min(1e11))),
+        other => crate::duration::unix_time(seconds(other)?),
     }
 }
 

@@ -52,6 +52,20 @@ fn a_jwt_exp_in_milliseconds_is_no_lifetime() {
 }
 
 #[test]
+fn an_expiry_in_milliseconds_is_refused_like_a_jwt_exp_in_milliseconds() {
+    let ms = (SystemTime::now() + Duration::from_secs(600))
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    let text = format!(r#"{{"access_token":"t","expires_at":{ms}}}"#);
+    let error = parse(text.as_bytes(), ExecFormat::Json).err().unwrap();
+    assert!(
+        error.contains("neither an RFC 3339 time nor unix seconds"),
+        "{error}"
+    );
+}
+
+#[test]
 fn exec_credentials_of_kubernetes_plugins_are_read() {
     let later = humantime::format_rfc3339_seconds(SystemTime::now() + Duration::from_secs(900));
     let v1 = format!(

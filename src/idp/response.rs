@@ -142,12 +142,8 @@ pub fn jwt_exp(token: &str) -> Option<SystemTime> {
         .decode(payload.trim_end_matches('='))
         .ok()?;
     let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
-    let exp = claims.get("exp")?.as_f64()?;
-    let plausible = exp > 0.0 && exp <= crate::duration::LATEST_UNIX_SECS as f64;
-    let exp = Duration::try_from_secs_f64(exp)
-        .ok()
-        .filter(|_| plausible)?;
-    SystemTime::UNIX_EPOCH.checked_add(exp)
+    let exp = claims.get("exp")?.as_f64().filter(|exp| *exp > 0.0)?;
+    crate::duration::unix_time(exp)
 }
 
 /// `Retry-After` as seconds or an HTTP date.
