@@ -158,13 +158,13 @@ pub struct Exec {
 
 impl super::CredentialSpec {
     /// Every secret source of the credential with its key (below `credentials.NAME`),
-    /// for `check-config --check-secrets`.
+    /// for `check-config --check-secrets`; the private key is read (and parsed) by
+    /// `idp::check_key` instead.
     pub fn secret_sources(&self) -> Vec<(String, &SecretSource)> {
         let mut sources: Vec<(String, &SecretSource)> = Vec::new();
         let optional = [
             ("client_secret", self.client_secret.as_ref()),
             ("refresh_token", self.refresh_token.as_ref()),
-            ("private_key", self.private_key.as_ref().map(|k| &k.source)),
         ];
         let by_grant = match &self.grant {
             Grant::TokenExchange(x) => vec![

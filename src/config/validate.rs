@@ -123,10 +123,17 @@ fn server(check: &mut Check, raw: RawServer) -> ServerConfig {
     }
 }
 
+/// A file mode written in octal (`"0660"`, `"0o660"`, `"660"`).
+pub(super) fn octal_mode(text: &str) -> Option<u32> {
+    u32::from_str_radix(text.trim_start_matches("0o"), 8)
+        .ok()
+        .filter(|mode| *mode <= 0o777)
+}
+
 fn socket_mode(check: &mut Check, text: Option<&str>) -> u32 {
     let Some(text) = text else { return 0o660 };
-    match u32::from_str_radix(text.trim_start_matches("0o"), 8) {
-        Ok(mode) if mode <= 0o777 && mode & 0o600 == 0o600 => mode,
+    match octal_mode(text) {
+        Some(mode) if mode & 0o600 == 0o600 => mode,
         _ => {
             check.fail(
                 "server.socket_mode",

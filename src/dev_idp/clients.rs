@@ -9,6 +9,7 @@
 use super::jwt::{self, Expect, PublicKey, Replay};
 use super::protocol::{self, ClientCredentials, Params, TokenError};
 use super::stats::Stats;
+use crate::secret::constant_time_eq;
 
 /// `client_assertion_type` of a JWT client assertion.
 pub const CLIENT_ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
@@ -113,8 +114,8 @@ impl Clients {
     ) -> Result<Caller, TokenError> {
         match presented {
             Presented::Secret(c) => {
-                let id_ok = constant_time_eq(&c.id, &self.id);
-                let secret_ok = constant_time_eq(&c.secret, &self.secret);
+                let id_ok = constant_time_eq(c.id.as_bytes(), self.id.as_bytes());
+                let secret_ok = constant_time_eq(c.secret.as_bytes(), self.secret.as_bytes());
                 match id_ok && secret_ok {
                     true => Ok(Caller::Confidential(self.id.clone())),
                     false => Err(TokenError::InvalidClient("unknown client or wrong secret")),
@@ -189,15 +190,6 @@ impl Clients {
         stats.client_assertions += 1;
         Ok(Caller::Confidential(self.id.clone()))
     }
-}
-
-/// Compares secrets without an early exit, so timing does not reveal a prefix match.
-pub fn constant_time_eq(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
 }
 
 #[cfg(test)]

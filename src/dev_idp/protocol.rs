@@ -62,7 +62,7 @@ const REPEATABLE: &[&str] = &["resource", "audience"];
 /// The form parameters of a token request, with empty values dropped as RFC 6749 3.1
 /// requires ("parameters sent without a value MUST be treated as if they were omitted").
 #[derive(Default)]
-pub struct Params(HashMap<String, Vec<String>>);
+pub struct Params(HashMap<String, String>);
 
 impl Params {
     /// Parses an `application/x-www-form-urlencoded` body. Repeated parameters are an
@@ -73,23 +73,26 @@ impl Params {
         std::str::from_utf8(body).map_err(|_| malformed.clone())?;
         let pairs: Vec<(String, String)> =
             serde_urlencoded::from_bytes(body).map_err(|_| malformed)?;
-        let mut map: HashMap<String, Vec<String>> = HashMap::new();
+        let mut map: HashMap<String, String> = HashMap::new();
         for (key, value) in pairs {
             if value.is_empty() {
                 continue;
             }
-            let values = map.entry(key.clone()).or_default();
-            if !values.is_empty() && !REPEATABLE.contains(&key.as_str()) {
+            if map.contains_key(&key) {
+                if REPEATABLE.contains(&key.as_str()) {
+                    // Only the first is read.
+                    continue;
+                }
                 return Err(TokenError::InvalidRequest("a parameter is repeated"));
             }
-            values.push(value);
+            map.insert(key, value);
         }
         Ok(Params(map))
     }
 
     /// The value of one parameter, if present and non-empty (the first, if repeated).
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key)?.first().map(String::as_str)
+        self.0.get(key).map(String::as_str)
     }
 }
 

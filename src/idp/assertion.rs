@@ -28,7 +28,6 @@ pub const CLIENT_ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-
 
 /// A parsed private key, ready to sign.
 pub struct SigningKey {
-    alg: SigningAlg,
     key_id: Option<String>,
     pair: Pair,
 }
@@ -42,7 +41,7 @@ enum Pair {
 impl fmt::Debug for SigningKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SigningKey")
-            .field("alg", &self.alg)
+            .field("alg", &self.alg())
             .field("key_id", &self.key_id)
             .finish_non_exhaustive()
     }
@@ -79,21 +78,20 @@ impl SigningKey {
                 }
             },
         };
-        let alg = match pair {
-            Pair::Rsa(_) => SigningAlg::Rs256,
-            Pair::Ec(_) => SigningAlg::Es256,
-        };
-        Ok(SigningKey { alg, key_id, pair })
+        Ok(SigningKey { key_id, pair })
     }
 
-    /// The JWS algorithm this key signs with.
+    /// The JWS algorithm this key signs with: the key's kind decides it.
     pub fn alg(&self) -> SigningAlg {
-        self.alg
+        match self.pair {
+            Pair::Rsa(_) => SigningAlg::Rs256,
+            Pair::Ec(_) => SigningAlg::Es256,
+        }
     }
 
     /// Signs `claims` as a compact JWS: `header.payload.signature`.
     pub fn sign(&self, claims: &Map<String, Value>) -> Result<SecretString, String> {
-        let mut header = json!({"alg": self.alg.as_str(), "typ": "JWT"});
+        let mut header = json!({"alg": self.alg().as_str(), "typ": "JWT"});
         if let Some(kid) = &self.key_id {
             header["kid"] = json!(kid);
         }

@@ -49,9 +49,9 @@ fn sink(check: &mut Check, key: &str, raw: RawSink) -> Option<SinkSpec> {
     };
     let mode = match raw.mode.as_deref() {
         None => 0o600,
-        Some(text) => match u32::from_str_radix(text.trim_start_matches("0o"), 8) {
+        Some(text) => match super::octal_mode(text) {
             // A token file others could write is one they could swap for their own.
-            Ok(mode) if mode <= 0o777 && mode & 0o022 == 0 => mode,
+            Some(mode) if mode & 0o022 == 0 => mode,
             _ => {
                 let message = format!(
                     "`{text}` is not an octal mode like \"0600\" or \"0640\" (group and others \
