@@ -99,21 +99,8 @@ pub async fn run(
     info!(listen = %addresses.join(","), credentials = config.credentials.len(), "token-broker serving");
     // The broker holds each credential's settings; keeping a second copy of thousands
     // of them here would only cost memory.
-    let Config {
-        server,
-        state,
-        idp,
-        credentials,
-        proxies,
-    } = config;
-    drop(credentials);
-    let config = Config {
-        server,
-        state,
-        idp,
-        credentials: Vec::new(),
-        proxies,
-    };
+    let mut config = config;
+    config.credentials = Vec::new();
     let app = App {
         broker: broker.clone(),
         require_header: config.server.require_header,

@@ -83,8 +83,10 @@ impl Sink {
             slot.pending = Some(token);
             !std::mem::replace(&mut slot.running, true)
         };
-        self.offered.notify_one();
         if !start {
+            // Wakes a writer waiting to retry: the newer version goes first. Only then:
+            // a stored wake-up would cut the writer's next retry wait short.
+            self.offered.notify_one();
             return;
         }
         match tokio::runtime::Handle::try_current() {

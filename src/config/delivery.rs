@@ -32,16 +32,6 @@ pub enum SinkFormat {
     Json,
 }
 
-impl SinkFormat {
-    /// The config name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SinkFormat::Raw => "raw",
-            SinkFormat::Json => "json",
-        }
-    }
-}
-
 /// A header-injecting proxy (`[proxies.NAME]`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProxySpec {

@@ -29,7 +29,7 @@ pub use api::Api;
 pub use error::ApiError;
 pub use guard::{host_allowed, host_name};
 pub use listen::{Handler, Listener, Peer, bind};
-pub use watch::{MAX_WAIT, Watchers};
+pub use watch::Watchers;
 
 use crate::broker::Broker;
 

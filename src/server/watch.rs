@@ -10,7 +10,6 @@
 //! by its client and the broker's life.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
 use axum::body::{Body, Bytes};
@@ -35,9 +34,8 @@ pub const MAX_WAIT: Duration = Duration::from_secs(60);
 /// and a vanished client is noticed.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
-/// The watchers open now, capped by `server.max_watchers`.
+/// The watchers open now, capped by `server.max_watchers`; the gauge is the count.
 pub struct Watchers {
-    open: AtomicUsize,
     max: usize,
     gauge: Gauge,
 }
@@ -45,19 +43,14 @@ pub struct Watchers {
 impl Watchers {
     /// No watchers yet; at most `max` at once, counted in `gauge`.
     pub fn new(max: usize, gauge: Gauge) -> Arc<Watchers> {
-        Arc::new(Watchers {
-            open: AtomicUsize::new(0),
-            max,
-            gauge,
-        })
+        Arc::new(Watchers { max, gauge })
     }
 
     /// A place, or `None` when all are taken.
     fn take(self: &Arc<Self>) -> Option<WatchSlot> {
-        let before = self.open.fetch_add(1, Ordering::AcqRel);
+        let before = self.gauge.inc();
         let slot = WatchSlot(self.clone());
-        self.gauge.inc();
-        (before < self.max).then_some(slot)
+        (usize::try_from(before).unwrap_or(0) < self.max).then_some(slot)
     }
 }
 
@@ -66,7 +59,6 @@ struct WatchSlot(Arc<Watchers>);
 
 impl Drop for WatchSlot {
     fn drop(&mut self) {
-        self.0.open.fetch_sub(1, Ordering::AcqRel);
         self.0.gauge.dec();
     }
 }
