@@ -47,7 +47,7 @@ async fn listen(broker: Arc<Broker>, redis: Arc<RedisStore>) {
                 }
                 failures = 0;
                 // What changed while no subscription was up.
-                catch_up(&broker, &redis, "poll").await;
+                catch_up(&broker, &redis).await;
                 if follow(&broker, &redis, notices).await.is_none() {
                     return;
                 }
@@ -104,7 +104,7 @@ async fn poll(broker: Arc<Broker>, redis: Arc<RedisStore>) {
             () = tokio::time::sleep(redis.poll_interval) => {}
             () = shutdown.cancelled() => return,
         }
-        catch_up(&broker, &redis, "poll").await;
+        catch_up(&broker, &redis).await;
     }
 }
 
@@ -126,7 +126,7 @@ fn on_notice(broker: &Arc<Broker>, redis: &Arc<RedisStore>, notice: Notice) {
 }
 
 /// Compares every credential's version (and stamp) with Redis in one round trip.
-async fn catch_up(broker: &Broker, redis: &RedisStore, via: &'static str) {
+async fn catch_up(broker: &Broker, redis: &RedisStore) {
     let credentials = broker.credentials();
     let names: Vec<String> = credentials.iter().map(|c| c.spec.name.clone()).collect();
     let polled = match redis.versions(&names).await {
@@ -144,7 +144,7 @@ async fn catch_up(broker: &Broker, redis: &RedisStore, via: &'static str) {
         }
         match step {
             Step::None => {}
-            Step::Adopt => credential.fetch_record(redis, via).await,
+            Step::Adopt => credential.fetch_record(redis, "poll").await,
             Step::WriteBack => credential.sync_back(redis).await,
             Step::Flight => {
                 // A new token held back while Redis could not be reached: write it now,

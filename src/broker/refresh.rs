@@ -364,7 +364,7 @@ impl Credential {
                 inner.failures += 1;
                 inner.refreshes_failed += 1;
                 let delay = if self.chainless() && matches!(error, Error::ReauthRequired { .. }) {
-                    self.refused_delay(inner.failures, error.retry_after())
+                    self.refused_delay(inner.failures)
                 } else {
                     schedule::backoff(
                         inner.failures,

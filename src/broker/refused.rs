@@ -6,8 +6,9 @@
 //! again, and some refusals pass by themselves (clock skew on a signed assertion, a new
 //! key the IdP has not picked up yet, a client being set up). So it stays in
 //! `reauth_required`, where requests never reach the IdP, and the proactive timer asks
-//! again after `backoff_max`, then at growing, jittered intervals up to an hour (never
-//! sooner than the IdP's `Retry-After`). A change of its inputs or settings still
+//! again after `backoff_max`, then at growing, jittered intervals up to an hour. A
+//! refusal is a 4xx answer, which carries no `Retry-After` the broker reads (that is
+//! for 429 and 5xx, retried as failures). A change of its inputs or settings still
 //! resumes it at once (`restore::check_bootstrap`).
 
 use std::time::{Duration, SystemTime};
@@ -23,13 +24,13 @@ pub const REFUSED_RETRY_MAX: Duration = Duration::from_secs(3600);
 
 impl Credential {
     /// The delay before asking again after refusal number `failures`.
-    pub(super) fn refused_delay(&self, failures: u32, retry_after: Option<Duration>) -> Duration {
+    pub(super) fn refused_delay(&self, failures: u32) -> Duration {
         let max = self.spec.backoff_max;
         schedule::backoff(
             failures,
             max,
             REFUSED_RETRY_MAX.max(max),
-            retry_after,
+            None,
             rand::random::<f64>(),
         )
     }
@@ -45,7 +46,7 @@ impl Credential {
     /// request is a whole delay away, so restarts do not hammer a refusing IdP.
     pub(super) fn schedule_refusal_retry(&self, inner: &mut Inner) {
         if inner.reauth.is_some() && self.chainless() {
-            let delay = self.refused_delay(inner.failures.max(1), None);
+            let delay = self.refused_delay(inner.failures.max(1));
             let now = SystemTime::now();
             inner.retry_at = Some(now.checked_add(delay).unwrap_or(now));
         }

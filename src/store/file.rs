@@ -277,7 +277,7 @@ fn read_file(path: &Path, name: &str) -> Result<Saved, String> {
     if hex(&Sha256::digest(json)) != expected {
         return Err("checksum mismatch (truncated or corrupt)".to_owned());
     }
-    let body: Body = serde_json::from_slice(json).map_err(|e| format!("bad body: {e}"))?;
+    let body: Body = serde_json::from_slice(json).map_err(|e| super::bad_json(&e, "body"))?;
     if body.credential != name {
         return Err(format!("belongs to credential `{}`", body.credential));
     }
@@ -379,6 +379,27 @@ mod tests {
         }
         fs::write(dir.path().join("a.1.state"), "garbage").unwrap();
         assert!(matches!(store.load("a"), Loaded::Corrupt(_)));
+    }
+
+    #[test]
+    fn an_unreadable_body_is_reported_without_quoting_its_values() {
+        let dir = tempfile::tempdir().unwrap();
+        // A checksum that matches, over a body whose token sits where a number belongs.
+        let body = br#"{"credential":"a","generation":1,"refresh_token":null,"access_token":null,"token_type":"Bearer","scope":null,"issued_at":"SECRET-VALUE","expires_at":0,"bootstrap":null}"#;
+        let mut file = format!("{MAGIC} sha256={}\n", hex(&Sha256::digest(body))).into_bytes();
+        file.extend_from_slice(body);
+        fs::write(dir.path().join("a.1.state"), file).unwrap();
+        let store = FileStore::open(dir.path()).unwrap();
+        match store.load("a") {
+            Loaded::Corrupt(why) => {
+                assert!(
+                    why[0].contains("bad body: it has a field of the wrong type"),
+                    "{why:?}"
+                );
+                assert!(!why[0].contains("SECRET-VALUE"), "{why:?}");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

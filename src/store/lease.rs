@@ -105,7 +105,7 @@ impl RedisStore {
         let until = SystemTime::now() + window;
         let mut call = self.hold_script.prepare_invoke();
         call.key(self.hold_key(name))
-            .arg(epoch_millis(until))
+            .arg(super::record::millis(until))
             .arg(millis(window));
         let _: i64 = self
             .limit(call.invoke_async(&mut conn))
@@ -128,8 +128,4 @@ impl RedisStore {
             Err(_) => SystemTime::now() + self.lease_duration,
         }))
     }
-}
-
-fn epoch_millis(t: SystemTime) -> u64 {
-    millis(t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default())
 }

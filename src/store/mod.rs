@@ -209,3 +209,20 @@ impl Store {
         }
     }
 }
+
+/// What is wrong with stored JSON (`what`: "record", "body"), by kind and place only:
+/// serde's own messages quote the offending value, which may be a token.
+fn bad_json(error: &serde_json::Error, what: &str) -> String {
+    use serde_json::error::Category;
+    let why = match error.classify() {
+        Category::Io => "cannot be read",
+        Category::Syntax => "is not valid JSON",
+        Category::Data => "has a field of the wrong type, or lacks one",
+        Category::Eof => "is truncated",
+    };
+    format!(
+        "bad {what}: it {why} (line {}, column {})",
+        error.line(),
+        error.column()
+    )
+}

@@ -117,7 +117,8 @@ pub fn decode(
         }
         (false, None) => bytes,
     };
-    let body: Body = serde_json::from_slice(json).map_err(|e| Unreadable::Corrupt(bad_json(&e)))?;
+    let body: Body = serde_json::from_slice(json)
+        .map_err(|e| Unreadable::Corrupt(super::bad_json(&e, "record")))?;
     if body.credential != name {
         return Err(Unreadable::Corrupt(format!(
             "the record belongs to credential `{}`",
@@ -139,24 +140,7 @@ pub fn decode(
     Ok((saved, body.written_by))
 }
 
-/// What is wrong with a record's JSON, by kind and place only: serde's own messages
-/// quote the offending value, which may be a token.
-fn bad_json(error: &serde_json::Error) -> String {
-    use serde_json::error::Category;
-    let what = match error.classify() {
-        Category::Io => "cannot be read",
-        Category::Syntax => "is not valid JSON",
-        Category::Data => "has a field of the wrong type, or lacks one",
-        Category::Eof => "is truncated",
-    };
-    format!(
-        "bad record: it {what} (line {}, column {})",
-        error.line(),
-        error.column()
-    )
-}
-
-fn millis(t: SystemTime) -> u64 {
+pub(super) fn millis(t: SystemTime) -> u64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default()
         .as_millis() as u64
