@@ -197,11 +197,29 @@ impl Timed for Credential {
     }
 
     fn fire(self: Arc<Self>, slot: OwnedSemaphorePermit) {
-        let in_reauth = self.lock().reauth.is_some();
-        if in_reauth && !self.check_bootstrap() && !self.lift_refusal() {
-            self.schedule_changed();
+        if self.lock().reauth.is_none() {
+            self.due(slot);
             return;
         }
+        // Re-reading the inputs reads files and may check a deliberately slow
+        // fingerprint: not on the loop every credential's timer shares, nor on an async
+        // thread.
+        tokio::spawn(async move {
+            let me = self.clone();
+            let resume =
+                tokio::task::spawn_blocking(move || me.check_bootstrap() || me.lift_refusal());
+            if resume.await.unwrap_or(false) {
+                self.due(slot);
+            } else {
+                self.schedule_changed();
+            }
+        });
+    }
+}
+
+impl Credential {
+    /// The timer's turn: refresh if the token is due.
+    fn due(self: &Arc<Self>, slot: OwnedSemaphorePermit) {
         match self.decide(&Want::Timer, SystemTime::now(), Some(slot)) {
             // A flight runs (this one or a request's); its end schedules the next wake-up.
             Decision::Wait(_) => {}
