@@ -261,3 +261,60 @@ async fn environment_variables_override_the_config_file() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("server.max_waiting_requests"), "{stderr}");
 }
+
+/// Runs `token-broker run` on `config` (expected to fail): its exit status and stderr.
+/// Killed after 20 s, so a broker that serves instead of failing fails the test.
+fn run_failing(dir: &std::path::Path, config: &str) -> (std::process::ExitStatus, String) {
+    let path = dir.join("run.toml");
+    std::fs::write(&path, config).unwrap();
+    let mut child = Command::new(bin())
+        .args(["run", "--config", path.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("the broker kept running");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let output = child.wait_with_output().unwrap();
+    (
+        output.status,
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn run_reports_a_taken_port_and_a_bad_config_behind_an_early_bound_one() {
+    let dir = tempdir();
+    let credential = "\n[credentials.a]\ntoken_url = \"https://idp.example.com/token\"\n\
+                      client_id = \"c\"\nrefresh_token = \"r\"\n";
+
+    // The port is taken: the early bind fails quietly, the bind after the check reports.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let config = base_config(dir.path()).replace("127.0.0.1:0", &addr) + credential;
+    let (status, stderr) = run_failing(dir.path(), &config);
+    assert!(!status.success());
+    assert!(stderr.contains("cannot listen on"), "{stderr}");
+    assert!(stderr.contains(&addr), "{stderr}");
+    drop(taken);
+
+    // The head is fine and bound early; a credential below it is not: the broker exits
+    // naming the key, never says it serves, and lets go of the port.
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = free.local_addr().unwrap().to_string();
+    drop(free);
+    let config = base_config(dir.path()).replace("127.0.0.1:0", &addr)
+        + credential
+        + "refresh_ratio = 3.0\n";
+    let (status, stderr) = run_failing(dir.path(), &config);
+    assert!(!status.success());
+    assert!(stderr.contains("credentials.a.refresh_ratio"), "{stderr}");
+    assert!(!stderr.contains("token-broker serving"), "{stderr}");
+    std::net::TcpListener::bind(&addr).expect("the early-bound port is released");
+}

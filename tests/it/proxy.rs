@@ -169,6 +169,55 @@ async fn three_hundred_requests_with_a_stale_token_make_one_refresh() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_credential_with_client_keys_is_used_through_its_proxy_only_with_a_key() {
+    let idp = Idp::start(&["--access-ttl", "300s"]);
+    let upstream = upstream::start(idp.url.clone()).await;
+    let dir = tempdir();
+    let bootstrap = dir.path().join("bootstrap");
+    std::fs::write(&bootstrap, &idp.refresh_token).unwrap();
+    let keyed = "client_keys = [{ env = \"TB_KEY\" }]";
+    let config = base_config(dir.path())
+        + &refresh_credential("x", &idp, &bootstrap, keyed)
+        + &proxy("api", &format!("{upstream}/base"), "");
+    let mut broker = Broker::start_with_env(dir.path(), &config, &[("TB_KEY", "the-key")]);
+    let addr = proxy_addr(&mut broker, "api");
+    let headers = format!("http://{addr}/headers");
+
+    for key in [None, Some("a-wrong-key")] {
+        let mut request = client().get(&headers);
+        if let Some(key) = key {
+            request = request.header("Token-Broker-Key", key);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 403, "key {key:?}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"], "forbidden", "{body}");
+    }
+    let response = client()
+        .get(&headers)
+        .header("Token-Broker-Key", "the-key")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let seen: Value = response.json().await.unwrap();
+    assert!(
+        seen["headers"]["authorization"]
+            .as_str()
+            .unwrap()
+            .starts_with("Bearer "),
+        "{seen}"
+    );
+    let metrics = broker.metrics_text().await;
+    for line in [
+        r#"token_broker_proxy_requests_total{proxy="api",outcome="refused"} 2"#,
+        r#"token_broker_proxy_requests_total{proxy="api",outcome="forwarded"} 1"#,
+    ] {
+        assert!(metrics.contains(line), "{line}\n{metrics}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_proxys_own_errors_are_clear_json_answers() {
     let idp = Idp::start(&["--access-ttl", "300s"]);
     let upstream = upstream::start(idp.url.clone()).await;

@@ -52,7 +52,7 @@ async fn five_hundred_requests_for_a_too_short_token_make_one_refresh() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn timer_min_ttl_and_rejected_reports_racing_make_one_refresh() {
-    // Lifetime 4s: the timer fires at 3.0-3.2s; the burst below lands on top of it.
+    // Lifetime 4s: the timer fires at 2.8-3.2s; the burst below lands on top of it.
     let idp = Idp::start(&["--access-ttl", "4s", "--latency", "800ms"]);
     let dir = tempdir();
     let broker = broker_for(&idp, dir.path(), "");
@@ -95,6 +95,39 @@ async fn timer_min_ttl_and_rejected_reports_racing_make_one_refresh() {
     assert_eq!(idp.stat("refresh_grants").await - before, 1);
     assert_eq!(idp.stat("reuse_detected").await, 0);
     assert_eq!(idp.stat("max_in_flight").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_timer_refreshes_before_expiry_with_no_request() {
+    // Guarantee 3: at 80% of the lifetime minus up to 10% (2.8-3.2s of 4s), untouched.
+    let idp = Idp::start(&["--access-ttl", "4s"]);
+    let dir = tempdir();
+    let broker = broker_for(&idp, dir.path(), "");
+    let first = broker.access_token("x").await;
+    let fetched = std::time::Instant::now();
+    let before = idp.stat("refresh_grants").await;
+
+    crate::failures::eventually("a proactive refresh", || async {
+        idp.stat("refresh_grants").await > before
+    })
+    .await;
+    let after = fetched.elapsed();
+    assert!(
+        after < Duration::from_secs(4),
+        "refreshed {after:?} after the fetch: the old token had expired"
+    );
+    let metrics = broker.metrics_text().await;
+    assert!(
+        metrics.contains(
+            r#"token_broker_refreshes_total{credential="x",trigger="timer",result="ok"} 1"#
+        ),
+        "{metrics}"
+    );
+    let grants = idp.stat("refresh_grants").await;
+    let current = broker.access_token("x").await;
+    assert_ne!(current, first, "the new token is served");
+    assert_eq!(idp.stat("refresh_grants").await, grants, "and cost no call");
+    assert_eq!(idp.stat("reuse_detected").await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

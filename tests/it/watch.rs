@@ -173,6 +173,7 @@ impl Events {
     fn new(response: reqwest::Response) -> Events {
         assert_eq!(response.status(), 200);
         assert_eq!(response.headers()["content-type"], "text/event-stream");
+        assert_eq!(response.headers()["cache-control"], "no-store");
         Events {
             response,
             buffer: String::new(),
@@ -280,8 +281,26 @@ async fn event_streams_are_guarded_capped_and_end_at_shutdown() {
         .await
         .unwrap();
     assert_eq!(bare.status(), 403, "the Token-Broker header is required");
+    // The same guards as a token read, with the same answers.
+    for (header, value, code) in [
+        ("X-Forwarded-For", "203.0.113.9", "forwarded_request"),
+        ("Host", "evil.example", "bad_host"),
+    ] {
+        let refused = client()
+            .get(format!("{}/token/x/events", broker.url))
+            .header("Token-Broker", "1")
+            .header(header, value)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(refused.status(), 403, "{header}");
+        let body: serde_json::Value = refused.json().await.unwrap();
+        assert_eq!(body["error"], code, "{header}: {body}");
+    }
     let unknown = broker.get("/token/nope/events").await;
     assert_eq!(unknown.status(), 404);
+    let body: serde_json::Value = unknown.json().await.unwrap();
+    assert_eq!(body["error"], "unknown_credential", "{body}");
     assert_eq!(broker.get("/token/x/events?min_ttl=1s").await.status(), 400);
 
     let mut stream = Events::new(Events::open(&broker, None).await);
