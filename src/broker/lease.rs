@@ -97,15 +97,10 @@ impl Credential {
         held: &Held,
         work: impl Future<Output = Outcome>,
     ) -> Outcome {
-        let renew = self.keep_renewed(redis, held);
         tokio::pin!(work);
-        tokio::pin!(renew);
-        let mut renewing = true;
-        loop {
-            tokio::select! {
-                outcome = &mut work => return outcome,
-                () = &mut renew, if renewing => renewing = false,
-            }
+        tokio::select! {
+            outcome = &mut work => outcome,
+            () = self.keep_renewed(redis, held) => work.await,
         }
     }
 

@@ -168,7 +168,7 @@ fn redis_url(text: &str, encrypted: bool) -> Result<String, String> {
     }
     match url.scheme() {
         "rediss" => Ok(text.to_owned()),
-        "redis" if encrypted || loopback_host(&url) => Ok(text.to_owned()),
+        "redis" if encrypted || super::validate::is_loopback(&url) => Ok(text.to_owned()),
         "redis" => Err(format!(
             "`{shown}` is plain redis:// to a host that is not loopback: refresh tokens would \
              cross the network in clear; use rediss://, or set state.encryption_key"
@@ -186,17 +186,6 @@ fn without_user(url: &Url) -> String {
     let _ = shown.set_username("");
     let _ = shown.set_password(None);
     shown.to_string()
-}
-
-/// Whether the URL names a loopback host. `redis://` is not a special scheme to the URL
-/// parser, so its host stays text and is parsed here.
-fn loopback_host(url: &Url) -> bool {
-    let host = url.host_str().unwrap_or_default();
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    match host.parse::<std::net::IpAddr>() {
-        Ok(ip) => ip.is_loopback(),
-        Err(_) => host == "localhost" || host.ends_with(".localhost"),
-    }
 }
 
 /// Reads the `[state]` secret sources once (`check-config --check-secrets`).

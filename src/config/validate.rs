@@ -327,9 +327,14 @@ pub fn checked_url(text: &str) -> Result<Url, String> {
     }
 }
 
-fn is_loopback(url: &Url) -> bool {
+/// Whether the URL names a loopback host. For a scheme the URL parser does not know
+/// (`redis://`) an IPv4 host stays text, so a domain is tried as an address first.
+pub(super) fn is_loopback(url: &Url) -> bool {
     match url.host() {
-        Some(url::Host::Domain(d)) => d == "localhost" || d.ends_with(".localhost"),
+        Some(url::Host::Domain(d)) => match d.parse::<IpAddr>() {
+            Ok(ip) => ip.is_loopback(),
+            Err(_) => d == "localhost" || d.ends_with(".localhost"),
+        },
         Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
         Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip).is_loopback(),
         None => false,

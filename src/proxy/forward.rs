@@ -137,7 +137,7 @@ impl Inner {
         let uri = format!("{}{path}", self.base)
             .parse::<Uri>()
             .map_err(|e| Failure::BadRequest(format!("cannot build the upstream URL: {e}")))?;
-        headers.remove(header::AUTHORIZATION);
+        headers::upstream_request(&mut headers, &self.host);
         Ok(Target {
             method,
             uri,
@@ -160,7 +160,7 @@ impl Inner {
         *request.headers_mut() = target.headers.clone();
         let bearer = headers::bearer(token.secret())
             .ok_or_else(|| Failure::BadRequest("the token cannot be sent in a header".into()))?;
-        headers::upstream_request(request.headers_mut(), &self.host, bearer);
+        request.headers_mut().insert(header::AUTHORIZATION, bearer);
         let response = self.client.request(request);
         tokio::pin!(response);
         let early = tokio::select! {

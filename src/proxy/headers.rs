@@ -32,17 +32,18 @@ pub fn drop_hop_by_hop(headers: &mut HeaderMap) {
     headers.remove(header::UPGRADE);
 }
 
-/// Readies a client's headers for the upstream: hop-by-hop and the client's own
-/// credentials out, the upstream's `Host` and the token in.
-pub fn upstream_request(headers: &mut HeaderMap, host: &HeaderValue, bearer: HeaderValue) {
+/// Readies a client's headers for the upstream, once per request: hop-by-hop and the
+/// client's own credentials out, the upstream's `Host` in. Each attempt then adds the
+/// token (`bearer`).
+pub fn upstream_request(headers: &mut HeaderMap, host: &HeaderValue) {
     drop_hop_by_hop(headers);
     // The proxy answers `Expect: 100-continue` to its client itself; hyper's client
     // sends the body without waiting for the upstream's 100.
     headers.remove(header::EXPECT);
     // A key that lets a client use this credential is for the broker, not the API.
     headers.remove("token-broker-key");
+    headers.remove(header::AUTHORIZATION);
     headers.insert(header::HOST, host.clone());
-    headers.insert(header::AUTHORIZATION, bearer);
 }
 
 /// `Authorization: Bearer TOKEN`, marked sensitive (never indexed, shown redacted).
@@ -93,7 +94,9 @@ mod tests {
         headers.insert("token-broker-key", HeaderValue::from_static("k"));
         headers.insert(header::EXPECT, HeaderValue::from_static("100-continue"));
         let host = HeaderValue::from_static("api.example.com");
-        upstream_request(&mut headers, &host, bearer("theirs").unwrap());
+        upstream_request(&mut headers, &host);
+        assert!(!headers.contains_key(header::AUTHORIZATION));
+        headers.insert(header::AUTHORIZATION, bearer("theirs").unwrap());
         assert_eq!(headers[header::HOST], "api.example.com");
         assert_eq!(headers[header::AUTHORIZATION], "Bearer theirs");
         assert!(headers[header::AUTHORIZATION].is_sensitive());
