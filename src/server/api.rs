@@ -43,21 +43,10 @@ impl Api {
         B::Error: Into<axum::BoxError>,
     {
         if request.method() == Method::GET
-            && let Some(name) = token_path(request.uri().path())
+            && let Some(fast) = fast_path(request.uri().path())
         {
-            let read = read_token(&self.app, name, &request, peer);
-            return match AssertUnwindSafe(read).catch_unwind().await {
-                Ok(response) => response,
-                Err(_) => panicked(),
-            };
-        }
-        // Event streams live as long as their client: kept away from the router's
-        // request deadline.
-        if request.method() == Method::GET
-            && let Some(name) = events_path(request.uri().path())
-        {
-            let open = open_events(&self.app, name, &request, peer);
-            return match AssertUnwindSafe(open).catch_unwind().await {
+            let answer = fast_answer(&self.app, fast, &request, peer);
+            return match AssertUnwindSafe(answer).catch_unwind().await {
                 Ok(response) => response,
                 Err(_) => panicked(),
             };
@@ -74,43 +63,43 @@ impl Api {
     }
 }
 
-/// The guards of the token routes, in the router's order (host, then local-only), then
-/// the read itself.
-async fn read_token<B>(
-    app: &App,
-    name: Option<&str>,
-    request: &Request<B>,
-    peer: Option<&Peer>,
-) -> Response {
-    let headers = request.headers();
-    let guarded =
-        guard::check_host(app, headers, peer).and_then(|()| guard::check_local(app, headers));
-    if let Err(refused) = guarded {
-        return refused.into_response();
-    }
-    token::read(app, name.map(Ok), peer, request.uri().query(), headers).await
+/// What the fast path answers (GET only).
+enum Fast<'a> {
+    /// `GET /token` (`None`) or `GET /token/{name}`.
+    Read(Option<&'a str>),
+    /// `GET /token/{name}/events`: a stream that lives as long as its client, so it is
+    /// kept away from the router's request deadline too.
+    Events(&'a str),
 }
 
-/// `GET /token/{name}/events` after the token routes' guards.
-async fn open_events<B>(
-    app: &App,
-    name: &str,
-    request: &Request<B>,
-    peer: Option<&Peer>,
-) -> Response {
-    let headers = request.headers();
-    let guarded =
-        guard::check_host(app, headers, peer).and_then(|()| guard::check_local(app, headers));
-    if let Err(refused) = guarded {
-        return refused.into_response();
+fn fast_path(path: &str) -> Option<Fast<'_>> {
+    if let Some(name) = token_path(path) {
+        return Some(Fast::Read(name));
     }
-    watch::events(app, name, request, peer).await
-}
-
-/// The credential name of `/token/{name}/events`, for plain names.
-fn events_path(path: &str) -> Option<&str> {
     let name = path.strip_prefix("/token/")?.strip_suffix("/events")?;
-    plain_name(name).then_some(name)
+    plain_name(name).then_some(Fast::Events(name))
+}
+
+/// The guards of the token routes, in the router's order (host, then local-only), then
+/// the answer itself.
+async fn fast_answer<B>(
+    app: &App,
+    fast: Fast<'_>,
+    request: &Request<B>,
+    peer: Option<&Peer>,
+) -> Response {
+    let headers = request.headers();
+    let guarded =
+        guard::check_host(app, headers, peer).and_then(|()| guard::check_local(app, headers));
+    if let Err(refused) = guarded {
+        return refused.into_response();
+    }
+    match fast {
+        Fast::Read(name) => {
+            token::read(app, name.map(Ok), peer, request.uri().query(), headers).await
+        }
+        Fast::Events(name) => watch::events(app, name, request, peer).await,
+    }
 }
 
 fn plain_name(name: &str) -> bool {
@@ -162,7 +151,10 @@ mod tests {
 
     #[test]
     fn event_streams_are_recognised_for_plain_names_only() {
-        use super::events_path;
+        let events_path = |path| match super::fast_path(path) {
+            Some(super::Fast::Events(name)) => Some(name),
+            _ => None,
+        };
         assert_eq!(events_path("/token/github/events"), Some("github"));
         for not_events in [
             "/token/events",
