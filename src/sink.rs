@@ -11,14 +11,11 @@
 //! valid; it never holds up a refresh or a read. When a token expires and no new one
 //! comes, the file is left as it is (a JSON sink says `expires_at`).
 
-use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use bytes::Bytes;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -26,6 +23,7 @@ use tracing::{debug, info, warn};
 use crate::broker::Token;
 use crate::config::{SinkFormat, SinkSpec};
 use crate::metrics::SinkMetrics;
+use crate::store::{temp_prefix, write_atomically};
 
 /// Retry delays after a failed write grow from here...
 const RETRY_FIRST: Duration = Duration::from_secs(1);
@@ -182,29 +180,6 @@ impl Sink {
     }
 }
 
-/// The prefix of this file's temporary files: `.NAME.` (hidden, and named after it).
-fn temp_prefix(path: &Path) -> String {
-    let name = path.file_name().unwrap_or_default().to_string_lossy();
-    format!(".{name}.")
-}
-
-/// Writes `content` to a temporary file beside `path` with `mode`, fsyncs it, renames
-/// it over `path` and fsyncs the directory, so `path` always holds a whole version.
-pub fn write_atomically(path: &Path, mode: u32, content: &Bytes) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("/"));
-    let mut file = tempfile::Builder::new()
-        .prefix(&temp_prefix(path))
-        .suffix(".tmp")
-        .tempfile_in(dir)?;
-    // Set before the token is in it; the mode does not depend on the umask.
-    file.as_file()
-        .set_permissions(std::fs::Permissions::from_mode(mode))?;
-    file.write_all(content)?;
-    file.as_file().sync_all()?;
-    file.persist(path).map_err(|e| e.error)?;
-    std::fs::File::open(dir)?.sync_all()
-}
-
 /// Removes temporary files a killed broker left beside `path` (they may hold a token).
 fn sweep(path: &Path) {
     let (Some(dir), prefix) = (path.parent(), temp_prefix(path)) else {
@@ -233,6 +208,7 @@ fn sweep(path: &Path) {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn a_write_replaces_the_file_whole_with_its_mode_and_sweeps_leftovers() {
@@ -246,8 +222,8 @@ mod tests {
         assert!(!leftover.exists());
         assert!(unrelated.exists());
 
-        write_atomically(&path, 0o640, &Bytes::from_static(b"first")).unwrap();
-        write_atomically(&path, 0o640, &Bytes::from_static(b"second")).unwrap();
+        write_atomically(&path, 0o640, b"first").unwrap();
+        write_atomically(&path, 0o640, b"second").unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"second");
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o640);
@@ -260,12 +236,8 @@ mod tests {
 
     #[test]
     fn a_missing_directory_is_an_error_not_a_panic() {
-        let error = write_atomically(
-            Path::new("/nonexistent-dir-for-sinks/x.token"),
-            0o600,
-            &Bytes::from_static(b"t"),
-        )
-        .unwrap_err();
+        let error = write_atomically(Path::new("/nonexistent-dir-for-sinks/x.token"), 0o600, b"t")
+            .unwrap_err();
         assert_eq!(error.kind(), std::io::ErrorKind::NotFound);
     }
 }

@@ -124,12 +124,8 @@ impl FileStore {
         let generation = self.lock_generations().get(name).copied().unwrap_or(0) + 1;
         let bytes = encode(name, generation, saved)?;
         let path = self.path(name, generation);
-        let temp = self.dir.join(format!(".{name}.{generation}.tmp"));
-        write_synced(&temp, &bytes).map_err(|e| format!("writing {}: {e}", temp.display()))?;
-        fs::rename(&temp, &path).map_err(|e| format!("renaming to {}: {e}", path.display()))?;
-        File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| format!("syncing {}: {e}", self.dir.display()))?;
+        write_atomically(&path, 0o600, &bytes)
+            .map_err(|e| format!("writing {}: {e}", path.display()))?;
         self.lock_generations().insert(name.to_owned(), generation);
         // Keep one older generation as the fallback. `load` cleared anything older, so
         // only the one before the fallback is left to remove: no directory scan per save,
@@ -214,15 +210,29 @@ fn lock_dir(dir: &Path) -> Result<File, String> {
     Ok(file)
 }
 
-fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    file.write_all(bytes)?;
-    file.sync_all()
+/// The prefix of this file's temporary files: `.NAME.` (hidden, and named after it).
+pub(crate) fn temp_prefix(path: &Path) -> String {
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    format!(".{name}.")
+}
+
+/// Writes `content` to a temporary file beside `path` with `mode`, fsyncs it, renames
+/// it over `path` and fsyncs the directory, so `path` always holds a whole version and,
+/// on `Ok`, survives a crash. The one way the broker puts a secret in a file: state
+/// generations and sinks.
+pub(crate) fn write_atomically(path: &Path, mode: u32, content: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    let mut file = tempfile::Builder::new()
+        .prefix(&temp_prefix(path))
+        .suffix(".tmp")
+        .tempfile_in(dir)?;
+    // Set before the token is in it; the mode does not depend on the umask.
+    file.as_file()
+        .set_permissions(fs::Permissions::from_mode(mode))?;
+    file.write_all(content)?;
+    file.as_file().sync_all()?;
+    file.persist(path).map_err(|e| e.error)?;
+    File::open(dir)?.sync_all()
 }
 
 fn unix(t: SystemTime) -> u64 {

@@ -169,10 +169,10 @@ async fn a_new_token_is_not_served_until_its_refresh_token_is_durable() {
     let first = broker.access_token("x").await;
 
     // A refresh writes two generations: the in-flight mark, then the result. A directory
-    // where the result's temporary file goes makes that second write fail (even for root).
+    // where the result's file goes makes that second write's rename fail (even for root).
     let state = dir.path().join("state");
     let result_generation = newest_generation(&state) + 2;
-    let blocker = state.join(format!(".x.{result_generation}.tmp"));
+    let blocker = state.join(format!("x.{result_generation}.state"));
     std::fs::create_dir(&blocker).unwrap();
     let grants = idp.stat("refresh_grants").await;
 
