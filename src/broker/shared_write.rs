@@ -98,8 +98,8 @@ impl Credential {
         }
     }
 
-    /// A write's answer was lost: reads the record until Redis answers (for about a
-    /// lease), and tells whether the write went through.
+    /// A write's answer was lost: reads the record's version and stamp until Redis
+    /// answers (for about a lease), and tells whether the write went through.
     async fn read_back(
         &self,
         redis: &RedisStore,
@@ -108,10 +108,10 @@ impl Credential {
     ) -> Result<u64, StoreError> {
         let give_up = Instant::now() + redis.lease_duration;
         loop {
-            match redis.read(self.name()).await {
-                Ok(record) => {
-                    let landed = record.is_some_and(|r| {
-                        r.version == fence.next && r.stamp.as_deref() == Some(&fence.stamp)
+            match redis.versions(&[self.name().to_owned()]).await {
+                Ok(polled) => {
+                    let landed = polled.first().is_some_and(|p| {
+                        p.version == Some(fence.next) && p.stamp.as_deref() == Some(&fence.stamp)
                     });
                     debug!(
                         credential = self.name(),
