@@ -43,6 +43,16 @@ pub enum Want {
 }
 
 impl Want {
+    /// Whether `token`, valid at `now`, answers this want without a refresh.
+    pub(super) fn satisfied_by(&self, token: &Token, now: SystemTime) -> bool {
+        match self {
+            Want::Fresh(min_ttl) => token.ttl(now) > *min_ttl,
+            Want::Rejected(rejected) => !token.is(rejected),
+            Want::Forced => false,
+            Want::Timer => now < token.refresh_at,
+        }
+    }
+
     /// The metric label of what started a refresh.
     pub fn trigger(&self) -> &'static str {
         match self {
@@ -306,18 +316,10 @@ impl Credential {
         let mut inner = self.lock();
         let valid = self.current.load_full().filter(|t| t.is_valid(now));
         if let Some(token) = &valid {
-            let satisfied = match want {
-                Want::Fresh(min_ttl) => token.ttl(now) > *min_ttl,
-                Want::Rejected(rejected) => !token.is(rejected),
-                Want::Forced => false,
-                // A token the store has not confirmed yet, or a refresh token whose
-                // answer was lost, is settled at the next tick rather than when due.
-                Want::Timer => {
-                    now < token.refresh_at
-                        && inner.unsaved.is_none()
-                        && inner.unanswered_since.is_none()
-                }
-            };
+            // For the timer, a token the store has not confirmed yet, or a refresh
+            // token whose answer was lost, is settled at the next tick, not when due.
+            let settled = inner.unsaved.is_none() && inner.unanswered_since.is_none();
+            let satisfied = want.satisfied_by(token, now) && (*want != Want::Timer || settled);
             // Forced refreshes are rate-limited. Rejected-token reports are not: they can
             // cause at most one refresh per token version, and answering one with the
             // token it rejected would only make the client fail.

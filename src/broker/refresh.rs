@@ -34,16 +34,9 @@ impl Credential {
             let settled = self.lock().unanswered_since.is_none();
             // The restored token answers only a want it satisfies: never a report
             // that rejected it, nor a forced refresh.
-            let satisfies = |t: &Token| match want {
-                Want::Fresh(min_ttl) => t.ttl(now) > *min_ttl,
-                Want::Rejected(rejected) => !t.is(rejected),
-                Want::Forced => false,
-                Want::Timer => true,
-            };
-            if let Some(token) = self
-                .current()
-                .filter(|t| settled && t.is_valid(now) && now < t.refresh_at && satisfies(t))
-            {
+            if let Some(token) = self.current().filter(|t| {
+                settled && t.is_valid(now) && now < t.refresh_at && want.satisfied_by(t, now)
+            }) {
                 return Ok(token);
             }
             if let Some(reason) = self.lock().reauth.clone() {
