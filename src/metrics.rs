@@ -7,7 +7,7 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{
@@ -91,7 +91,9 @@ impl std::ops::Deref for Metrics {
 
 /// What `Metrics` shares.
 pub struct Families {
-    registry: Arc<Mutex<Registry>>,
+    /// Set once, when every family is registered (the families exist first: the
+    /// registry holds clones of them).
+    registry: OnceLock<Registry>,
     requests: Family<Outcome, Counter>,
     refreshes: Family<Refresh, Counter>,
     joined: Family<Name, Counter>,
@@ -101,7 +103,7 @@ pub struct Families {
     idp_latency: Histogram,
     store_latency: Histogram,
     /// Size of the last exposition, to size the next one's buffer.
-    last_size: Arc<AtomicUsize>,
+    last_size: AtomicUsize,
     lease_acquired: Family<Name, Counter>,
     lease_waits: Family<Name, Counter>,
     lease_lost: Family<Name, Counter>,
@@ -137,7 +139,7 @@ impl Metrics {
     pub fn new(states: &'static [&'static str]) -> Metrics {
         let mut registry = Registry::with_prefix("token_broker");
         let m = Metrics(Arc::new(Families {
-            registry: Arc::default(),
+            registry: OnceLock::new(),
             requests: Family::default(),
             refreshes: Family::default(),
             joined: Family::default(),
@@ -146,7 +148,7 @@ impl Metrics {
             states: Source::default(),
             idp_latency: Histogram::new(exponential_buckets(0.005, 2.0, 14)),
             store_latency: Histogram::new(exponential_buckets(0.0001, 2.0, 14)),
-            last_size: Arc::default(),
+            last_size: AtomicUsize::new(0),
             lease_acquired: Family::default(),
             lease_waits: Family::default(),
             lease_lost: Family::default(),
@@ -195,7 +197,7 @@ impl Metrics {
         );
         m.register_shared(&mut registry);
         m.delivery.register(&mut registry);
-        *m.registry.lock().unwrap_or_else(|e| e.into_inner()) = registry;
+        let _ = m.registry.set(registry);
         m
     }
 
@@ -289,10 +291,10 @@ impl Metrics {
     pub fn encode(&self) -> String {
         let expected = self.last_size.load(Ordering::Relaxed);
         let mut out = String::with_capacity(expected + expected / 8 + 4096);
-        let registry = self.registry.lock().unwrap_or_else(|e| e.into_inner());
-        // Writing into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
-        drop(registry);
+        if let Some(registry) = self.registry.get() {
+            // Writing into a String cannot fail.
+            let _ = prometheus_client::encoding::text::encode(&mut out, registry);
+        }
         self.last_size.store(out.len(), Ordering::Relaxed);
         out
     }
