@@ -3,7 +3,6 @@
 //! helpers `client_auth` and `exec` share.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
@@ -12,64 +11,24 @@ use serde_json::{Value, json};
 
 use crate::failures::eventually;
 use crate::harness::*;
+use crate::test_keys::{Kind, generate, openssl};
 
-pub fn openssl(args: &[&str]) {
-    let output = Command::new("openssl")
-        .args(args)
-        .output()
-        .expect("openssl is installed by tests/run.sh");
-    assert!(
-        output.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
-/// A key pair made by openssl: `rsa` (PKCS#8), `rsa-pkcs1`, `ec` (PKCS#8) or
+/// A key pair made by openssl (`test_keys`, shared with the unit tests), copied to
+/// `dir` as `NAME.key` and `NAME.pub`: `rsa` (PKCS#8), `rsa-pkcs1`, `ec` (PKCS#8) or
 /// `ec-sec1`. Returns the private and public PEM paths.
 pub fn keypair(dir: &Path, name: &str, kind: &str) -> (PathBuf, PathBuf) {
+    let kind = match kind {
+        "rsa" => Kind::RsaPkcs8,
+        "rsa-pkcs1" => Kind::RsaPkcs1,
+        "ec" => Kind::EcPkcs8,
+        "ec-sec1" => Kind::EcSec1,
+        other => panic!("unknown key kind {other}"),
+    };
+    let keys = generate(kind);
     let private = dir.join(format!("{name}.key"));
     let public = dir.join(format!("{name}.pub"));
-    let out = private.to_str().unwrap();
-    match kind {
-        "rsa" => openssl(&[
-            "genpkey",
-            "-algorithm",
-            "RSA",
-            "-pkeyopt",
-            "rsa_keygen_bits:2048",
-            "-out",
-            out,
-        ]),
-        "rsa-pkcs1" => openssl(&["genrsa", "-traditional", "-out", out, "2048"]),
-        "ec" => openssl(&[
-            "genpkey",
-            "-algorithm",
-            "EC",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-out",
-            out,
-        ]),
-        "ec-sec1" => openssl(&[
-            "ecparam",
-            "-name",
-            "prime256v1",
-            "-genkey",
-            "-noout",
-            "-out",
-            out,
-        ]),
-        other => panic!("unknown key kind {other}"),
-    }
-    openssl(&[
-        "pkey",
-        "-in",
-        out,
-        "-pubout",
-        "-out",
-        public.to_str().unwrap(),
-    ]);
+    std::fs::copy(&keys.private, &private).unwrap();
+    std::fs::copy(&keys.public, &public).unwrap();
     (private, public)
 }
 

@@ -3,7 +3,11 @@
 #![allow(clippy::unwrap_used)]
 
 mod harness;
+// Key pairs by openssl, shared with the unit tests; these use only part of it.
 mod redis_server;
+#[path = "../../src/test_keys.rs"]
+#[allow(dead_code)]
+mod test_keys;
 mod upstream;
 
 mod api;
