@@ -157,6 +157,21 @@ pub struct Exec {
 }
 
 impl super::CredentialSpec {
+    /// The grant's own secret sources: subject token, actor token, assertion.
+    pub fn grant_sources(
+        &self,
+    ) -> (
+        Option<&SecretSource>,
+        Option<&SecretSource>,
+        Option<&SecretSource>,
+    ) {
+        match &self.grant {
+            Grant::TokenExchange(x) => (Some(&x.subject_token), x.actor_token.as_ref(), None),
+            Grant::JwtBearer(JwtBearer::Assertion(source)) => (None, None, Some(source)),
+            _ => (None, None, None),
+        }
+    }
+
     /// Every secret source of the credential with its key (below `credentials.NAME`),
     /// for `check-config --check-secrets`; the private key is read (and parsed) by
     /// `idp::check_key` instead.
@@ -166,14 +181,12 @@ impl super::CredentialSpec {
             ("client_secret", self.client_secret.as_ref()),
             ("refresh_token", self.refresh_token.as_ref()),
         ];
-        let by_grant = match &self.grant {
-            Grant::TokenExchange(x) => vec![
-                ("subject_token", Some(&x.subject_token)),
-                ("actor_token", x.actor_token.as_ref()),
-            ],
-            Grant::JwtBearer(JwtBearer::Assertion(source)) => vec![("assertion", Some(source))],
-            _ => Vec::new(),
-        };
+        let (subject, actor, assertion) = self.grant_sources();
+        let by_grant = [
+            ("subject_token", subject),
+            ("actor_token", actor),
+            ("assertion", assertion),
+        ];
         for (key, source) in optional.into_iter().chain(by_grant) {
             if let Some(source) = source {
                 sources.push((key.to_owned(), source));

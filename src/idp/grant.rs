@@ -43,11 +43,7 @@ impl Inputs {
             digest.part(key, value.expose_secret());
             Ok::<_, String>(Some(value))
         };
-        let (subject, actor, assertion) = match &spec.grant {
-            Grant::TokenExchange(x) => (Some(&x.subject_token), x.actor_token.as_ref(), None),
-            Grant::JwtBearer(JwtBearer::Assertion(source)) => (None, None, Some(source)),
-            _ => (None, None, None),
-        };
+        let (subject, actor, assertion) = spec.grant_sources();
         let client_secret = read("client_secret", spec.client_secret.as_ref())?;
         let pem = read("private_key", spec.private_key.as_ref().map(|k| &k.source))?;
         let subject_token = read("subject_token", subject)?;
