@@ -97,8 +97,9 @@ pub async fn fresh(broker: &Broker, name: &str) -> reqwest::Response {
 }
 
 /// Asserts that verbose logging was on (the broker at `RUST_LOG=trace`) and that no
-/// secret reached the logs.
-pub fn assert_no_leak(logs: &str, secrets: &[&str]) {
+/// secret reached the broker's logs, `other_logs`, its status, metrics or `/readyz`.
+pub async fn assert_no_leak(broker: &Broker, other_logs: &str, secrets: &[&str]) {
+    let logs = broker.proc.logs() + other_logs;
     let verbose = logs
         .lines()
         .filter(|l| l.contains("\"level\":\"DEBUG\"") || l.contains("\"level\":\"TRACE\""))
@@ -107,12 +108,28 @@ pub fn assert_no_leak(logs: &str, secrets: &[&str]) {
         verbose >= 5,
         "verbose logging was on: {verbose} debug and trace lines"
     );
+    let readyz = client()
+        .get(format!("{}/readyz", broker.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let surfaces = [
+        ("the logs", logs),
+        ("status", broker.status().await.to_string()),
+        ("metrics", broker.metrics_text().await),
+        ("/readyz", readyz),
+    ];
     for secret in secrets {
-        assert!(
-            !logs.contains(secret),
-            "a secret leaked into the logs: {}...",
-            &secret[..12.min(secret.len())]
-        );
+        for (surface, text) in &surfaces {
+            assert!(
+                !text.contains(secret),
+                "a secret leaked into {surface}: {}...",
+                &secret[..12.min(secret.len())]
+            );
+        }
     }
 }
 
@@ -191,8 +208,12 @@ bootstrap_poll = "200ms"
     );
     assert_eq!(idp.stat("token_exchange_grants").await, 3);
 
-    let logs = broker.proc.logs() + &idp.proc.logs();
-    assert_no_leak(&logs, &[&pod_a, &pod_b, &first, &second]);
+    assert_no_leak(
+        &broker,
+        &idp.proc.logs(),
+        &[&pod_a, &pod_b, &first, &second],
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -301,5 +322,5 @@ required = false
     let pem = std::fs::read_to_string(&signer).unwrap();
     let mut secrets = vec![first_assertion.as_str(), &signed, &from_file, renewed];
     secrets.extend(pem.lines().filter(|l| !l.starts_with("-----")));
-    assert_no_leak(&(broker.proc.logs() + &idp.proc.logs()), &secrets);
+    assert_no_leak(&broker, &idp.proc.logs(), &secrets).await;
 }
