@@ -37,6 +37,7 @@ fn idp() -> Idp {
         rotation: true,
         omit_expires_in: false,
         exp_in_millis: false,
+        no_jti: false,
         bearer_key: Some(public),
         bearer_issuer: "dev-client".to_owned(),
         subject_tokens: vec![LISTED.to_owned()],

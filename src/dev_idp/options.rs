@@ -72,6 +72,11 @@ pub struct DevIdpOptions {
     /// lifetime at all). The tokens still live --access-ttl.
     #[arg(long)]
     pub exp_in_millis: bool,
+    /// Mint access tokens without a jti and with a signature derived from the claims,
+    /// so two tokens for one client in the same second are the same string, as with
+    /// IdPs whose JWTs carry a second-resolution iat and no jti.
+    #[arg(long)]
+    pub no_jti: bool,
     /// The client's public key (PEM, RSA or EC P-256): it may then authenticate with
     /// private_key_jwt, a signed client assertion (iss = sub = client id, aud = this
     /// token endpoint, a jti used once).
@@ -107,6 +112,7 @@ impl Default for DevIdpOptions {
             no_rotation: false,
             omit_expires_in: false,
             exp_in_millis: false,
+            no_jti: false,
             client_public_key: None,
             public_client_id: None,
             jwt_bearer_key: None,
@@ -134,6 +140,7 @@ impl fmt::Debug for DevIdpOptions {
             .field("no_rotation", &self.no_rotation)
             .field("omit_expires_in", &self.omit_expires_in)
             .field("exp_in_millis", &self.exp_in_millis)
+            .field("no_jti", &self.no_jti)
             .field("client_public_key", &self.client_public_key)
             .field("public_client_id", &self.public_client_id)
             .field("jwt_bearer_key", &self.jwt_bearer_key)
@@ -158,6 +165,7 @@ impl DevIdpOptions {
             rotation: !self.no_rotation,
             omit_expires_in: self.omit_expires_in,
             exp_in_millis: self.exp_in_millis,
+            no_jti: self.no_jti,
             bearer_key: self.jwt_bearer_key.clone(),
             bearer_issuer: self
                 .jwt_bearer_issuer

@@ -39,6 +39,8 @@ pub struct Config {
     pub omit_expires_in: bool,
     /// Write access tokens' JWT `iat` and `exp` in milliseconds (a misbehaving IdP).
     pub exp_in_millis: bool,
+    /// Access tokens without a `jti`: the same claims in the same second, the same token.
+    pub no_jti: bool,
     /// Verifies jwt-bearer grant assertions; without it that grant is refused.
     pub bearer_key: Option<PublicKey>,
     /// The `iss` a jwt-bearer assertion must carry.
@@ -322,7 +324,10 @@ impl State {
         outcome: Outcome,
     ) -> Issued {
         let ttl = self.config.access_ttl;
-        let claims = Claims::new(sub, client, now, ttl);
+        let mut claims = Claims::new(sub, client, now, ttl);
+        if self.config.no_jti {
+            claims.jti.clear();
+        }
         let access_token = claims.encode(self.config.exp_in_millis);
         if self.access_tokens.len() >= ACCESS_TOKEN_PRUNE_AT {
             self.access_tokens.retain(|_, record| record.expires > now);

@@ -20,6 +20,7 @@ fn config() -> Config {
         rotation: true,
         omit_expires_in: false,
         exp_in_millis: false,
+        no_jti: false,
         bearer_key: None,
         bearer_issuer: "dev-client".to_owned(),
         subject_tokens: Vec::new(),

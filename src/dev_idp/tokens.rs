@@ -22,7 +22,9 @@ pub struct Claims {
     /// Expiry, whole seconds since the epoch, rounded down so it never promises more
     /// than the IdP will honour.
     pub exp: u64,
-    /// Unique token id, so two tokens minted in the same second still differ.
+    /// Unique token id, so two tokens minted in the same second still differ; empty
+    /// for an IdP that sets none (`--no-jti`): then the token is a function of the
+    /// other claims.
     pub jti: String,
 }
 
@@ -63,18 +65,25 @@ impl Claims {
     pub fn encode(&self, millis: bool) -> String {
         let unit = if millis { 1000 } else { 1 };
         let header = serde_json::json!({"alg": "none", "typ": "JWT"});
-        let payload = serde_json::json!({
+        let mut payload = serde_json::json!({
             "sub": self.sub,
             "client_id": self.client_id,
             "iat": self.iat * unit,
             "exp": self.exp * unit,
-            "jti": self.jti,
         });
+        let signature = if self.jti.is_empty() {
+            // Derived from the claims, so the same claims make the same token.
+            let digest = <sha2::Sha256 as sha2::Digest>::digest(payload.to_string());
+            URL_SAFE_NO_PAD.encode(digest)
+        } else {
+            payload["jti"] = self.jti.clone().into();
+            random_b64(32)
+        };
         format!(
             "{}.{}.{}",
             URL_SAFE_NO_PAD.encode(header.to_string()),
             URL_SAFE_NO_PAD.encode(payload.to_string()),
-            random_b64(32)
+            signature
         )
     }
 }
@@ -83,6 +92,25 @@ impl Claims {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn without_a_jti_the_same_claims_in_the_same_second_make_the_same_token() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_000);
+        let mut a = Claims::new("dev-user", "dev-client", now, Duration::from_secs(10));
+        let mut b = Claims::new("dev-user", "dev-client", now, Duration::from_secs(10));
+        assert_ne!(a.encode(false), b.encode(false));
+        a.jti.clear();
+        b.jti.clear();
+        assert_eq!(a.encode(false), b.encode(false));
+        b.iat += 1;
+        assert_ne!(a.encode(false), b.encode(false));
+        let token = a.encode(false);
+        let payload = URL_SAFE_NO_PAD
+            .decode(token.split('.').nth(1).unwrap())
+            .unwrap();
+        let payload: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+        assert!(payload.get("jti").is_none(), "{payload}");
+    }
 
     #[test]
     fn access_token_is_a_readable_jwt() {
