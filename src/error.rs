@@ -25,20 +25,33 @@ pub enum Error {
     #[error("{0}")]
     BadRequest(String),
 
-    /// The IdP refused the refresh token or the client; retrying cannot help until an
-    /// operator supplies a new bootstrap token (or, for grants without a refresh token,
-    /// fixes the client secret, key, subject token, assertion or settings; those are
-    /// also asked again after a long backoff).
-    #[error(
-        "the identity provider refused the credential ({reason}); supply a new bootstrap refresh token (or fix the secret, key, subject token, assertion or settings)"
-    )]
+    /// The credential cannot get a token until someone acts: the IdP refused it, or its
+    /// chain cannot safely go on (a lost answer past the reuse grace, unreadable state).
+    /// `reason` says what happened, `remedy` what resumes it; both are true for the
+    /// credential's grant.
+    #[error("{reason}; {remedy}")]
     ReauthRequired {
-        /// The IdP's error code and description, as far as it gave them.
+        /// What happened, e.g. the IdP's error code and description.
         reason: String,
+        /// What resumes the credential.
+        remedy: Remedy,
     },
 
-    /// There is no usable token and the IdP cannot give one right now.
-    #[error("no valid token and the identity provider is unavailable: {reason}")]
+    /// A rejected-token report of the current token, within `min_refresh_interval` of
+    /// the last refresh: another refresh now could loop (an API that refuses every
+    /// token) or storm the IdP (one that hands out the same token again).
+    #[error(
+        "the credential was refreshed less than min_refresh_interval ago and its new token was reported rejected too; ask again after Retry-After (if every new token is rejected, check the audience, scope and clocks)"
+    )]
+    RefreshTooSoon {
+        /// When the next refresh may start.
+        retry_after: Duration,
+    },
+
+    /// No new token could be had right now (the IdP or the token source failed, or
+    /// the refresh did not finish in time, or too many requests wait). Whether an older
+    /// token is still valid is not this error's to say: reads get it instead.
+    #[error("could not get a new token: {reason}")]
     UpstreamUnavailable {
         /// What failed, e.g. "connection refused" or "HTTP 503".
         reason: String,
@@ -61,9 +74,34 @@ impl Error {
     /// The value of a `Retry-After` header, where one applies.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            Error::UpstreamUnavailable { retry_after, .. } => Some(*retry_after),
+            Error::UpstreamUnavailable { retry_after, .. }
+            | Error::RefreshTooSoon { retry_after } => Some(*retry_after),
             Error::Store(_) | Error::ShuttingDown => Some(Duration::from_secs(1)),
             _ => None,
         }
+    }
+}
+
+/// What resumes a credential in `reauth_required`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Remedy {
+    /// A refresh-token chain: only a new bootstrap token resumes it (fixing a secret
+    /// does not: the refused refresh token may be spent).
+    NewBootstrap,
+    /// A grant without a chain: a change of what the IdP judged, or the timer's own
+    /// retry.
+    FixInputs,
+}
+
+impl std::fmt::Display for Remedy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Remedy::NewBootstrap => {
+                "supply a new bootstrap refresh token (the credential's refresh_token source); the broker resumes as soon as it changes"
+            }
+            Remedy::FixInputs => {
+                "fix what the identity provider refused (client secret, key, subject token, assertion or a setting it sees); the broker resumes as soon as one changes, and also asks again by itself at growing intervals"
+            }
+        })
     }
 }

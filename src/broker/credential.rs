@@ -20,9 +20,10 @@ use tokio::sync::{OwnedSemaphorePermit, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::Shared;
+use super::state::{self, Snapshot, Step, Why};
 use super::token::Token;
-use crate::config::CredentialSpec;
-use crate::error::Error;
+use crate::config::{CredentialSpec, Grant};
+use crate::error::{Error, Remedy};
 use crate::metrics::CredentialMetrics;
 use crate::secret::{ExposeSecret, constant_time_eq};
 
@@ -112,6 +113,9 @@ pub(super) struct Inner {
     pub unsaved: Option<Arc<Token>>,
     /// Consecutive failed refreshes.
     pub failures: u32,
+    /// The version of the published token that a rejected-token report disputed, while
+    /// the refresh it started runs.
+    pub disputed: Option<u64>,
     /// The last refresh error, kept for status and for requests during backoff.
     pub last_error: Option<(Error, SystemTime)>,
     /// No refresh starts before this after a failure (the timer retries then).
@@ -119,6 +123,9 @@ pub(super) struct Inner {
     /// Set when the IdP refused the chain; no IdP calls until the bootstrap changes.
     pub reauth: Option<String>,
     pub last_refresh_at: Option<SystemTime>,
+    /// When the last refresh a client asked for (`min_ttl`, report, forced) ended: the
+    /// next such refresh waits `min_refresh_interval` (see `state`).
+    pub last_demanded_at: Option<SystemTime>,
     pub refreshes_ok: u64,
     pub refreshes_failed: u64,
     /// Whether the stored state was loaded; the first flight does that before anything.
@@ -259,8 +266,19 @@ impl Credential {
         }
         let outcome = self.wait_for(&want, now).await;
         // A report that joined a flight ending with the very token it rejected (the
-        // start-up flight restores the stored token) starts the refresh it asked for.
+        // start-up flight restores the stored token) decides once more: that starts the
+        // refresh it asked for, unless the flight was a refresh that handed out the same
+        // token again (then `state::decide` answers `RefreshTooSoon`).
         match (&want, outcome) {
+            // The refresh handed out the very token the report rejected (an IdP whose
+            // tokens have no `jti`): asking again at once would get it again.
+            (Want::Rejected(rejected), Ok(token))
+                if token.is(rejected) && token.issued_at >= now =>
+            {
+                Err(Error::RefreshTooSoon {
+                    retry_after: self.spec.min_refresh_interval.max(Duration::from_secs(1)),
+                })
+            }
             (Want::Rejected(rejected), Ok(token)) if token.is(rejected) => {
                 self.wait_for(&want, SystemTime::now()).await
             }
@@ -269,8 +287,8 @@ impl Credential {
     }
 
     /// Serves, or joins or starts the flight and waits for its outcome.
-    async fn wait_for(self: &Arc<Self>, want: &Want, now: SystemTime) -> Outcome {
-        let rx = match self.decide(want, now, None) {
+    async fn wait_for(self: &Arc<Self>, want: &Want, arrived: SystemTime) -> Outcome {
+        let rx = match self.decide(want, arrived, None) {
             Decision::Serve(token) => return Ok(token),
             Decision::Fail(error) => return Err(error),
             Decision::Wait(rx) => rx,
@@ -295,62 +313,97 @@ impl Credential {
         outcome.or_else(|error| self.stale_while_valid(want, error))
     }
 
-    /// After a failed or slow refresh, a plain request still gets a token that has not
-    /// expired; a rejected-token report does not get its rejected token back.
+    /// After a failed or slow refresh, a request still gets a token that has not
+    /// expired; a rejected-token report never gets its rejected token back.
     fn stale_while_valid(&self, want: &Want, error: Error) -> Outcome {
-        let now = SystemTime::now();
-        match (want, self.current.load_full()) {
-            (Want::Fresh(_) | Want::Timer, Some(token)) if token.is_valid(now) => Ok(token),
+        match self.current.load_full() {
+            Some(token) if state::still_serves(&token, want, SystemTime::now()) => Ok(token),
             _ => Err(error),
         }
     }
 
-    /// Serve, fail, join the flight in progress or start one. `slot` is the timer's
-    /// place among timer-started flights, held by the flight it starts.
+    /// What `state::decide` reads, from `inner` and the published token.
+    pub(super) fn snapshot<'a>(&self, inner: &Inner, token: Option<&'a Token>) -> Snapshot<'a> {
+        Snapshot {
+            token,
+            restored: inner.restored,
+            refreshing: inner.flight.is_some(),
+            refused: inner.reauth.is_some(),
+            stopping: self.stop.is_cancelled(),
+            retry_at: inner.retry_at,
+            failures: inner.failures,
+            last_refresh_at: inner.last_refresh_at,
+            last_demanded_at: inner.last_demanded_at,
+            min_refresh_interval: self.spec.min_refresh_interval,
+            settled: inner.unsaved.is_none() && inner.unanswered_since.is_none(),
+        }
+    }
+
+    /// Serve, fail, join the flight in progress or start one, as `state::decide` says.
+    /// `arrived`: when the request came in. `slot` is the timer's place among
+    /// timer-started flights, held by the flight it starts.
     pub(super) fn decide(
         self: &Arc<Self>,
         want: &Want,
-        now: SystemTime,
+        arrived: SystemTime,
         slot: Option<OwnedSemaphorePermit>,
     ) -> Decision {
+        let now = SystemTime::now();
         let mut inner = self.lock();
-        let valid = self.current.load_full().filter(|t| t.is_valid(now));
-        if let Some(token) = &valid {
-            // For the timer, a token the store has not confirmed yet, or a refresh
-            // token whose answer was lost, is settled at the next tick, not when due.
-            let settled = inner.unsaved.is_none() && inner.unanswered_since.is_none();
-            let satisfied = want.satisfied_by(token, now) && (*want != Want::Timer || settled);
-            // Forced refreshes are rate-limited. Rejected-token reports are not: they can
-            // cause at most one refresh per token version, and answering one with the
-            // token it rejected would only make the client fail.
-            let rate_limited = *want == Want::Forced
-                && inner
-                    .last_refresh_at
-                    .is_some_and(|at| now < at + self.spec.min_refresh_interval);
-            if satisfied || rate_limited {
-                return Decision::Serve(token.clone());
+        let current = self.current.load_full();
+        let step = state::decide(
+            &self.snapshot(&inner, current.as_deref()),
+            want,
+            arrived,
+            now,
+        );
+        match step {
+            Step::Serve => match current {
+                Some(token) => Decision::Serve(token),
+                None => Decision::Fail(Error::ShuttingDown),
+            },
+            Step::Join => match &inner.flight {
+                Some(flight) => {
+                    self.metrics.joined.inc();
+                    Decision::Wait(flight.clone())
+                }
+                None => Decision::Fail(Error::ShuttingDown),
+            },
+            Step::Fail(Why::Refused) => Decision::Fail(self.refusal(&inner)),
+            Step::Fail(Why::ShuttingDown) => Decision::Fail(Error::ShuttingDown),
+            Step::Fail(Why::BackingOff) => Decision::Fail(self.backoff_error(&inner, now)),
+            Step::Fail(Why::TooSoon(wait)) => Decision::Fail(Error::RefreshTooSoon {
+                retry_after: wait.max(Duration::from_secs(1)),
+            }),
+            Step::Start => {
+                // A report of the current token disputes it: should the IdP then refuse
+                // the credential, that token is withdrawn with the refusal.
+                inner.disputed = match (want, &current) {
+                    (Want::Rejected(rejected), Some(token)) if token.is(rejected) => {
+                        Some(token.version())
+                    }
+                    _ => None,
+                };
+                Decision::Wait(self.start_flight(&mut inner, want, slot))
             }
         }
-        if let Some(flight) = &inner.flight {
-            self.metrics.joined.inc();
-            return Decision::Wait(flight.clone());
+    }
+
+    /// The error for a credential in `reauth_required`.
+    pub(super) fn refusal(&self, inner: &Inner) -> Error {
+        Error::ReauthRequired {
+            reason: inner.reauth.clone().unwrap_or_default(),
+            remedy: self.remedy(),
         }
-        if let Some(reason) = &inner.reauth {
-            return Decision::Fail(Error::ReauthRequired {
-                reason: reason.clone(),
-            });
+    }
+
+    /// What resumes this credential once refused.
+    pub(super) fn remedy(&self) -> Remedy {
+        if self.spec.grant == Grant::RefreshToken {
+            Remedy::NewBootstrap
+        } else {
+            Remedy::FixInputs
         }
-        if self.stop.is_cancelled() {
-            return valid.map_or(Decision::Fail(Error::ShuttingDown), Decision::Serve);
-        }
-        let backing_off = inner.retry_at.is_some_and(|at| now < at);
-        if backing_off && *want != Want::Timer {
-            return match (want, valid) {
-                (Want::Fresh(_), Some(token)) => Decision::Serve(token),
-                _ => Decision::Fail(self.backoff_error(&inner, now)),
-            };
-        }
-        Decision::Wait(self.start_flight(&mut inner, want, slot))
     }
 
     /// The error a request gets while refreshes are backing off.
@@ -370,6 +423,15 @@ impl Credential {
                 reason: "retrying".into(),
                 retry_after,
             },
+        }
+    }
+
+    /// Stops serving the published token: the IdP refused its chain (or the report
+    /// that disputed it), so it is likely revoked, and a new chain must not be mixed
+    /// with the old one's token. Reads then get the refusal.
+    pub(super) fn withdraw(&self) {
+        if self.current.swap(None).is_some() {
+            self.metrics.set_expiry(std::time::UNIX_EPOCH);
         }
     }
 

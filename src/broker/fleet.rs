@@ -328,10 +328,8 @@ impl Credential {
         via: &'static str,
         writer: &str,
     ) -> Option<Outcome> {
-        if let Some(reason) = &inner.reauth {
-            return Some(Err(Error::ReauthRequired {
-                reason: reason.clone(),
-            }));
+        if inner.reauth.is_some() {
+            return Some(Err(self.refusal(inner)));
         }
         let now = SystemTime::now();
         let after = self.current().filter(|t| t.is_valid(now))?;

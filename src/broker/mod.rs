@@ -24,6 +24,7 @@ mod restart_tests;
 mod restore;
 mod schedule;
 mod shared_write;
+mod state;
 mod status;
 mod timer;
 mod token;

@@ -39,8 +39,9 @@ impl Credential {
             }) {
                 return Ok(token);
             }
-            if let Some(reason) = self.lock().reauth.clone() {
-                return Err(Error::ReauthRequired { reason });
+            let inner = self.lock();
+            if inner.reauth.is_some() {
+                return Err(self.refusal(&inner));
             }
         }
         match self.shared.store.shared().cloned() {
@@ -62,7 +63,8 @@ impl Credential {
         }
         if self.spec.grant == Grant::RefreshToken && refresh_token.is_none() {
             return Err(Error::ReauthRequired {
-                reason: "no refresh token".into(),
+                reason: "no refresh token is configured or stored".into(),
+                remedy: self.remedy(),
             });
         }
         let answer = match &self.spec.grant {
@@ -164,7 +166,14 @@ impl Credential {
                 inner.bootstrap = None;
             }
         }
-        self.persist(&token).await?;
+        if let Err(error) = self.persist(&token).await {
+            // Only a rotated refresh token is worth holding a token back for: a grant
+            // without a chain loses nothing if its record is not written.
+            if self.spec.grant == Grant::RefreshToken {
+                return Err(error);
+            }
+            warn!(credential = self.name(), error = %error, "could not store the new token; serving it anyway (this grant has no refresh token to lose)");
+        }
         self.lock().unsaved = None;
         Ok(token)
     }
@@ -214,8 +223,8 @@ impl Credential {
     fn stop_chain(&self, inner: &mut Inner, reason: String) -> (Error, Saved) {
         inner.refresh_token = None;
         inner.unanswered_since = None;
-        inner.reauth = Some(reason.clone());
-        (Error::ReauthRequired { reason }, self.saved(inner, None))
+        inner.reauth = Some(reason);
+        (self.refusal(inner), self.saved(inner, None))
     }
 
     /// Records a stop, best effort: it spares a doomed call after a restart and, with
@@ -236,7 +245,23 @@ impl Credential {
             let mut inner = self.lock();
             match error {
                 IdpError::Rejected { .. } => {
-                    (Some(self.stop_chain(&mut inner, error.to_string())), None)
+                    let what = if self.spec.grant == Grant::RefreshToken {
+                        "the refresh token"
+                    } else {
+                        "the credential"
+                    };
+                    let reason = format!("the identity provider refused {what} ({error})");
+                    // Nothing from a refused chain is served any more (the IdP may have
+                    // revoked the family), nor a token a report disputed just before its
+                    // refresh was refused. Withdrawn before the stop is stored, so a
+                    // restart does not serve it either.
+                    let disputed = self
+                        .current()
+                        .is_some_and(|t| inner.disputed == Some(t.version()));
+                    if self.spec.grant == Grant::RefreshToken || disputed {
+                        self.withdraw();
+                    }
+                    (Some(self.stop_chain(&mut inner, reason)), None)
                 }
                 IdpError::LostAnswer { .. } => match self.lost_answer_verdict(&inner) {
                     Some(reason) => (Some(self.stop_chain(&mut inner, reason)), None),
@@ -334,6 +359,7 @@ impl Credential {
         // Another broker's token taken from the store is counted as adopted only.
         let adopted = std::mem::take(&mut inner.fleet.adopted);
         let held_until = inner.fleet.held_until.take();
+        inner.disputed = None;
         match &mut outcome {
             Ok(token) if adopted => self.publish(token.clone()),
             Ok(token) => {
@@ -342,6 +368,9 @@ impl Credential {
                 inner.retry_at = None;
                 inner.last_error = None;
                 inner.last_refresh_at = Some(now);
+                if matches!(trigger, "min_ttl" | "rejected" | "forced") {
+                    inner.last_demanded_at = Some(now);
+                }
                 inner.refreshes_ok += 1;
                 info!(
                     credential = self.name(),
@@ -417,7 +446,7 @@ impl Credential {
                 credential = self.name(),
                 trigger,
                 error = %error,
-                "the identity provider refused the credential; no further calls until a new bootstrap token (or a changed input) appears"
+                "the credential's refresh-token chain stopped; no further calls until a new bootstrap token appears"
             );
         } else {
             warn!(

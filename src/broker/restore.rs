@@ -106,8 +106,10 @@ impl Credential {
                     Some(Ok(Bootstrap::Token { fingerprint, .. })) => Some(fingerprint),
                     _ => None,
                 };
-                inner.reauth =
-                    Some("stored state unreadable; supply a new bootstrap refresh token".into());
+                inner.reauth = Some(
+                    "the stored state is unreadable, and the bootstrap refresh token may be spent already"
+                        .into(),
+                );
             }
         }
         Ok(())
@@ -189,6 +191,8 @@ impl Credential {
                     } => {
                         inner.refresh_token = Some(refresh_token);
                         inner.bootstrap = Some(fingerprint);
+                        // A new chain: nothing of the old one is served.
+                        self.withdraw();
                     }
                     Bootstrap::Inputs(_) => {
                         inner.bootstrap = None;
@@ -239,6 +243,11 @@ impl Credential {
             inner.reauth = Some("no refresh token stored".into());
         }
         let now = SystemTime::now();
+        // A refused chain's token was withdrawn before its stop was stored; the stop
+        // may be another broker's, whose token this one still serves.
+        if inner.reauth.is_some() && saved.access_token.is_none() {
+            self.withdraw();
+        }
         let usable = saved.expires_at > now && !inner.discard_stored_token;
         if let Some(access) = saved.access_token.filter(|_| usable) {
             let refresh_at = self.shared.spread.refresh_at(

@@ -6,7 +6,9 @@ use std::time::SystemTime;
 use serde::Serialize;
 
 use super::credential::{Credential, Inner};
+use super::state::state_name;
 use super::token::rfc3339;
+use crate::error::Remedy;
 
 /// Every state a credential can be in, for the one-hot metric.
 pub const STATES: &[&str] = &[
@@ -61,25 +63,6 @@ impl crate::metrics::StateSource for super::Broker {
     }
 }
 
-/// The state name, from the fields the single flight keeps.
-fn state_of(inner: &Inner, valid: bool, has_token: bool) -> &'static str {
-    if inner.reauth.is_some() {
-        "reauth_required"
-    } else if inner.flight.is_some() {
-        if inner.restored || valid {
-            "refreshing"
-        } else {
-            "starting"
-        }
-    } else if valid {
-        if inner.failures > 0 { "stale" } else { "valid" }
-    } else if inner.failures > 0 || has_token {
-        "expired"
-    } else {
-        "starting"
-    }
-}
-
 /// What `/readyz` needs of a credential: no timestamps, and a reason only when the
 /// credential cannot serve or is in trouble.
 pub struct Readiness {
@@ -94,15 +77,14 @@ impl Credential {
     /// Readiness, cheaply: `/readyz` is polled, and with thousands of credentials a full
     /// status of each per poll would cost megabytes and milliseconds.
     pub fn readiness(&self) -> Readiness {
+        let now = SystemTime::now();
         let token = self.current();
-        let valid = token
-            .as_ref()
-            .is_some_and(|t| t.is_valid(SystemTime::now()));
+        let valid = token.as_ref().is_some_and(|t| t.is_valid(now));
         let inner = self.lock();
-        let state = state_of(&inner, valid, token.is_some());
+        let state = state_name(&self.snapshot(&inner, token.as_deref()), now);
         let troubled = !valid || matches!(state, "stale" | "reauth_required");
         let reason = troubled.then(|| {
-            last_error(&inner, SystemTime::now())
+            last_error(&inner, self.remedy(), SystemTime::now())
                 .map_or_else(|| "no token yet".to_owned(), |e| e.message)
         });
         Readiness {
@@ -116,10 +98,8 @@ impl Credential {
     /// format every timestamp of every credential on each scrape).
     pub fn state(&self) -> &'static str {
         let token = self.current();
-        let valid = token
-            .as_ref()
-            .is_some_and(|t| t.is_valid(SystemTime::now()));
-        state_of(&self.lock(), valid, token.is_some())
+        let inner = self.lock();
+        state_name(&self.snapshot(&inner, token.as_deref()), SystemTime::now())
     }
 
     /// A snapshot for status endpoints.
@@ -128,7 +108,7 @@ impl Credential {
         let token = self.current();
         let inner = self.lock();
         let valid = token.as_ref().is_some_and(|t| t.is_valid(now));
-        let state = state_of(&inner, valid, token.is_some());
+        let state = state_name(&self.snapshot(&inner, token.as_deref()), now);
         let next = match (inner.retry_at, &token) {
             _ if inner.reauth.is_some() => self.refusal_retry_at(&inner),
             (Some(at), _) if at > now => Some(at),
@@ -150,16 +130,16 @@ impl Credential {
                 failed: inner.refreshes_failed,
                 joined: self.metrics.joined.get(),
             },
-            last_error: last_error(&inner, now),
+            last_error: last_error(&inner, self.remedy(), now),
         }
     }
 }
 
 /// The error an operator should see: the reason to re-authenticate, or the last one.
-fn last_error(inner: &Inner, now: SystemTime) -> Option<LastError> {
+fn last_error(inner: &Inner, remedy: Remedy, now: SystemTime) -> Option<LastError> {
     match (&inner.reauth, &inner.last_error) {
         (Some(reason), _) => Some(LastError {
-            message: format!("reauth required: {reason}"),
+            message: format!("reauth required: {reason}; {remedy}"),
             at: inner
                 .last_error
                 .as_ref()

@@ -53,6 +53,7 @@ impl ApiError {
                 Error::UnknownCredential(_) => "unknown_credential",
                 Error::NoDefaultCredential { .. } | Error::BadRequest(_) => "bad_request",
                 Error::ReauthRequired { .. } => "reauth_required",
+                Error::RefreshTooSoon { .. } => "refresh_too_soon",
                 Error::UpstreamUnavailable { .. } => "upstream_unavailable",
                 Error::Store(_) => "store_unavailable",
                 Error::ShuttingDown => "shutting_down",
@@ -71,6 +72,7 @@ impl ApiError {
             ApiError::Broker { error, .. } => match error {
                 Error::UnknownCredential(_) => StatusCode::NOT_FOUND,
                 Error::NoDefaultCredential { .. } | Error::BadRequest(_) => StatusCode::BAD_REQUEST,
+                Error::RefreshTooSoon { .. } => StatusCode::TOO_MANY_REQUESTS,
                 Error::ReauthRequired { .. }
                 | Error::UpstreamUnavailable { .. }
                 | Error::Store(_)

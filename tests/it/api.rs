@@ -131,8 +131,8 @@ async fn every_error_code_of_the_contract() {
         .send()
         .await
         .unwrap();
-    // The access token is still valid, so the broker is still ready to serve it.
-    assert_eq!(readyz.status(), 200);
+    // The refused chain's access token is withdrawn with it: nothing left to serve.
+    assert_eq!(readyz.status(), 503);
     let status = broker.status().await;
     assert_eq!(status["credentials"][0]["state"], "reauth_required");
 

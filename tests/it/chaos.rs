@@ -141,7 +141,7 @@ async fn revocation_stops_calls_and_a_new_secret_version_resumes_without_restart
     let logs = broker.proc.logs();
     let refusals = logs
         .lines()
-        .filter(|l| l.contains("\"level\":\"ERROR\"") && l.contains("refused the credential"))
+        .filter(|l| l.contains("\"level\":\"ERROR\"") && l.contains("chain stopped"))
         .count();
     assert_eq!(
         refusals, 1,

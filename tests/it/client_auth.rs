@@ -26,8 +26,10 @@ async fn private_key_jwt_with_rsa_and_ec_keys_authenticates_every_grant() {
         );
         let config = base_config(state.path())
             + &format!(
-                "[credentials.machine]\ngrant = \"client_credentials\"\ntoken_url = \"{url}/token\"\n{auth}\n\
-                 [credentials.user]\ntoken_url = \"{url}/token\"\nrefresh_token = {{ file = \"{rt}\" }}\n{auth}",
+                "[credentials.machine]\ngrant = \"client_credentials\"\ntoken_url = \"{url}/token\"\n{auth}{each}\n\
+                 [credentials.user]\ntoken_url = \"{url}/token\"\nrefresh_token = {{ file = \"{rt}\" }}\n{auth}{each}",
+                // Every `min_ttl` request below refreshes: no interval between them.
+                each = "min_refresh_interval = \"0s\"\n",
                 url = idp.url,
                 rt = bootstrap.display()
             );

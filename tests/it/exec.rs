@@ -222,7 +222,7 @@ async fn failures_back_off_and_never_show_stderr() {
         .find(|c| c["name"] == "fail")
         .unwrap();
     assert_eq!(
-        fail["state"], "expired",
+        fail["state"], "starting",
         "retryable, never reauth_required: {fail}"
     );
 

@@ -35,46 +35,55 @@ where
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_shape_of_idp_failure_maps_to_a_clear_answer() {
-    // (fault, expected error code, expected credential state)
+    // (fault, expected error code, expected credential state, what a read gets after)
     let cases = [
         (
             json!({"status": 500, "shape": "html"}),
             "upstream_unavailable",
             "stale",
+            200,
         ),
         (
             json!({"status": 503, "shape": "huge"}),
             "upstream_unavailable",
             "stale",
+            200,
         ),
         (
             json!({"status": 429, "retry_after": 7}),
             "upstream_unavailable",
             "stale",
+            200,
         ),
+        // Refusals of the refresh token: the chain's token is withdrawn with it.
         (
             json!({"status": 400, "shape": "empty"}),
             "reauth_required",
             "reauth_required",
+            503,
         ),
         (
             json!({"status": 401, "shape": "html"}),
             "reauth_required",
             "reauth_required",
+            503,
         ),
         (
             json!({"status": 400, "error": "invalid_grant", "shape": "json_no_description"}),
             "reauth_required",
             "reauth_required",
+            503,
         ),
         // A 2xx the broker cannot read: the IdP may have rotated, so the answer is lost.
+        // Nothing was refused: the valid token is still served.
         (
             json!({"status": 200, "shape": "garbage"}),
             "reauth_required",
             "reauth_required",
+            200,
         ),
     ];
-    for (fault, code, state) in cases {
+    for (fault, code, state, read) in cases {
         let idp = Idp::start(&["--access-ttl", "300s"]);
         let dir = tempdir();
         let broker = broker_for(&idp, dir.path(), "min_refresh_interval = \"0s\"");
@@ -92,8 +101,8 @@ async fn every_shape_of_idp_failure_maps_to_a_clear_answer() {
             status["credentials"][0]["state"], state,
             "{fault}: {status}"
         );
-        // Stale-while-valid: the token from before keeps being served.
-        assert_eq!(broker.get("/token/x").await.status(), 200, "{fault}");
+        // Stale-while-valid: the token from before keeps being served, unless refused.
+        assert_eq!(broker.get("/token/x").await.status(), read, "{fault}");
     }
 }
 

@@ -170,6 +170,7 @@ subject_token = {{ file = "{file}" }}
 resource = ["https://api.example/a", "https://api.example/b"]
 audience = "api"
 bootstrap_poll = "200ms"
+min_refresh_interval = "0s"
 "#,
             url = idp.url,
             file = token_file.display()

@@ -50,7 +50,12 @@ async fn an_exp_in_milliseconds_loses_no_refresh_token_and_panics_nowhere() {
     let bootstrap = dir.path().join("bootstrap");
     std::fs::write(&bootstrap, &idp.refresh_token).unwrap();
     let config = base_config(dir.path())
-        + &refresh_credential("x", &idp, &bootstrap, "default_lifetime = \"10m\"")
+        + &refresh_credential(
+            "x",
+            &idp,
+            &bootstrap,
+            "default_lifetime = \"10m\"\nmin_refresh_interval = \"0s\"",
+        )
         + &exec_credential("millis", &millis)
         + &exec_credential("absurd", &absurd);
     let mut broker = Broker::start(dir.path(), &config);

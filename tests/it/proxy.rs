@@ -14,9 +14,20 @@ use crate::upstream::{self, exchange};
 
 /// A broker with credential `x` and the given `[proxies...]` tables.
 pub fn start(idp: &Idp, dir: &std::path::Path, proxies: &str, env: &[(&str, &str)]) -> Broker {
+    start_with(idp, dir, "", proxies, env)
+}
+
+/// `start`, with `extra` keys for the credential.
+pub fn start_with(
+    idp: &Idp,
+    dir: &std::path::Path,
+    extra: &str,
+    proxies: &str,
+    env: &[(&str, &str)],
+) -> Broker {
     let bootstrap = dir.join("bootstrap");
     std::fs::write(&bootstrap, &idp.refresh_token).unwrap();
-    let config = base_config(dir) + &refresh_credential("x", idp, &bootstrap, "") + proxies;
+    let config = base_config(dir) + &refresh_credential("x", idp, &bootstrap, extra) + proxies;
     Broker::start_with_env(dir, &config, env)
 }
 

@@ -8,7 +8,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::harness::*;
-use crate::proxy::{proxy, proxy_addr, stale, start};
+use crate::proxy::{proxy, proxy_addr, stale, start, start_with};
 use crate::upstream::{self, exchange, peak_rss};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -107,9 +107,12 @@ async fn after_a_401_a_kept_body_is_sent_again_and_a_streamed_one_is_not() {
     let idp = Idp::start(&["--access-ttl", "300s"]);
     let upstream = upstream::start(idp.url.clone()).await;
     let dir = tempdir();
-    let mut broker = start(
+    // The API refuses every token several times within seconds here: each time is
+    // one refresh, with no interval between them.
+    let mut broker = start_with(
         &idp,
         dir.path(),
+        "min_refresh_interval = \"0s\"",
         &proxy("api", &format!("{upstream}/base"), ""),
         &[],
     );

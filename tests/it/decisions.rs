@@ -1,0 +1,386 @@
+//! Refresh decisions under clients that misbehave and IdPs that surprise: no local
+//! client behaviour costs more than one IdP call per `min_refresh_interval`, a refused
+//! chain's token is never served again, and every answer tells the truth.
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::{Value, json};
+
+use crate::failures::eventually;
+use crate::harness::*;
+
+/// `status` and the JSON body of a response.
+async fn answer(response: reqwest::Response) -> (u16, Value) {
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+async fn refreshes(idp: &Idp) -> u64 {
+    idp.stat("refresh_grants").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_asking_for_more_lifetime_than_the_idp_gives_makes_one_refresh() {
+    let idp = Idp::start(&["--access-ttl", "10s"]);
+    let dir = tempdir();
+    let broker = broker_for(&idp, dir.path(), "");
+    broker.access_token("x").await;
+    let before = refreshes(&idp).await;
+
+    let url = format!("{}/token/x?min_ttl=60s", broker.url);
+    let client = client();
+    let requests = (0..300).map(|_| {
+        let request = client.get(&url).header("Token-Broker", "1").send();
+        async move { request.await.unwrap().status().as_u16() }
+    });
+    let statuses = futures_util::future::join_all(requests).await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    assert_eq!(refreshes(&idp).await, before + 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_asking_for_more_lifetime_than_the_idp_gives_refreshes_once_per_interval() {
+    let idp = Idp::start(&["--access-ttl", "10s"]);
+    let dir = tempdir();
+    let broker = broker_for(&idp, dir.path(), "min_refresh_interval = \"1s\"\n");
+    broker.access_token("x").await;
+    let before = refreshes(&idp).await;
+
+    let started = Instant::now();
+    let mut served = 0;
+    while started.elapsed() < Duration::from_secs(3) {
+        let response = broker.get("/token/x?min_ttl=5m").await;
+        assert_eq!(response.status(), 200);
+        served += 1;
+    }
+    let made = refreshes(&idp).await - before;
+    let intervals = started.elapsed().as_secs() + 1;
+    assert!(served > 20, "only {served} requests");
+    assert!(
+        (1..=intervals).contains(&made),
+        "{served} requests over 3 s made {made} refreshes"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_reports_every_new_token_refreshes_once_per_interval_and_is_told_to_wait() {
+    let idp = Idp::start(&[]);
+    let dir = tempdir();
+    let broker = broker_for(&idp, dir.path(), "min_refresh_interval = \"1s\"\n");
+    broker.access_token("x").await;
+    let before = refreshes(&idp).await;
+
+    let started = Instant::now();
+    let mut told_to_wait = 0;
+    while started.elapsed() < Duration::from_secs(3) {
+        let token = broker.access_token("x").await;
+        let response = broker.refresh("x", Some(&token)).await;
+        let retry_after = response.headers().get("retry-after").cloned();
+        let (status, body) = answer(response).await;
+        if status == 429 {
+            assert_eq!(body["error"], "refresh_too_soon", "{body}");
+            let secs: u64 = retry_after.unwrap().to_str().unwrap().parse().unwrap();
+            assert_eq!(secs, 1, "Retry-After");
+            told_to_wait += 1;
+        } else {
+            assert_eq!(status, 200, "{body}");
+        }
+    }
+    let made = refreshes(&idp).await - before;
+    let intervals = started.elapsed().as_secs() + 1;
+    assert!(told_to_wait > 10, "told to wait {told_to_wait} times");
+    assert!(
+        (1..=intervals).contains(&made),
+        "a report loop over 3 s made {made} refreshes"
+    );
+}
+
+/// Waits until the wall clock is early in a second, so what follows happens within it.
+async fn start_of_a_second() {
+    loop {
+        let millis = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .subsec_millis();
+        if millis < 200 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis((1000 - millis as u64) + 5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reports_of_a_token_the_idp_hands_out_again_make_one_refresh() {
+    // Tokens without a jti: a refresh in the same second returns the same string.
+    let idp = Idp::start(&["--no-jti", "--access-ttl", "60s"]);
+    let dir = tempdir();
+    let broker = broker_for(&idp, dir.path(), "min_refresh_interval = \"100ms\"\n");
+    let first = broker.access_token("x").await;
+
+    // One report: its refresh, early in a second (not the first token's), mints a
+    // token; a report of that token right after gets it back from the IdP, and is
+    // told so instead of looping.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    start_of_a_second().await;
+    assert_eq!(broker.refresh("x", Some(&first)).await.status(), 200);
+    let repeated = broker.access_token("x").await;
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let before = refreshes(&idp).await;
+    let (status, body) = answer(broker.refresh("x", Some(&repeated)).await).await;
+    assert_eq!(refreshes(&idp).await, before + 1, "one report, one refresh");
+    assert_eq!(
+        broker.access_token("x").await,
+        repeated,
+        "the IdP repeated it"
+    );
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (429, Some("refresh_too_soon"))
+    );
+
+    // 300 concurrent reports of such a token.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    start_of_a_second().await;
+    let current = broker.access_token("x").await;
+    assert_eq!(broker.refresh("x", Some(&current)).await.status(), 200);
+    let repeated = broker.access_token("x").await;
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let before = refreshes(&idp).await;
+    let started = Instant::now();
+    let url = format!("{}/token/x/refresh", broker.url);
+    let client = client();
+    let reports = (0..300).map(|_| {
+        let request = client
+            .post(&url)
+            .header("Token-Broker", "1")
+            .json(&json!({ "rejected_token": repeated }))
+            .send();
+        async move { request.await.unwrap().status().as_u16() }
+    });
+    let statuses = futures_util::future::join_all(reports).await;
+    let took = started.elapsed();
+    let made = refreshes(&idp).await - before;
+    // One refresh, plus at most one per min_refresh_interval the burst outlasted.
+    let allowed = 1 + (took.as_millis() / 100) as u64;
+    assert!(
+        made >= 1 && made <= allowed,
+        "300 reports over {took:?} made {made} refreshes"
+    );
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 429),
+        "{statuses:?}"
+    );
+    assert_eq!(idp.stat("reuse_detected").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reported_token_whose_refresh_is_refused_is_never_served_again() {
+    let idp = Idp::start(&[]);
+    let dir = tempdir();
+    let broker = broker_for(&idp, dir.path(), "");
+    let token = broker.access_token("x").await;
+    broker.ready().await;
+
+    idp.admin("revoke", json!({})).await;
+    let (status, body) = answer(broker.refresh("x", Some(&token)).await).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (503, Some("reauth_required"))
+    );
+    let message = body["message"].as_str().unwrap();
+    assert!(
+        message.contains("refused the refresh token") && message.contains("new bootstrap"),
+        "{message}"
+    );
+    assert!(!message.contains("fix the secret"), "{message}");
+
+    for _ in 0..3 {
+        let (status, body) = answer(broker.get("/token/x").await).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (503, Some("reauth_required"))
+        );
+    }
+    let ready = client()
+        .get(format!("{}/readyz", broker.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 503);
+    assert_eq!(
+        broker.status().await["credentials"][0]["state"],
+        "reauth_required"
+    );
+    // Not after a restart either.
+    drop(broker);
+    let broker = broker_for(&idp, dir.path(), "");
+    let (status, _) = answer(broker.get("/token/x").await).await;
+    assert_eq!(status, 503);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn once_a_new_bootstrap_is_taken_the_stopped_chain_s_token_is_not_served() {
+    let idp = Idp::start(&["--access-ttl", "300s"]);
+    let dir = tempdir();
+    // A lost answer without a reuse grace stops the chain; its token stays valid.
+    let extra = "min_refresh_interval = \"0s\"\nbootstrap_poll = \"100ms\"\n";
+    let broker = broker_with(&idp, dir.path(), "[idp]\ntimeout = \"1s\"\n", extra);
+    let old = broker.access_token("x").await;
+    idp.admin("faults", json!({"hang": "2s", "count": 1})).await;
+    let (status, _) = answer(broker.refresh("x", None).await).await;
+    assert_eq!(status, 503);
+    assert_eq!(broker.access_token("x").await, old);
+
+    // A new bootstrap, whose first refresh takes a while.
+    idp.admin("latency", json!({"latency": "700ms"})).await;
+    let fresh = idp.mint().await;
+    std::fs::write(dir.path().join("bootstrap"), fresh).unwrap();
+    eventually("the new chain to be taken", || async {
+        broker
+            .proc
+            .logs()
+            .contains("a new bootstrap token appeared")
+    })
+    .await;
+    let (status, body) = answer(broker.get("/token/x").await).await;
+    assert_eq!(status, 200, "{body}\n{}", broker.proc.logs());
+    assert_ne!(body["access_token"], old.as_str(), "the old chain's token");
+    assert_eq!(
+        idp.whoami(body["access_token"].as_str().unwrap()).await,
+        200
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forced_refresh_that_fails_says_so_and_reads_still_get_the_valid_token() {
+    let idp = Idp::start(&["--access-ttl", "300s"]);
+    let dir = tempdir();
+    let extra = "min_refresh_interval = \"0s\"\nbackoff_initial = \"5s\"\n";
+    let broker = broker_for(&idp, dir.path(), extra);
+    let token = broker.access_token("x").await;
+
+    idp.admin("faults", json!({"status": 503, "count": 10}))
+        .await;
+    for _ in 0..2 {
+        // The flight's own failure, then a forced refresh while backing off.
+        let (status, body) = answer(broker.refresh("x", None).await).await;
+        assert_eq!(status, 503, "{body}");
+        assert_eq!(body["error"], "upstream_unavailable");
+        let message = body["message"].as_str().unwrap();
+        assert!(
+            message.starts_with("could not get a new token"),
+            "{message}"
+        );
+        assert!(!message.contains("no valid token"), "{message}");
+        assert_eq!(broker.access_token("x").await, token);
+    }
+    assert_eq!(broker.status().await["credentials"][0]["state"], "stale");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_without_a_chain_is_served_when_the_state_dir_cannot_be_written() {
+    let idp = Idp::start(&[]);
+    let dir = tempdir();
+    let config = base_config(dir.path())
+        + &format!(
+            "\n[credentials.m]\ngrant = \"client_credentials\"\ntoken_url = \"{}/token\"\n\
+             client_id = \"dev-client\"\nclient_secret = \"dev-secret\"\n\
+             min_refresh_interval = \"0s\"\n",
+            idp.url
+        );
+    let broker = Broker::start(dir.path(), &config);
+    let first = broker.access_token("m").await;
+    // The next save's file is taken by a directory, so the write fails (even for root).
+    let state = dir.path().join("state");
+    let newest = std::fs::read_dir(&state)
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.unwrap().file_name().into_string().unwrap();
+            name.strip_prefix("m.")?
+                .strip_suffix(".state")?
+                .parse()
+                .ok()
+        })
+        .max()
+        .unwrap_or(0u64);
+    std::fs::create_dir(state.join(format!("m.{}.state", newest + 1))).unwrap();
+
+    let (status, body) = answer(broker.refresh("m", None).await).await;
+    assert_eq!(status, 200, "{body}");
+    assert_ne!(body["access_token"], first.as_str());
+    assert_eq!(broker.access_token("m").await, body["access_token"]);
+    eventually("the failed write to be logged", || async {
+        broker.proc.logs().contains("serving it anyway")
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_refusal_s_hint_fits_its_grant_and_a_never_served_credential_is_starting() {
+    let idp = Idp::start(&[]);
+    idp.admin(
+        "faults",
+        json!({"status": 401, "error": "invalid_client", "count": 1}),
+    )
+    .await;
+    let dir = tempdir();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed_url = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let machine = |name: &str, url: &str| {
+        format!(
+            "\n[credentials.{name}]\ngrant = \"client_credentials\"\ntoken_url = \"{url}/token\"\n\
+             client_id = \"dev-client\"\nclient_secret = \"dev-secret\"\n"
+        )
+    };
+    let config = base_config(dir.path()) + &machine("m", &idp.url) + &machine("down", &closed_url);
+    let broker = Broker::start(dir.path(), &config);
+
+    let (status, body) = answer(broker.get("/token/m").await).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (503, Some("reauth_required"))
+    );
+    let message = body["message"].as_str().unwrap();
+    assert!(message.contains("invalid_client"), "{message}");
+    assert!(
+        message.contains("fix what the identity provider refused"),
+        "{message}"
+    );
+    assert!(!message.contains("bootstrap"), "{message}");
+
+    let (status, body) = answer(broker.get("/token/down").await).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (503, Some("upstream_unavailable"))
+    );
+    let states = broker.status().await;
+    let down = states["credentials"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "down")
+        .unwrap()
+        .clone();
+    assert!(down["refreshes"]["failed"].as_u64().unwrap() >= 1, "{down}");
+    assert_eq!(down["state"], "starting", "{down}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_after_a_lost_answer_does_not_claim_a_refusal() {
+    let idp = Idp::start(&["--access-ttl", "300s"]);
+    let dir = tempdir();
+    let extra = "min_refresh_interval = \"0s\"\n";
+    let broker = broker_with(&idp, dir.path(), "[idp]\ntimeout = \"1s\"\n", extra);
+    broker.access_token("x").await;
+    idp.admin("faults", json!({"hang": "2s", "count": 1})).await;
+    let (status, body) = answer(broker.refresh("x", None).await).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (503, Some("reauth_required"))
+    );
+    let message = body["message"].as_str().unwrap();
+    assert!(message.contains("got no answer"), "{message}");
+    assert!(!message.contains("refused"), "{message}");
+    assert!(message.contains("new bootstrap refresh token"), "{message}");
+}
