@@ -9,7 +9,9 @@
 //! so a reader sees the old file or the new one, never a part. A failed write is logged
 //! and counted, and retried with backoff while that version is the newest and still
 //! valid; it never holds up a refresh or a read. When a token expires and no new one
-//! comes, the file is left as it is (a JSON sink says `expires_at`).
+//! comes, the file is left as it is (a JSON sink says `expires_at`). When the broker
+//! withdraws a token (the IdP refused its chain), the file is removed: an app reading
+//! it then fails loudly instead of using a token that is likely revoked.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -46,11 +48,19 @@ pub struct Sink {
     metrics: SinkMetrics,
 }
 
+/// What the writer does next.
+enum Offer {
+    /// Write this version.
+    Token(Arc<Token>),
+    /// Remove the file: the token was withdrawn.
+    Withdraw,
+}
+
 /// What waits to be written.
 #[derive(Default)]
 struct Slot {
-    /// The newest version not yet written.
-    pending: Option<Arc<Token>>,
+    /// The newest version (or withdrawal) not yet written.
+    pending: Option<Offer>,
     /// Whether a writer task is running (it takes `pending` before it exits).
     running: bool,
 }
@@ -76,9 +86,18 @@ impl Sink {
 
     /// Schedules `token` to be written; returns at once.
     pub fn offer(self: &Arc<Self>, token: Arc<Token>) {
+        self.pend(Offer::Token(token));
+    }
+
+    /// Schedules the file's removal (after any write under way); returns at once.
+    pub fn withdraw(self: &Arc<Self>) {
+        self.pend(Offer::Withdraw);
+    }
+
+    fn pend(self: &Arc<Self>, offer: Offer) {
         let start = {
             let mut slot = self.lock();
-            slot.pending = Some(token);
+            slot.pending = Some(offer);
             !std::mem::replace(&mut slot.running, true)
         };
         if !start {
@@ -104,7 +123,14 @@ impl Sink {
     async fn writer(self: Arc<Self>) {
         let mut failures = 0u32;
         loop {
-            let Some(token) = self.take() else { return };
+            let token = match self.take() {
+                Some(Offer::Token(token)) => token,
+                Some(Offer::Withdraw) => {
+                    self.remove().await;
+                    continue;
+                }
+                None => return,
+            };
             match self.write(&token).await {
                 Ok(()) => {
                     if failures > 0 {
@@ -129,7 +155,7 @@ impl Sink {
     }
 
     /// The newest pending version, or `None` (and the writer ends) when there is none.
-    fn take(&self) -> Option<Arc<Token>> {
+    fn take(&self) -> Option<Offer> {
         let mut slot = self.lock();
         let token = slot.pending.take();
         if token.is_none() {
@@ -145,7 +171,7 @@ impl Sink {
     /// meanwhile starts a new writer rather than being dropped.
     async fn retry_later(&self, failed: Arc<Token>, delay: Duration) -> bool {
         if failed.is_valid(SystemTime::now()) {
-            self.lock().pending.get_or_insert(failed);
+            self.lock().pending.get_or_insert(Offer::Token(failed));
         }
         let stopped = tokio::select! {
             () = tokio::time::sleep(delay) => false,
@@ -154,12 +180,35 @@ impl Sink {
         };
         let mut slot = self.lock();
         let now = SystemTime::now();
-        let keep = !stopped && slot.pending.as_ref().is_some_and(|t| t.is_valid(now));
+        let keep = !stopped
+            && slot.pending.as_ref().is_some_and(|offer| match offer {
+                Offer::Token(token) => token.is_valid(now),
+                Offer::Withdraw => true,
+            });
         if !keep {
             slot.pending = None;
             slot.running = false;
         }
         keep
+    }
+
+    /// Removes the file of a withdrawn token; a failure is logged, not retried (the
+    /// next version overwrites the file anyway).
+    async fn remove(&self) {
+        let path = self.spec.path.clone();
+        let removed = tokio::task::spawn_blocking(move || std::fs::remove_file(path)).await;
+        match removed {
+            Ok(Ok(())) => {
+                info!(credential = %self.credential, path = %self.spec.path.display(), "sink file removed: its token was withdrawn")
+            }
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Ok(Err(e)) => {
+                warn!(credential = %self.credential, path = %self.spec.path.display(), error = %e, "cannot remove the sink file of a withdrawn token")
+            }
+            Err(e) => {
+                warn!(credential = %self.credential, error = %e, "the sink removal task failed")
+            }
+        }
     }
 
     async fn write(self: &Arc<Self>, token: &Token) -> std::io::Result<()> {

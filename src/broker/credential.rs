@@ -432,6 +432,9 @@ impl Credential {
     pub(super) fn withdraw(&self) {
         if self.current.swap(None).is_some() {
             self.metrics.set_expiry(std::time::UNIX_EPOCH);
+            for sink in &self.sinks {
+                sink.withdraw();
+            }
         }
     }
 

@@ -365,3 +365,36 @@ fn check_config_refuses_bad_sinks_and_checks_directories_with_check_secrets() {
         "{errors}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_withdrawn_token_s_sink_files_are_removed_and_a_new_chain_writes_them_again() {
+    let idp = Idp::start(&["--access-ttl", "300s"]);
+    let dir = tempdir();
+    let out = dir.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    let (raw, json) = (out.join("x.token"), out.join("x.json"));
+    let broker = broker_with_sinks(&idp, dir.path(), &out);
+    let first = broker.access_token("x").await;
+    wait_for_file(&raw, &first).await;
+    wait_for_json(&json, &first).await;
+
+    // The IdP refuses the chain: its token is withdrawn, from the files too.
+    idp.admin("revoke", serde_json::json!({})).await;
+    let response = broker.refresh("x", Some(&first)).await;
+    assert_eq!(response.status(), 503);
+    crate::failures::eventually("the sink files to be removed", || async {
+        !raw.exists() && !json.exists()
+    })
+    .await;
+
+    // A new bootstrap: the new chain's token is written again.
+    std::fs::write(dir.path().join("bootstrap"), idp.mint().await).unwrap();
+    crate::failures::eventually("the new chain's token", || async {
+        broker.get("/token/x").await.status() == 200
+    })
+    .await;
+    let second = broker.access_token("x").await;
+    assert_ne!(second, first);
+    wait_for_file(&raw, &second).await;
+    wait_for_json(&json, &second).await;
+}
