@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::config::{self, DEFAULT_LISTEN};
+use crate::config;
 
 const DEFAULT_URL: &str = "http://127.0.0.1:8656";
 
@@ -40,12 +40,14 @@ enum Command {
         config: PathBuf,
     },
     /// Try it now: the broker plus an in-process dev IdP and a `demo` credential.
+    #[cfg(feature = "dev-idp")]
     Dev {
         /// Where the broker listens.
-        #[arg(long, default_value = DEFAULT_LISTEN)]
+        #[arg(long, default_value = config::DEFAULT_LISTEN)]
         listen: String,
     },
     /// A strict OAuth2 token server for development and tests only. Never for production.
+    #[cfg(feature = "dev-idp")]
     DevIdp(Box<crate::dev_idp::DevIdpArgs>),
     /// Print a credential's bare access token (exit 0), or a message on stderr
     /// (exit 1: the broker answered an error; 3: the broker cannot be reached).
@@ -125,10 +127,12 @@ async fn dispatch(cli: Cli) -> ExitCode {
             init_logging(cli.log_format);
             outcome(run(&config).await)
         }
+        #[cfg(feature = "dev-idp")]
         Command::Dev { listen } => {
             init_logging(cli.log_format);
             outcome(crate::dev::run(&listen).await)
         }
+        #[cfg(feature = "dev-idp")]
         Command::DevIdp(args) => {
             init_logging(cli.log_format);
             outcome(crate::dev_idp::run(*args).await)

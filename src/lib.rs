@@ -27,7 +27,9 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod daemon;
+#[cfg(feature = "dev-idp")]
 pub mod dev;
+#[cfg(feature = "dev-idp")]
 pub mod dev_idp;
 pub mod duration;
 pub mod error;

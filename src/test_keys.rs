@@ -29,6 +29,8 @@ impl Keys {
         std::fs::read_to_string(&self.private).unwrap()
     }
 
+    // Only the dev IdP's tests verify with the public key.
+    #[cfg_attr(not(feature = "dev-idp"), allow(dead_code))]
     pub fn public_pem(&self) -> Vec<u8> {
         std::fs::read(&self.public).unwrap()
     }

@@ -21,6 +21,8 @@ fi
 
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
+# The production build without the dev IdP must stay clean too.
+cargo clippy --all-targets --locked --no-default-features -- -D warnings
 cargo test --locked
 
 # Dependency licenses and sources (deny.toml); installs cargo-deny on first use.

@@ -19,7 +19,7 @@ mod reconcile;
 mod refresh;
 mod refused;
 mod reload;
-#[cfg(test)]
+#[cfg(all(test, feature = "dev-idp"))]
 mod restart_tests;
 mod restore;
 mod schedule;
