@@ -137,8 +137,9 @@ pub(super) struct Inner {
     /// may not match them (scope, audience, client), so the chain is kept but a new
     /// token is fetched.
     pub discard_stored_token: bool,
-    /// Where this broker stands with the shared store's record (redis backend).
-    pub fleet: super::fleet::Fleet,
+    /// Where this broker stands with the shared store's record: only with the redis
+    /// backend (see `fleet::fleet_of`); `None` with the file store.
+    pub fleet: Option<super::fleet::Fleet>,
 }
 
 /// What `decide` concluded under the lock.

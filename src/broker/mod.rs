@@ -1,11 +1,13 @@
 //! The broker: every configured credential, its published token, its single flight and
 //! its proactive timer.
 //!
-//! Layout: `credential` (state and the single-flight gate), `refresh` (one refresh and
+//! Layout: `credential` (state and the single-flight gate), `state` (the situation as
+//! one type and the pure decision every want goes through), `refresh` (one refresh and
 //! the ordering that makes rotation safe), `refused` (when to ask again about a refused
 //! credential without a chain), `restore` (where a chain starts after a restart),
-//! `fleet` (the single flight across brokers sharing a redis store, with `lease`,
-//! `reconcile`, `shared_write` and `notices`), `timer`
+//! `fleet/` (the single flight across brokers sharing a redis store: `lease`,
+//! `reconcile`, `write` and `notices`; with the file store none of it runs and a
+//! credential has no fleet state), `timer`
 //! (proactive refresh and bootstrap watching), `schedule` (the pure timing policy),
 //! `token` (a published token version), `watch` (waiting for the next version),
 //! `status` (what operators see).
@@ -13,9 +15,6 @@
 
 mod credential;
 mod fleet;
-mod lease;
-mod notices;
-mod reconcile;
 mod refresh;
 mod refused;
 mod reload;
@@ -23,7 +22,6 @@ mod reload;
 mod restart_tests;
 mod restore;
 mod schedule;
-mod shared_write;
 mod state;
 mod status;
 mod timer;

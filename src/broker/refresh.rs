@@ -22,7 +22,7 @@ use crate::config::{Grant, LostAnswer};
 use crate::error::Error;
 use crate::idp::{IdpError, Inputs, TokenRequest, TokenResponse};
 use crate::secret::ExposeSecret;
-use crate::store::Saved;
+use crate::store::{Fence, Saved};
 
 impl Credential {
     /// One refresh attempt for `want`. Runs in its own task, inside the flight.
@@ -104,7 +104,12 @@ impl Credential {
         }
         // With the shared store: the lease may be lost while the request waits for a
         // permit to go out; then it must not go out at all.
-        let lease = self.lock().fleet.lease.as_ref().map(|h| h.clock.clone());
+        let lease = self
+            .lock()
+            .fleet
+            .as_ref()
+            .and_then(|f| f.lease.as_ref())
+            .map(|h| h.clock.clone());
         let still_ours = move || lease.as_ref().is_none_or(|clock| clock.held());
         let request = TokenRequest {
             spec: &self.spec,
@@ -133,7 +138,9 @@ impl Credential {
                 inner.refresh_token = response.refresh_token.or(old);
             }
             inner.unanswered_since = None;
-            inner.fleet.rotated = true;
+            if let Some(fleet) = inner.fleet.as_mut() {
+                fleet.rotated = true;
+            }
         }
         let now = SystemTime::now();
         // Bounded, so every expiry can be served as RFC 3339 and stored.
@@ -333,17 +340,23 @@ impl Credential {
         self.write_as(saved, false).await
     }
 
-    /// `write`; `mark`: the refresh token in `saved` is sent next.
+    /// `write`; `mark`: the refresh token in `saved` is sent next. The shared store's
+    /// writes are fenced by the flight's lease (`fleet::write`); the file store's are
+    /// plain durable writes.
     async fn write_as(&self, saved: Saved, mark: bool) -> Result<(), Error> {
-        let Some(fence) = self.fence(mark) else {
-            return Ok(());
-        };
+        if self.shared.store.shared().is_some() {
+            return self.write_shared(saved, mark).await;
+        }
         let started = Instant::now();
-        let result = self.shared.store.save(self.name(), saved, &fence).await;
+        let result = self
+            .shared
+            .store
+            .save(self.name(), saved, &Fence::default())
+            .await;
         self.shared
             .metrics
             .observe_store(started.elapsed().as_secs_f64());
-        self.wrote(result, &fence).await
+        result.map(drop).map_err(|e| Error::Store(e.to_string()))
     }
 
     /// Publishes the outcome, ends the flight and wakes every waiter.
@@ -357,8 +370,10 @@ impl Credential {
         let now = SystemTime::now();
         let mut inner = self.lock();
         // Another broker's token taken from the store is counted as adopted only.
-        let adopted = std::mem::take(&mut inner.fleet.adopted);
-        let held_until = inner.fleet.held_until.take();
+        let (adopted, held_until) = match inner.fleet.as_mut() {
+            Some(fleet) => (std::mem::take(&mut fleet.adopted), fleet.held_until.take()),
+            None => (false, None),
+        };
         inner.disputed = None;
         match &mut outcome {
             Ok(token) if adopted => self.publish(token.clone()),

@@ -56,7 +56,9 @@ impl Credential {
                 version,
                 stamp,
             } => {
-                inner.fleet.restored(version, stamp);
+                if shared {
+                    super::fleet::fleet_of(&mut inner.fleet).restored(version, stamp);
+                }
                 for file in skipped {
                     warn!(
                         credential = self.name(),

@@ -7,20 +7,25 @@
 //! wrote. Holding the lease, it reconciles its state with the record (`reconcile`:
 //! another broker may have refreshed meanwhile, Redis may have lost writes), then runs
 //! the ordinary refresh (`Credential::fetch`), whose writes are fenced
-//! (`shared_write`). The lease is renewed while the refresh runs (`lease`) and released
+//! (`write`). The lease is renewed while the refresh runs (`lease`) and released
 //! by compare-and-delete at the end. Notices and polling between flights live in
 //! `notices`. Here: the broker's position relative to the record (`Fleet`), taking the
 //! lease, and adopting records.
+
+mod lease;
+mod notices;
+mod reconcile;
+mod write;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use tracing::{debug, info, warn};
 
-use super::credential::{Credential, Inner, Outcome};
-use super::lease::Held;
-use super::reconcile::Reconciled;
-use super::token::Token;
+use self::lease::Held;
+use self::reconcile::Reconciled;
+use crate::broker::credential::{Credential, Inner, Outcome};
+use crate::broker::token::Token;
 use crate::config::OnStoreUnavailable;
 use crate::error::Error;
 use crate::metrics::LeaseEvent;
@@ -44,6 +49,12 @@ pub(super) fn next_version(version: u64, new_token: bool) -> u64 {
     } else {
         version + 1
     }
+}
+
+/// The credential's fleet position, made on first use: only the shared store's flights
+/// and notices reach it, so with the file store it never exists.
+pub(in crate::broker) fn fleet_of(slot: &mut Option<Fleet>) -> &mut Fleet {
+    slot.get_or_insert_default()
 }
 
 /// Where this broker stands with a credential's shared record.
@@ -172,11 +183,11 @@ impl Credential {
             Took::Settled(outcome) => return self.answered_by_adoption(outcome),
             Took::Unreachable(why) => return self.without_store(redis, why).await,
         };
-        self.lock().fleet.lease = Some(held.clone());
+        fleet_of(&mut self.lock().fleet).lease = Some(held.clone());
         let outcome = self
             .renewing(redis, &held, self.under_lease(redis, &held))
             .await;
-        self.lock().fleet.lease = None;
+        fleet_of(&mut self.lock().fleet).lease = None;
         if let Err(e) = redis.release(self.name(), &held.token).await {
             // It runs out by itself within lease_duration.
             self.shared.metrics.store_error("lease");
@@ -192,7 +203,7 @@ impl Credential {
             None => {}
         }
         if let Some((error, until)) = self.held_back(redis).await {
-            self.lock().fleet.held_until = Some(until);
+            fleet_of(&mut self.lock().fleet).held_until = Some(until);
             return Err(error);
         }
         self.fetch().await
@@ -202,7 +213,7 @@ impl Credential {
     /// as adopted, not as this broker's refresh.
     fn answered_by_adoption(&self, outcome: Outcome) -> Outcome {
         if outcome.is_ok() {
-            self.lock().fleet.adopted = true;
+            fleet_of(&mut self.lock().fleet).adopted = true;
         }
         outcome
     }
@@ -262,7 +273,7 @@ impl Credential {
             Ok(Some(record)) => self.adopt_record(record, "flight", Taker::Waiting),
             Ok(None) => None,
             Err(ReadError::Corrupt { version, .. }) => {
-                self.lock().fleet.observe(version, None);
+                fleet_of(&mut self.lock().fleet).observe(version, None);
                 None
             }
             Err(ReadError::Unavailable(e)) => {
@@ -282,7 +293,7 @@ impl Credential {
     ) -> Option<Outcome> {
         let before = self.current();
         let mut inner = self.lock();
-        inner.fleet.observe(record.version, record.stamp.as_deref());
+        fleet_of(&mut inner.fleet).observe(record.version, record.stamp.as_deref());
         // A record with a refresh out belongs to the broker sending it, unless that
         // broker is gone.
         let marked = record.saved.in_flight_since.is_some();
@@ -291,8 +302,8 @@ impl Credential {
             Taker::Lease | Taker::Diverged | Taker::Idle { orphaned: true }
         );
         let idle = matches!(by, Taker::Idle { .. });
-        let newer = record.version > inner.fleet.effective()
-            || (by == Taker::Diverged && record.version == inner.fleet.version);
+        let newer = record.version > fleet_of(&mut inner.fleet).effective()
+            || (by == Taker::Diverged && record.version == fleet_of(&mut inner.fleet).version);
         if !inner.restored
             || (idle && inner.flight.is_some())
             || !newer
@@ -300,7 +311,7 @@ impl Credential {
         {
             return None;
         }
-        let fleet = &mut inner.fleet;
+        let fleet = fleet_of(&mut inner.fleet);
         fleet.version = record.version;
         fleet.stamp = record.stamp.clone();
         fleet.unsynced = false;
@@ -359,9 +370,9 @@ impl Credential {
             error = %why,
             "redis is unreachable; refreshing without the fleet's lease (on_store_unavailable = \"refresh_locally\")"
         );
-        self.lock().fleet.local = true;
+        fleet_of(&mut self.lock().fleet).local = true;
         let outcome = self.fetch().await;
-        self.lock().fleet.local = false;
+        fleet_of(&mut self.lock().fleet).local = false;
         outcome
     }
 }

@@ -19,10 +19,11 @@ use std::time::{Duration, SystemTime};
 
 use tracing::{info, warn};
 
-use super::credential::{Credential, Outcome};
-use super::fleet::{Taker, next_version};
+use super::fleet_of;
 use super::lease::Held;
-use super::token::{Token, rfc3339};
+use super::{Taker, next_version};
+use crate::broker::credential::{Credential, Outcome};
+use crate::broker::token::{Token, rfc3339};
 use crate::error::Error;
 use crate::store::{Fence, ReadError, Record, RedisStore, WriteKind};
 
@@ -35,7 +36,7 @@ impl Credential {
             Ok(record) => record,
             Err(ReadError::Corrupt { why, version }) => {
                 warn!(credential = self.name(), error = %why, "the shared record is unreadable; writing this broker's state over it");
-                self.lock().fleet.observe(version, None);
+                fleet_of(&mut self.lock().fleet).observe(version, None);
                 // Whether a refresh was marked as out in it cannot be known.
                 self.hold_after_loss(redis).await;
                 return self.written_back(redis, held, version).await;
@@ -63,9 +64,11 @@ impl Credential {
     fn compare(&self, record: Option<&Record>) -> (bool, Step) {
         let version = record.map_or(0, |r| r.version);
         let stamp = record.and_then(|r| r.stamp.as_deref());
-        let mut inner = self.lock();
-        let went_back = inner.fleet.observe(version, stamp);
-        let fleet = &inner.fleet;
+        let mut guard = self.lock();
+        // A plain reference, so the fleet and the other fields borrow apart.
+        let inner = &mut *guard;
+        let went_back = fleet_of(&mut inner.fleet).observe(version, stamp);
+        let fleet = fleet_of(&mut inner.fleet);
         let diverged =
             record.is_some() && version == fleet.version && stamp != fleet.stamp.as_deref();
         // What only this broker knows must not be lost: a state not yet written, a
@@ -115,8 +118,8 @@ impl Credential {
         found: u64,
     ) -> Result<Option<Arc<Token>>, Error> {
         let (saved, fence, token) = {
-            let inner = self.lock();
-            let fleet = &inner.fleet;
+            let mut inner = self.lock();
+            let fleet = fleet_of(&mut inner.fleet);
             let fence = Fence {
                 expected: found,
                 next: write_back_version(fleet.version, found, fleet.rotated),
@@ -126,7 +129,7 @@ impl Credential {
                 } else {
                     WriteKind::Other
                 },
-                stamp: super::shared_write::stamp(),
+                stamp: super::write::stamp(),
             };
             let token = inner.unsaved.clone();
             (self.saved(&inner, token.as_ref()), fence, token)
@@ -140,7 +143,7 @@ impl Credential {
         let result = redis.save(self.name(), &saved, &fence).await;
         self.wrote(result, &fence).await?;
         let mut inner = self.lock();
-        inner.fleet.unsynced = false;
+        fleet_of(&mut inner.fleet).unsynced = false;
         Ok(token.filter(|_| inner.unsaved.take().is_some()))
     }
 
@@ -150,7 +153,8 @@ impl Credential {
         let window = self.settle_window(redis);
         let until = SystemTime::now() + window;
         {
-            let fleet = &mut self.lock().fleet;
+            let mut inner = self.lock();
+            let fleet = fleet_of(&mut inner.fleet);
             fleet.settle_until = fleet.settle_until.max(Some(until));
         }
         warn!(
@@ -184,7 +188,7 @@ impl Credential {
             Ok(until) => until,
             Err(why) => return Some((Error::Store(why), now + Duration::from_secs(1))),
         };
-        let until = fleet_wide.max(self.lock().fleet.settle_until);
+        let until = fleet_wide.max(fleet_of(&mut self.lock().fleet).settle_until);
         if let Some(until) = until.filter(|until| *until > now) {
             let reason = format!(
                 "refreshes are held back until {}: redis lost writes to the shared record, and \
@@ -201,7 +205,7 @@ impl Credential {
     fn orphan_wait(&self, redis: &RedisStore, now: SystemTime) -> Option<(Error, SystemTime)> {
         let mut inner = self.lock();
         let sent = inner.unanswered_since?;
-        let fleet = &mut inner.fleet;
+        let fleet = fleet_of(&mut inner.fleet);
         if fleet.own_mark == Some(fleet.version) {
             return None;
         }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use tracing::warn;
 
-use super::credential::{Credential, Outcome};
+use crate::broker::credential::{Credential, Outcome};
 use crate::metrics::LeaseEvent;
 use crate::store::RedisStore;
 

@@ -11,12 +11,13 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, warn};
 
-use super::credential::Credential;
-use super::fleet::{Pending, next_version};
+use super::fleet_of;
+use super::{Pending, next_version};
+use crate::broker::credential::Credential;
 use crate::error::Error;
 use crate::metrics::LeaseEvent;
 use crate::secret::hex;
-use crate::store::{Fence, RedisStore, StoreError, WriteKind};
+use crate::store::{Fence, RedisStore, Saved, StoreError, WriteKind};
 
 /// The pause between reads of a record whose write's answer was lost.
 const READ_BACK_PAUSE: Duration = Duration::from_millis(100);
@@ -30,9 +31,9 @@ impl Credential {
     /// The fence for a write in this flight (`mark`: the refresh token is sent next);
     /// `None` when the flight runs without the store (`refresh_locally`): the state
     /// stays in memory until it can be written back.
-    pub(super) fn fence(&self, mark: bool) -> Option<Fence> {
+    fn fence(&self, mark: bool) -> Option<Fence> {
         let mut inner = self.lock();
-        let fleet = &mut inner.fleet;
+        let fleet = fleet_of(&mut inner.fleet);
         let next = next_version(fleet.version, fleet.rotated);
         if fleet.local {
             // Counted as if written, so the state is newer than the record when it is
@@ -56,6 +57,25 @@ impl Credential {
         })
     }
 
+    /// One fenced write of the flight's state (`mark`: the refresh token in `saved` is
+    /// sent next); without the store (`refresh_locally`) the state stays in memory
+    /// until it can be written back.
+    pub(in crate::broker) async fn write_shared(
+        &self,
+        saved: Saved,
+        mark: bool,
+    ) -> Result<(), Error> {
+        let Some(fence) = self.fence(mark) else {
+            return Ok(());
+        };
+        let started = Instant::now();
+        let result = self.shared.store.save(self.name(), saved, &fence).await;
+        self.shared
+            .metrics
+            .observe_store(started.elapsed().as_secs_f64());
+        self.wrote(result, &fence).await
+    }
+
     /// Takes a write's result: the new version, or the error requests see. A write
     /// that may or may not have gone through is read back first.
     pub(super) async fn wrote(
@@ -70,16 +90,16 @@ impl Credential {
             }
             (result, _) => result,
         };
-        let failed = |inner: &mut super::credential::Inner| {
+        let failed = |inner: &mut crate::broker::credential::Inner| {
             // A state that could not be written is written back later; a token held
             // back has `unsaved` for that.
             if redis.is_some() && fence.kind == WriteKind::Other {
-                inner.fleet.unsynced = true;
+                fleet_of(&mut inner.fleet).unsynced = true;
             }
         };
         match result {
             Ok(version) => {
-                self.lock().fleet.wrote(version, fence);
+                fleet_of(&mut self.lock().fleet).wrote(version, fence);
                 Ok(())
             }
             Err(StoreError::Unavailable(why)) => {
@@ -130,7 +150,7 @@ impl Credential {
         }
         // Not there (or not known): should it arrive after all (a connection that
         // dropped with the write in it), it is recognised as this broker's.
-        self.lock().fleet.pending = Some(Pending {
+        fleet_of(&mut self.lock().fleet).pending = Some(Pending {
             version: fence.next,
             stamp: fence.stamp.clone(),
             kind: fence.kind,

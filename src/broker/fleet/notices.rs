@@ -16,11 +16,12 @@ use std::time::Duration;
 use futures_util::{Stream, StreamExt};
 use tracing::{debug, info, warn};
 
-use super::credential::Credential;
-use super::fleet::Taker;
+use super::Taker;
+use super::fleet_of;
 use super::lease::Held;
 use super::reconcile::Reconciled;
-use super::{Broker, schedule};
+use crate::broker::credential::Credential;
+use crate::broker::{Broker, schedule};
 use crate::secret::hex;
 use crate::store::{Notice, Polled, ReadError, RedisStore};
 
@@ -115,7 +116,8 @@ fn on_notice(broker: &Arc<Broker>, redis: &Arc<RedisStore>, notice: Notice) {
     // A flight waiting for the lease tries again (its holder wrote or let go).
     credential.remote.notify_waiters();
     let newer = {
-        let fleet = &mut credential.lock().fleet;
+        let mut inner = credential.lock();
+        let fleet = fleet_of(&mut inner.fleet);
         fleet.observe(notice.version, None);
         notice.version > fleet.effective()
     };
@@ -178,7 +180,7 @@ impl Credential {
         let Some(version) = polled.version else {
             return Step::WriteBack;
         };
-        inner.fleet.observe(version, polled.stamp.as_deref());
+        fleet_of(&mut inner.fleet).observe(version, polled.stamp.as_deref());
         if inner.unsaved.is_some() {
             return if inner.flight.is_none() {
                 Step::Flight
@@ -186,7 +188,7 @@ impl Credential {
                 Step::None
             };
         }
-        let fleet = &inner.fleet;
+        let fleet = fleet_of(&mut inner.fleet);
         if version > fleet.effective() {
             Step::Adopt
         } else if version < fleet.version
@@ -212,7 +214,8 @@ impl Credential {
                     // When the lease was first seen gone: the mark is settled only
                     // after its broker had time to write an answer it may hold.
                     let now = std::time::SystemTime::now();
-                    let fleet = &mut self.lock().fleet;
+                    let mut inner = self.lock();
+                    let fleet = fleet_of(&mut inner.fleet);
                     if fleet.orphan.is_none_or(|(v, _)| v != record.version) {
                         fleet.orphan = Some((record.version, now));
                     }
@@ -221,7 +224,7 @@ impl Credential {
             }
             Ok(None) => {}
             Err(ReadError::Corrupt { version, .. }) => {
-                self.lock().fleet.observe(version, None);
+                fleet_of(&mut self.lock().fleet).observe(version, None);
             }
             Err(ReadError::Unavailable(e)) => {
                 self.shared.metrics.store_error("load");
