@@ -149,7 +149,13 @@ async fn run(path: &std::path::Path) -> anyhow::Result<()> {
     drop(source);
     let config = config::from_table(table).map_err(invalid)?;
     let listeners = crate::daemon::bind_config(&config, early).await?;
-    crate::daemon::run(config, listeners, Some(path.to_owned())).await
+    crate::daemon::run(
+        config,
+        listeners,
+        Some(path.to_owned()),
+        crate::signal::terminated(),
+    )
+    .await
 }
 
 fn outcome(result: anyhow::Result<()>) -> ExitCode {

@@ -73,13 +73,15 @@ pub async fn bind_all(config: &Config) -> anyhow::Result<Vec<Listener>> {
     Ok(listeners)
 }
 
-/// Runs the broker until SIGTERM/SIGINT, then drains within the configured grace.
-/// With a config file, SIGHUP (and, with `server.watch_config`, a change of the file)
-/// reloads its credentials.
+/// Runs the broker until `terminate` resolves (`main` passes SIGTERM/SIGINT, tests
+/// their own trigger), then drains within the configured grace. With a config file,
+/// SIGHUP (and, with `server.watch_config`, a change of the file) reloads its
+/// credentials.
 pub async fn run(
     config: Config,
     listeners: Vec<Listener>,
     path: Option<PathBuf>,
+    terminate: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let store = Store::open(&config.state)
         .await
@@ -119,7 +121,7 @@ pub async fn run(
     if let Some(path) = path {
         tokio::spawn(reloader(broker.clone(), path, config.clone()));
     }
-    if let Err(why) = stopped(shared_store.as_deref()).await {
+    if let Err(why) = stopped(shared_store.as_deref(), terminate).await {
         error!(error = %why, "this broker cannot use the shared store; stopping");
         stop.cancel();
         return Err(anyhow::Error::msg(why));
@@ -139,11 +141,14 @@ pub async fn run(
     Ok(())
 }
 
-/// Waits for SIGTERM or SIGINT (`Ok`), or for the shared store to find that this
+/// Waits for `terminate` (`Ok`), or for the shared store to find that this
 /// broker's encryption key does not fit the fleet's (`Err`): Redis lost the key check
 /// and a broker with another key stored its own, or this broker started while Redis was
 /// down. Such a broker must not run.
-async fn stopped(redis: Option<&RedisStore>) -> Result<(), String> {
+async fn stopped(
+    redis: Option<&RedisStore>,
+    terminate: impl Future<Output = ()>,
+) -> Result<(), String> {
     let wrong_key = async {
         match redis {
             Some(redis) => redis.wrong_key().await,
@@ -151,7 +156,7 @@ async fn stopped(redis: Option<&RedisStore>) -> Result<(), String> {
         }
     };
     tokio::select! {
-        () = crate::signal::terminated() => Ok(()),
+        () = terminate => Ok(()),
         why = wrong_key => Err(why),
     }
 }

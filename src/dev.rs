@@ -48,7 +48,7 @@ pub async fn run(listen: &str) -> anyhow::Result<()> {
         .map(|l| format!("http://{}", l.describe()))
         .unwrap_or_default();
     println!("{}", banner(&broker_url, &format!("http://{idp_addr}")));
-    let result = crate::daemon::run(config, listeners, None).await;
+    let result = crate::daemon::run(config, listeners, None, crate::signal::terminated()).await;
     stop.cancel();
     result
 }

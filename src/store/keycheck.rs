@@ -111,8 +111,11 @@ impl KeyCheck {
     /// Resolves once this broker's key is known not to fit, with the reason.
     pub async fn failed(&self) -> String {
         let mut rx = self.wrong.subscribe();
-        match rx.wait_for(Option::is_some).await {
-            Ok(why) => why.clone().unwrap_or_default(),
+        // The borrow of the value ends here, so this future is `Send` (the daemon's
+        // `run` is spawned by tests).
+        let why = (rx.wait_for(Option::is_some).await).map(|why| why.clone().unwrap_or_default());
+        match why {
+            Ok(why) => why,
             // The sender lives as long as `self`.
             Err(_) => std::future::pending().await,
         }

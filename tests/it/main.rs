@@ -26,6 +26,7 @@ mod fleet_store;
 mod fleet_writes;
 mod grants;
 mod hostile;
+mod in_process;
 mod lifetimes;
 mod operations;
 mod persistence;
