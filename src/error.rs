@@ -65,6 +65,15 @@ pub enum Error {
     #[error("the state store is unavailable: {0}")]
     Store(String),
 
+    /// With the shared store: refreshes are held back until a known time (Redis lost
+    /// writes, and a refresh that was out then is answered and written first).
+    #[error("the state store is unavailable: {reason}")]
+    HeldBack {
+        reason: String,
+        /// Until the hold ends.
+        retry_after: Duration,
+    },
+
     /// The broker is shutting down and no longer starts refreshes.
     #[error("the broker is shutting down")]
     ShuttingDown,
@@ -75,7 +84,8 @@ impl Error {
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             Error::UpstreamUnavailable { retry_after, .. }
-            | Error::RefreshTooSoon { retry_after } => Some(*retry_after),
+            | Error::RefreshTooSoon { retry_after }
+            | Error::HeldBack { retry_after, .. } => Some(*retry_after),
             Error::Store(_) | Error::ShuttingDown => Some(Duration::from_secs(1)),
             _ => None,
         }

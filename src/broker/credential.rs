@@ -419,6 +419,10 @@ impl Credential {
                 reason: reason.clone(),
                 retry_after,
             },
+            Some((Error::HeldBack { reason, .. }, _)) => Error::HeldBack {
+                reason: reason.clone(),
+                retry_after,
+            },
             Some((other, _)) => other.clone(),
             None => Error::UpstreamUnavailable {
                 reason: "retrying".into(),

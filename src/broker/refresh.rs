@@ -416,7 +416,9 @@ impl Credential {
                     Some(until) => until.duration_since(now).unwrap_or_default(),
                     None => self.within_grace(&inner, delay, now),
                 };
-                if let Error::UpstreamUnavailable { retry_after, .. } = error {
+                if let Error::UpstreamUnavailable { retry_after, .. }
+                | Error::HeldBack { retry_after, .. } = error
+                {
                     *retry_after = delay;
                 }
                 inner.retry_at = Some(now.checked_add(delay).unwrap_or(now));

@@ -55,7 +55,7 @@ impl ApiError {
                 Error::ReauthRequired { .. } => "reauth_required",
                 Error::RefreshTooSoon { .. } => "refresh_too_soon",
                 Error::UpstreamUnavailable { .. } => "upstream_unavailable",
-                Error::Store(_) => "store_unavailable",
+                Error::Store(_) | Error::HeldBack { .. } => "store_unavailable",
                 Error::ShuttingDown => "shutting_down",
             },
         }
@@ -76,6 +76,7 @@ impl ApiError {
                 Error::ReauthRequired { .. }
                 | Error::UpstreamUnavailable { .. }
                 | Error::Store(_)
+                | Error::HeldBack { .. }
                 | Error::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             },
         }
@@ -135,5 +136,46 @@ impl IntoResponse for ApiError {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(1));
         }
         response
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// The status and `Retry-After` of the answer to `error`.
+    fn retry_after(error: Error) -> (u16, Option<String>) {
+        let response = ApiError::about(error, "x").into_response();
+        let header = response
+            .headers()
+            .get(header::RETRY_AFTER)
+            .map(|v| v.to_str().unwrap().to_owned());
+        (response.status().as_u16(), header)
+    }
+
+    #[test]
+    fn a_hold_and_a_report_too_soon_say_how_long_to_wait() {
+        let held = Error::HeldBack {
+            reason: "redis lost writes".into(),
+            retry_after: Duration::from_millis(36_200),
+        };
+        assert_eq!(
+            ApiError::about(held.clone(), "x").code(),
+            "store_unavailable"
+        );
+        let (status, header) = retry_after(held);
+        assert_eq!((status, header.as_deref()), (503, Some("37")));
+        let soon = Error::RefreshTooSoon {
+            retry_after: Duration::from_secs(4),
+        };
+        assert_eq!(
+            ApiError::about(soon.clone(), "x").code(),
+            "refresh_too_soon"
+        );
+        let (status, header) = retry_after(soon);
+        assert_eq!((status, header.as_deref()), (429, Some("4")));
     }
 }

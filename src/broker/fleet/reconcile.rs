@@ -195,7 +195,14 @@ impl Credential {
                  a refresh that was out then is answered and written first",
                 rfc3339(until)
             );
-            return Some((Error::Store(reason), until));
+            let retry_after = until.duration_since(now).unwrap_or_default();
+            return Some((
+                Error::HeldBack {
+                    reason,
+                    retry_after,
+                },
+                until,
+            ));
         }
         self.orphan_wait(redis, now)
     }
