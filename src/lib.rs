@@ -16,6 +16,8 @@
 //!   event streams.
 //! - `sink`: file sinks, the token written to a file on every new version.
 //! - `proxy`: header-injecting proxies that forward requests with the token added.
+//! - `emulate`: the token protocols SDKs and tools already speak (GCE metadata server,
+//!   git credential helper), answered through the same gate as `/token`.
 //! - `metrics`: Prometheus metrics.
 //! - `daemon`: `run` wiring (store, broker, server, signals, drain).
 //! - `dev` and `dev_idp`: the try-it-now mode and the strict development IdP.
@@ -30,6 +32,7 @@ pub mod daemon;
 pub mod dev;
 pub mod dev_idp;
 pub mod duration;
+pub mod emulate;
 pub mod error;
 pub mod exec;
 pub mod idp;

@@ -5,6 +5,8 @@
 mod harness;
 // Key pairs by openssl, shared with the unit tests; these use only part of it.
 mod redis_server;
+// The real SDKs and tools of the emulation tests.
+mod sdk;
 #[path = "../../src/test_keys.rs"]
 #[allow(dead_code)]
 mod test_keys;
@@ -14,6 +16,7 @@ mod api;
 mod chaos;
 mod client_auth;
 mod commands;
+mod emulate_gce;
 mod exec;
 mod failures;
 mod fleet;
