@@ -21,7 +21,8 @@
 //! - `metrics`: Prometheus metrics.
 //! - `daemon`: `run` wiring (store, broker, server, signals, drain).
 //! - `dev` and `dev_idp`: the try-it-now mode and the strict development IdP.
-//! - `client`: `get` and `status`, clients of a running broker.
+//! - `client`: `get` and `status`, clients of a running broker; `helpers`: the kubectl
+//!   credential plugin's answer and the git credential helper, clients too.
 //! - `signal`, `duration`, `error`: small shared pieces.
 
 pub mod broker;
@@ -35,6 +36,7 @@ pub mod duration;
 pub mod emulate;
 pub mod error;
 pub mod exec;
+pub mod helpers;
 pub mod idp;
 pub mod metrics;
 pub mod proxy;

@@ -17,6 +17,7 @@ mod chaos;
 mod client_auth;
 mod commands;
 mod emulate_gce;
+mod emulate_tools;
 mod exec;
 mod failures;
 mod fleet;
