@@ -8,12 +8,14 @@ use serde::Deserialize;
 
 use super::CredentialSpec;
 use super::validate::Check;
+use crate::secret::SecretSource;
 
 /// `[emulate]` as written.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawEmulate {
     pub gce: Option<RawGce>,
+    pub azure: Option<RawAzure>,
     pub git: Option<RawGit>,
 }
 
@@ -23,6 +25,14 @@ pub struct RawEmulate {
 pub struct RawGce {
     pub project_id: Option<String>,
     pub service_accounts: Option<BTreeMap<String, String>>,
+}
+
+/// `[emulate.azure]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAzure {
+    pub secret: Option<SecretSource>,
+    pub resources: Option<BTreeMap<String, String>>,
 }
 
 /// `[emulate.git]` as written.
@@ -37,7 +47,15 @@ pub struct RawGit {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EmulateConfig {
     pub gce: Option<GceSpec>,
+    pub azure: Option<AzureSpec>,
     pub git: Option<GitSpec>,
+}
+
+impl EmulateConfig {
+    /// Whether any protocol is on.
+    pub fn any(&self) -> bool {
+        self.gce.is_some() || self.azure.is_some() || self.git.is_some()
+    }
 }
 
 /// The GCE metadata server (`/computeMetadata/v1/...`).
@@ -61,6 +79,25 @@ pub struct GceAccount {
     pub scopes: Vec<String>,
 }
 
+/// Azure managed identity, App Service protocol (`GET /msi/token`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AzureSpec {
+    /// What every request must carry in `X-IDENTITY-HEADER` (apps get it as
+    /// `IDENTITY_HEADER`); read at each request, so it can be rotated.
+    pub secret: SecretSource,
+    /// Resource (normalised by `azure_resource`) -> credential.
+    pub resources: BTreeMap<String, String>,
+}
+
+/// A resource or scope as Azure SDKs send it, made comparable: `/.default` and a
+/// trailing `/` dropped, lower case (`https://management.azure.com/.default` and
+/// `https://Management.azure.com/` name one resource).
+pub fn azure_resource(text: &str) -> String {
+    let text = text.trim();
+    let text = text.strip_suffix("/.default").unwrap_or(text);
+    text.trim_end_matches('/').to_ascii_lowercase()
+}
+
 /// The git credential helper (`token-broker git-credential`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GitSpec {
@@ -82,6 +119,9 @@ pub(super) fn emulate(
     let raw = raw.unwrap_or_default();
     EmulateConfig {
         gce: raw.gce.map(|gce| self::gce(check, gce, credentials)),
+        azure: raw
+            .azure
+            .map(|azure| self::azure(check, azure, credentials)),
         git: raw.git.map(|git| self::git(check, git, credentials)),
     }
 }
@@ -170,6 +210,39 @@ fn account_email(
         Some(id) => id.to_owned(),
         None => format!("{credential}@{project_id}.iam.gserviceaccount.com"),
     }
+}
+
+fn azure(check: &mut Check, raw: RawAzure, credentials: &[CredentialSpec]) -> AzureSpec {
+    let secret = raw.secret.unwrap_or_else(|| {
+        check.fail(
+            "emulate.azure.secret",
+            "is required: the X-IDENTITY-HEADER value apps get as IDENTITY_HEADER, e.g. { file = \"/run/secrets/identity_header\" }",
+        );
+        SecretSource::Inline(String::new())
+    });
+    let raw_resources = raw.resources.unwrap_or_default();
+    if raw_resources.is_empty() {
+        check.fail(
+            "emulate.azure.resources",
+            "name at least one resource, e.g. { \"https://management.azure.com/\" = \"CREDENTIAL\" }",
+        );
+    }
+    let mut resources = BTreeMap::new();
+    for (resource, credential) in raw_resources {
+        let key = format!("emulate.azure.resources.\"{resource}\"");
+        let normalised = azure_resource(&resource);
+        if normalised.is_empty() {
+            check.fail(&key, "a resource is a URI or an app id");
+            continue;
+        }
+        if !known(check, key.clone(), &credential, credentials) {
+            continue;
+        }
+        if resources.insert(normalised, credential).is_some() {
+            check.fail(key, "names the same resource as another key");
+        }
+    }
+    AzureSpec { secret, resources }
 }
 
 fn git(check: &mut Check, raw: RawGit, credentials: &[CredentialSpec]) -> GitSpec {

@@ -325,6 +325,12 @@ pub fn check_sources(config: &Config) -> Vec<Problem> {
             });
         }
     }
+    if let Some(Err(message)) = config.emulate.azure.as_ref().map(|a| a.secret.read()) {
+        problems.push(Problem {
+            key: "emulate.azure.secret".into(),
+            message,
+        });
+    }
     problems.extend(validate::check_delivery(config));
     problems
 }

@@ -2,8 +2,9 @@
 //! answered with the broker's credentials, so an app adopts the broker by setting an
 //! environment variable instead of changing code.
 //!
-//! Layout: `gce` (the GCE metadata server, for Google SDKs), `git` (the broker's half
-//! of `token-broker git-credential`). The kubectl credential plugin needs no server
+//! Layout: `gce` (the GCE metadata server, for Google SDKs), `azure` (managed
+//! identity as App Service serves it, for Azure SDKs), `git` (the broker's half of
+//! `token-broker git-credential`). The kubectl credential plugin needs no server
 //! side: it is `token-broker get --format exec-credential` (see `client`).
 //!
 //! Boundaries: every emulated answer goes through the broker's one gate
@@ -12,6 +13,7 @@
 //! routes sit beside the router's own, outside its JSON error layer (each protocol
 //! answers errors the way its SDKs expect) and away from the `/token` fast path.
 
+mod azure;
 mod gce;
 mod git;
 
@@ -29,7 +31,7 @@ use crate::server::{App, Peer};
 /// The routes of every configured protocol (`None` when `[emulate]` configures none);
 /// the handlers read their settings from `App::emulate`.
 pub fn router(config: &EmulateConfig) -> Option<Router<App>> {
-    if config.gce.is_none() && config.git.is_none() {
+    if !config.any() {
         return None;
     }
     let mut router = Router::new();
@@ -39,6 +41,9 @@ pub fn router(config: &EmulateConfig) -> Option<Router<App>> {
             .route("/computeMetadata/v1", get(gce::answer))
             .route("/computeMetadata/v1/", get(gce::answer))
             .route("/computeMetadata/v1/{*path}", get(gce::answer));
+    }
+    if config.azure.is_some() {
+        router = router.route("/msi/token", get(azure::answer));
     }
     if config.git.is_some() {
         router = router

@@ -16,6 +16,7 @@ mod api;
 mod chaos;
 mod client_auth;
 mod commands;
+mod emulate_azure;
 mod emulate_gce;
 mod emulate_tools;
 mod exec;
