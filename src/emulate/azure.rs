@@ -77,6 +77,7 @@ pub async fn answer(
     let peer = peer.map(|Extension(p)| p);
     match token(
         &app,
+        "azure",
         credential,
         peer.as_ref(),
         None,

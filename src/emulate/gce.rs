@@ -151,7 +151,7 @@ async fn access_token(
         );
     }
     let want = Want::Fresh(Duration::ZERO);
-    match token(app, &account.credential, peer, None, want).await {
+    match token(app, "gce", &account.credential, peer, None, want).await {
         Ok(token) => {
             let ttl = token.ttl(SystemTime::now()).as_secs();
             let token_type = match token.token_type.is_empty() {

@@ -53,7 +53,16 @@ pub async fn get(
     let Some(git) = app.emulate.git.as_ref() else {
         return ApiError::NotFound.into_response();
     };
-    match token(&app, &credential, peer.as_ref(), client_key(&headers), want).await {
+    match token(
+        &app,
+        "git",
+        &credential,
+        peer.as_ref(),
+        client_key(&headers),
+        want,
+    )
+    .await
+    {
         Ok(token) => {
             let body = json!({ "username": git.username, "password": token.secret() });
             let mut response = axum::Json(body).into_response();
@@ -95,6 +104,7 @@ pub async fn erase(
     let key = client_key(&headers);
     match token(
         &app,
+        "git",
         &credential,
         peer.as_ref(),
         key,

@@ -62,26 +62,33 @@ enum Refused {
 }
 
 /// The named credential's token for this client: the access check, then the gate.
-/// `key` is a client key, for the protocols that can carry one.
+/// `key` is a client key, for the protocols that can carry one; `protocol` labels the
+/// count in `token_broker_emulated_requests_total`.
 async fn token(
     app: &App,
+    protocol: &'static str,
     name: &str,
     peer: Option<&Peer>,
     key: Option<&[u8]>,
     want: Want,
 ) -> Result<Arc<Token>, Refused> {
     let credential = app.broker.credential(name).map_err(Refused::Broker)?;
+    let metrics = app.broker.metrics();
     if !admitted(&credential, peer, key) {
         credential.count_failed("forbidden");
+        metrics.emulated(name, protocol, "forbidden");
         return Err(Refused::Forbidden);
     }
     match credential.get(want).await {
         Ok(token) => {
             credential.count_served();
+            metrics.emulated(name, protocol, "served");
             Ok(token)
         }
         Err(error) => {
-            credential.count_failed(crate::server::ApiError::about(error.clone(), name).code());
+            let code = crate::server::ApiError::about(error.clone(), name).code();
+            credential.count_failed(code);
+            metrics.emulated(name, protocol, code);
             Err(Refused::Broker(error))
         }
     }

@@ -163,4 +163,7 @@ async fn bad_managed_identity_requests_get_app_service_shaped_errors() {
         let expires_on: u64 = body["expires_on"].as_str().unwrap().parse().unwrap();
         assert!(expires_on > now_secs());
     }
+    let metrics = broker.metrics_text().await;
+    let served = r#"token_broker_emulated_requests_total{credential="x",protocol="azure",outcome="served"} 2"#;
+    assert!(metrics.contains(served), "{metrics}");
 }

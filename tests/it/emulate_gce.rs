@@ -198,6 +198,10 @@ async fn bad_metadata_requests_get_the_answers_gce_gives() {
         broker.access_token("x").await.as_str()
     );
     assert!(answer["expires_in"].as_u64().unwrap() > 0);
+    let metrics = broker.metrics_text().await;
+    let served =
+        r#"token_broker_emulated_requests_total{credential="x",protocol="gce",outcome="served"} 1"#;
+    assert!(metrics.contains(served), "{metrics}");
 }
 
 #[tokio::test]

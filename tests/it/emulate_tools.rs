@@ -141,6 +141,11 @@ async fn git_uses_the_helper_and_an_erase_of_a_refused_token_refreshes_it() {
     assert_ne!(broker.access_token("x").await, first);
     assert_eq!(idp.stat("refresh_grants").await, refreshes + 1);
     assert!(!broker.proc.logs().contains(&first), "token in the logs");
+    let metrics = broker.metrics_text().await;
+    // Three gets and one erase (a rejected-token report answered with the new token).
+    let served =
+        r#"token_broker_emulated_requests_total{credential="x",protocol="git",outcome="served"} 4"#;
+    assert!(metrics.contains(served), "{metrics}");
 }
 
 #[tokio::test]
