@@ -10,9 +10,7 @@ use std::process::ExitCode;
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::client::{
-    EXIT_BROKER_ERROR, EXIT_UNREACHABLE, broker_error, fail, fetch, http, with_key,
-};
+use crate::client::{EXIT_BROKER_ERROR, broker_error, fail, fetch, http, with_key};
 
 /// The `ExecCredential` versions kubectl and client libraries ask for.
 const EXEC_VERSIONS: [&str; 2] = [
@@ -155,7 +153,7 @@ struct GitAnswer {
 fn print_git_answer(body: &str) -> ExitCode {
     let answer: GitAnswer = match serde_json::from_str(body) {
         Ok(answer) => answer,
-        Err(e) => return fail(EXIT_UNREACHABLE, &format!("unexpected broker answer: {e}")),
+        Err(e) => return fail(EXIT_BROKER_ERROR, &format!("unexpected broker answer: {e}")),
     };
     // A newline would let a value add attributes of its own.
     if [&answer.username, &answer.password]
