@@ -309,3 +309,61 @@ async fn the_python_kubernetes_client_runs_the_plugin_for_both_api_versions() {
         assert_eq!(got["token"], expected.as_str(), "{version}");
     }
 }
+
+#[tokio::test]
+async fn emulated_protocols_apply_the_credentials_client_rules() {
+    let idp = Idp::start(&[]);
+    let dir = tempdir();
+    let sections = "[emulate.gce]\nproject_id = \"p\"\nservice_accounts = { default = \"x\" }\n\n[emulate.git]\nhosts = { \"git.example.com\" = \"x\" }\n";
+    let broker = broker_with(&idp, dir.path(), sections, "client_keys = [\"key-one\"]\n");
+
+    // The metadata protocol carries no client key: refused.
+    let response = client()
+        .get(format!(
+            "{}/computeMetadata/v1/instance/service-accounts/default/token",
+            broker.url
+        ))
+        .header("Metadata-Flavor", "Google")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 403);
+    assert!(response.text().await.unwrap().contains("may not fetch"));
+
+    // The git helper sends TOKEN_BROKER_KEY.
+    let helper = |key: Option<&str>| {
+        let mut command = Command::new(bin());
+        command.args(["git-credential", "get", "--url", &broker.url]);
+        if let Some(key) = key {
+            command.env("TOKEN_BROKER_KEY", key);
+        }
+        let home = dir.path().join("home");
+        move || sdk::run_status(command, &home, "protocol=https\nhost=git.example.com\n\n")
+    };
+    let (ok, out) = tokio::task::spawn_blocking(helper(None)).await.unwrap();
+    assert!(
+        !ok && out.contains("forbidden") && !out.contains("password="),
+        "{out}"
+    );
+    let (ok, out) = tokio::task::spawn_blocking(helper(Some("key-two")))
+        .await
+        .unwrap();
+    assert!(!ok && out.contains("forbidden"), "{out}");
+    let (ok, out) = tokio::task::spawn_blocking(helper(Some("key-one")))
+        .await
+        .unwrap();
+    assert!(ok && out.contains("password="), "{out}");
+
+    let metrics = broker.metrics_text().await;
+    for series in [
+        r#"token_broker_emulated_requests_total{credential="x",protocol="gce",outcome="forbidden"} 1"#,
+        r#"token_broker_emulated_requests_total{credential="x",protocol="git",outcome="forbidden"} 2"#,
+        r#"token_broker_emulated_requests_total{credential="x",protocol="git",outcome="served"} 1"#,
+    ] {
+        assert!(metrics.contains(series), "{series}\n{metrics}");
+    }
+    assert!(
+        !broker.proc.logs().contains("key-one"),
+        "client key in the logs"
+    );
+}
