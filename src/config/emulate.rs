@@ -277,3 +277,90 @@ fn git(check: &mut Check, raw: RawGit, credentials: &[CredentialSpec]) -> GitSpe
     }
     GitSpec { hosts, username }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::config::load_str;
+
+    /// A config with two credentials (`gcp` a service account by `client_id`) and
+    /// `emulate`.
+    fn emulate(emulate: &str) -> Result<EmulateConfig, Vec<String>> {
+        let toml = format!(
+            "[credentials.gcp]\ntoken_url = \"https://idp.example.com/t\"\n\
+             client_id = \"robot@p.iam.gserviceaccount.com\"\nrefresh_token = \"r\"\n\
+             scope = \"a b\"\n\
+             [credentials.plain]\ntoken_url = \"https://idp.example.com/t\"\n\
+             client_id = \"c\"\nrefresh_token = \"r\"\n{emulate}"
+        );
+        load_str(&toml)
+            .map(|c| c.emulate)
+            .map_err(|p| p.0.iter().map(|p| p.to_string()).collect())
+    }
+
+    #[test]
+    fn without_a_table_nothing_is_emulated() {
+        assert!(!emulate("").unwrap().any());
+    }
+
+    #[test]
+    fn gce_accounts_take_their_email_from_the_name_the_client_id_or_the_names() {
+        let gce = emulate(
+            "[emulate.gce]\nproject_id = \"p\"\n\
+             service_accounts = { default = \"gcp\", other = \"plain\", \"me@x.example\" = \"plain\" }\n",
+        )
+        .unwrap()
+        .gce
+        .unwrap();
+        let email = |name: &str| {
+            let account = gce.accounts.iter().find(|a| a.name == name).unwrap();
+            (account.email.clone(), account.scopes.clone())
+        };
+        assert_eq!(
+            email("default"),
+            (
+                "robot@p.iam.gserviceaccount.com".into(),
+                vec!["a".into(), "b".into()]
+            )
+        );
+        assert_eq!(email("other").0, "plain@p.iam.gserviceaccount.com");
+        assert_eq!(email("me@x.example").0, "me@x.example");
+    }
+
+    #[test]
+    fn bad_emulate_tables_name_their_keys() {
+        let problems = emulate(
+            "[emulate.gce]\nproject_id = \"a/b\"\nservice_accounts = { \"x/y\" = \"gcp\" }\n\
+             [emulate.azure]\nsecret = \"s\"\n\
+             resources = { \"https://r.example/\" = \"gcp\", \"https://R.example/.default\" = \"plain\" }\n\
+             [emulate.git]\nhosts = { \"bad host\" = \"gcp\" }\nusername = \"\"\n",
+        )
+        .unwrap_err();
+        for expected in [
+            "emulate.gce.project_id: is required",
+            "emulate.gce.service_accounts.x/y: an account name",
+            "names the same resource as another key",
+            "emulate.git.hosts.\"bad host\": a host is",
+            "emulate.git.username: must be",
+        ] {
+            assert!(
+                problems.iter().any(|p| p.contains(expected)),
+                "{expected}: {problems:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn azure_resources_compare_without_default_slash_or_case() {
+        assert_eq!(
+            azure_resource("https://Management.azure.com/.default"),
+            "https://management.azure.com"
+        );
+        assert_eq!(
+            azure_resource(" https://management.azure.com/ "),
+            "https://management.azure.com"
+        );
+        assert_eq!(azure_resource("api://my-app"), "api://my-app");
+    }
+}
