@@ -108,7 +108,7 @@ section "a. linters"
 hadolint_args=()
 if [[ -f deploy/.hadolint.yaml ]]; then hadolint_args=(--config deploy/.hadolint.yaml); fi
 step "hadolint Dockerfile" "$VENV/bin/hadolint" "${hadolint_args[@]}" Dockerfile
-step "shellcheck on the shell scripts" "$VENV/bin/shellcheck" examples/shell/client.sh tests/deploy/check.sh
+step "shellcheck on the shell scripts" "$VENV/bin/shellcheck" examples/shell/client.sh tests/deploy/check.sh tests/sdk/install.sh
 
 section "b. Dockerfile against the repository and the binary"
 step "dockerfile_check.py" "$PY" tests/deploy/dockerfile_check.py "$BIN"
