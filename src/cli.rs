@@ -60,6 +60,20 @@ enum Command {
         /// Demand at least this much lifetime left (e.g. 5m).
         #[arg(long)]
         min_ttl: Option<String>,
+        /// raw (the bare token), json, or exec-credential (a kubectl credential plugin's
+        /// answer; reads KUBERNETES_EXEC_INFO for the API version asked).
+        #[arg(long, value_enum, default_value = "raw")]
+        format: crate::client::GetFormat,
+    },
+    /// A git credential helper: `get` answers the token of the host's credential
+    /// (`[emulate.git]`), `erase` reports it rejected, `store` does nothing.
+    GitCredential {
+        /// The operation git asks for.
+        #[arg(value_enum)]
+        operation: crate::helpers::GitOperation,
+        /// The broker's URL.
+        #[arg(long, env = "TOKEN_BROKER_URL", default_value = DEFAULT_URL)]
+        url: String,
     },
     /// Show every credential's state, expiry, last refresh and last error.
     Status {
@@ -114,8 +128,14 @@ pub fn main() -> ExitCode {
 
 async fn dispatch(cli: Cli) -> ExitCode {
     match cli.command {
-        Command::Get { name, url, min_ttl } => {
-            crate::client::get(&url, name.as_deref(), min_ttl.as_deref()).await
+        Command::Get {
+            name,
+            url,
+            min_ttl,
+            format,
+        } => crate::client::get(&url, name.as_deref(), min_ttl.as_deref(), format).await,
+        Command::GitCredential { operation, url } => {
+            crate::helpers::git_credential(&url, operation).await
         }
         Command::Status { url, json } => crate::client::status(&url, json).await,
         Command::Probe { url, path } => crate::client::probe(&url, &path).await,

@@ -17,7 +17,7 @@ struct ErrorBody {
     message: String,
 }
 
-fn http() -> Result<reqwest::Client, ExitCode> {
+pub(crate) fn http() -> Result<reqwest::Client, ExitCode> {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(60))
         .build()
@@ -29,12 +29,15 @@ fn http() -> Result<reqwest::Client, ExitCode> {
         })
 }
 
-fn fail(code: u8, message: &str) -> ExitCode {
+pub(crate) fn fail(code: u8, message: &str) -> ExitCode {
     eprintln!("token-broker: {message}");
     ExitCode::from(code)
 }
 
-async fn fetch(request: reqwest::RequestBuilder, url: &str) -> Result<(u16, String), ExitCode> {
+pub(crate) async fn fetch(
+    request: reqwest::RequestBuilder,
+    url: &str,
+) -> Result<(u16, String), ExitCode> {
     let response = request.send().await.map_err(|e| {
         fail(
             EXIT_UNREACHABLE,
@@ -51,7 +54,7 @@ async fn fetch(request: reqwest::RequestBuilder, url: &str) -> Result<(u16, Stri
     Ok((status, body))
 }
 
-fn broker_error(status: u16, body: &str) -> ExitCode {
+pub(crate) fn broker_error(status: u16, body: &str) -> ExitCode {
     let message = match serde_json::from_str::<ErrorBody>(body) {
         Ok(e) => format!("{}: {}", e.error, e.message),
         Err(_) => format!("the broker answered HTTP {status}"),
@@ -59,14 +62,34 @@ fn broker_error(status: u16, body: &str) -> ExitCode {
     fail(EXIT_BROKER_ERROR, &message)
 }
 
-/// Prints the bare access token on stdout.
-pub async fn get(url: &str, name: Option<&str>, min_ttl: Option<&str>) -> ExitCode {
+/// How `get` prints the token.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum GetFormat {
+    /// The bare token.
+    Raw,
+    /// The JSON of `GET /token`.
+    Json,
+    /// A Kubernetes `ExecCredential`, for kubectl's credential plugins.
+    ExecCredential,
+}
+
+/// Prints the access token on stdout: bare, as JSON, or as a kubectl `ExecCredential`.
+pub async fn get(
+    url: &str,
+    name: Option<&str>,
+    min_ttl: Option<&str>,
+    format: GetFormat,
+) -> ExitCode {
     let base = url.trim_end_matches('/');
     let path = match name {
         Some(name) => format!("{base}/token/{}", urlencode(name)),
         None => format!("{base}/token"),
     };
-    let mut query = vec![("format", "raw")];
+    let format_param = match format {
+        GetFormat::Raw => "raw",
+        GetFormat::Json | GetFormat::ExecCredential => "json",
+    };
+    let mut query = vec![("format", format_param)];
     if let Some(ttl) = min_ttl {
         query.push(("min_ttl", ttl));
     }
@@ -74,14 +97,26 @@ pub async fn get(url: &str, name: Option<&str>, min_ttl: Option<&str>) -> ExitCo
         Ok(c) => c,
         Err(code) => return code,
     };
-    let request = client.get(&path).query(&query).header("Token-Broker", "1");
+    let request = with_key(client.get(&path).query(&query).header("Token-Broker", "1"));
     match fetch(request, base).await {
+        Ok((200, body)) if format == GetFormat::ExecCredential => {
+            crate::helpers::print_exec_credential(&body)
+        }
         Ok((200, token)) => {
             println!("{token}");
             ExitCode::SUCCESS
         }
         Ok((status, body)) => broker_error(status, &body),
         Err(code) => code,
+    }
+}
+
+/// Adds the client key of `TOKEN_BROKER_KEY`, if set, for credentials with
+/// `client_keys`.
+pub(crate) fn with_key(request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+    match std::env::var("TOKEN_BROKER_KEY") {
+        Ok(key) if !key.is_empty() => request.header("Token-Broker-Key", key),
+        _ => request,
     }
 }
 

@@ -110,6 +110,7 @@ pub async fn run(
         header_timeout: config.server.header_timeout,
         allowed_hosts: App::hosts(&config.server, &listeners),
         watchers: server::Watchers::new(config.server.max_watchers, broker.metrics().watchers()),
+        emulate: Arc::new(config.emulate.clone()),
     };
     let stop = CancellationToken::new();
     let server = tokio::spawn(server::serve(
@@ -196,8 +197,11 @@ async fn reloader(broker: Arc<Broker>, path: PathBuf, running: Config) {
             || config.state != running.state
             || config.idp != running.idp
             || config.proxies != running.proxies
+            || config.emulate != running.emulate
         {
-            warn!("[server], [state], [idp] and [proxies] changes take effect at the next restart");
+            warn!(
+                "[server], [state], [idp], [proxies] and [emulate] changes take effect at the next restart"
+            );
         }
         if let Err(e) = broker.reload(&config).await {
             error!(error = %e, "reload failed; keeping the running credentials");

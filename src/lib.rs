@@ -16,10 +16,13 @@
 //!   event streams.
 //! - `sink`: file sinks, the token written to a file on every new version.
 //! - `proxy`: header-injecting proxies that forward requests with the token added.
+//! - `emulate`: the token protocols SDKs and tools already speak (GCE metadata server,
+//!   git credential helper), answered through the same gate as `/token`.
 //! - `metrics`: Prometheus metrics.
 //! - `daemon`: `run` wiring (store, broker, server, signals, drain).
 //! - `dev` and `dev_idp`: the try-it-now mode and the strict development IdP.
-//! - `client`: `get` and `status`, clients of a running broker.
+//! - `client`: `get` and `status`, clients of a running broker; `helpers`: the kubectl
+//!   credential plugin's answer and the git credential helper, clients too.
 //! - `signal`, `duration`, `error`: small shared pieces.
 
 pub mod broker;
@@ -32,8 +35,10 @@ pub mod dev;
 #[cfg(feature = "dev-idp")]
 pub mod dev_idp;
 pub mod duration;
+pub mod emulate;
 pub mod error;
 pub mod exec;
+pub mod helpers;
 pub mod idp;
 pub mod metrics;
 pub mod proxy;

@@ -19,6 +19,17 @@ if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; th
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
 fi
 
+# The emulation tests (tests/it/emulate_*.rs) drive the real SDKs and tools: the Python
+# and Node libraries, pinned, under target/sdk/; git; and kubectl (Debian's
+# kubernetes-client when the machine has none).
+bash tests/sdk/install.sh
+if ! command -v git >/dev/null; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq git >/dev/null
+fi
+if ! command -v kubectl >/dev/null; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kubernetes-client >/dev/null
+fi
+
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
 # The production build without the dev IdP must stay clean too.

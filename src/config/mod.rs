@@ -6,6 +6,7 @@
 //! each naming its key, so `check-config` can report them together.
 
 mod delivery;
+mod emulate;
 mod grant;
 mod load;
 mod raw;
@@ -19,6 +20,7 @@ use std::time::Duration;
 use reqwest::Url;
 
 pub use delivery::*;
+pub use emulate::*;
 pub use grant::*;
 pub use load::{Source, lenient};
 pub use raw::RawConfig;
@@ -70,6 +72,8 @@ pub struct Config {
     pub credentials: Vec<CredentialSpec>,
     /// Header-injecting proxies, sorted by name.
     pub proxies: Vec<ProxySpec>,
+    /// Token protocols of SDKs and tools the broker also answers.
+    pub emulate: EmulateConfig,
 }
 
 /// Where and how the HTTP API listens.
@@ -320,6 +324,12 @@ pub fn check_sources(config: &Config) -> Vec<Problem> {
                 message,
             });
         }
+    }
+    if let Some(Err(message)) = config.emulate.azure.as_ref().map(|a| a.secret.read()) {
+        problems.push(Problem {
+            key: "emulate.azure.secret".into(),
+            message,
+        });
     }
     problems.extend(validate::check_delivery(config));
     problems

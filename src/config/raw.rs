@@ -20,6 +20,7 @@ pub struct RawConfig {
     pub idp: Option<RawIdp>,
     pub credentials: Option<BTreeMap<String, RawCredential>>,
     pub proxies: Option<BTreeMap<String, RawProxy>>,
+    pub emulate: Option<super::emulate::RawEmulate>,
 }
 
 /// `listen` takes one address or a list of them.

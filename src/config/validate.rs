@@ -65,6 +65,7 @@ pub fn validate(raw: RawConfig) -> Result<Config, Problems> {
     }
     delivery::sinks_overall(&mut check, &credentials, &state);
     let proxies = delivery::proxies(&mut check, raw.proxies, &server, &credentials);
+    let emulate = super::emulate::emulate(&mut check, raw.emulate, &credentials);
     if check.problems.is_empty() {
         Ok(Config {
             server,
@@ -72,6 +73,7 @@ pub fn validate(raw: RawConfig) -> Result<Config, Problems> {
             idp,
             credentials,
             proxies,
+            emulate,
         })
     } else {
         Err(Problems(check.problems))

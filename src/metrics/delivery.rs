@@ -1,5 +1,6 @@
 //! Metrics of the ways tokens leave the broker besides `GET /token`: file sinks, the
-//! header-injecting proxies, and watchers (long polls and event streams).
+//! header-injecting proxies, watchers (long polls and event streams), and the emulated
+//! SDK protocols.
 
 use std::sync::Arc;
 
@@ -29,6 +30,13 @@ struct ProxyRetry {
     result: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Emulated {
+    credential: Label,
+    protocol: &'static str,
+    outcome: &'static str,
+}
+
 /// The families, registered once.
 #[derive(Clone, Default)]
 pub(super) struct Delivery {
@@ -36,6 +44,7 @@ pub(super) struct Delivery {
     proxy_requests: Family<ProxyOutcome, Counter>,
     proxy_retries: Family<ProxyRetry, Counter>,
     watchers: Gauge,
+    emulated: Family<Emulated, Counter>,
 }
 
 impl Delivery {
@@ -59,6 +68,11 @@ impl Delivery {
             "watchers",
             "Long polls and event streams open now",
             self.watchers.clone(),
+        );
+        registry.register(
+            "emulated_requests",
+            "Token requests through an emulated protocol (gce, azure, git), by credential, protocol and outcome (served or the error code)",
+            self.emulated.clone(),
         );
     }
 
@@ -96,6 +110,17 @@ impl super::Metrics {
             name: Label(Arc::from(name)),
             delivery: self.delivery.clone(),
         }
+    }
+
+    /// Counts a token request that came through an emulated protocol; not on the
+    /// `/token` path, so a label allocation per request costs nothing there.
+    pub fn emulated(&self, credential: &str, protocol: &'static str, outcome: &'static str) {
+        let label = Emulated {
+            credential: Label(Arc::from(credential)),
+            protocol,
+            outcome,
+        };
+        self.delivery.emulated.get_or_create(&label).inc();
     }
 
     /// The gauge of open long polls and event streams.

@@ -27,7 +27,7 @@ use axum::routing::{get, post};
 
 pub use api::Api;
 pub use error::ApiError;
-pub use guard::{host_allowed, host_name};
+pub use guard::{check_local, host_allowed, host_name};
 pub use listen::{Handler, Listener, Peer, bind};
 pub use watch::Watchers;
 
@@ -50,6 +50,8 @@ pub struct App {
     pub allowed_hosts: Arc<HashSet<String>>,
     /// Long polls and event streams open now, and their cap.
     pub watchers: Arc<Watchers>,
+    /// The SDK protocols answered besides the broker's own API (`[emulate]`).
+    pub emulate: Arc<crate::config::EmulateConfig>,
 }
 
 impl App {
@@ -87,7 +89,7 @@ pub fn router(app: App) -> Router {
             app.clone(),
             guard::known_host,
         ));
-    Router::new()
+    let own = Router::new()
         .merge(private)
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
@@ -96,8 +98,22 @@ pub fn router(app: App) -> Router {
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(middleware::from_fn_with_state(app.clone(), guard::deadline))
         .layer(middleware::from_fn(guard::json_errors))
-        .layer(middleware::from_fn(guard::catch_panic))
-        .with_state(app)
+        .layer(middleware::from_fn(guard::catch_panic));
+    // Emulated protocols answer errors their own way, so they skip `json_errors`.
+    let all = match crate::emulate::router(&app.emulate) {
+        None => own,
+        Some(emulated) => own.merge(
+            emulated
+                .route_layer(middleware::from_fn_with_state(
+                    app.clone(),
+                    guard::known_host,
+                ))
+                .layer(DefaultBodyLimit::max(MAX_BODY))
+                .layer(middleware::from_fn_with_state(app.clone(), guard::deadline))
+                .layer(middleware::from_fn(guard::catch_panic)),
+        ),
+    };
+    all.with_state(app)
 }
 
 /// Serves `app` on every listener until `shutdown` resolves, then lets open requests

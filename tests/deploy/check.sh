@@ -58,6 +58,9 @@ for tool in python3 node java; do
   command -v "$tool" >/dev/null || { echo "missing: $tool (expected on the machine)" >&2; exit 1; }
 done
 command -v curl >/dev/null || apt_install curl
+# google-auth, for the example that uses the broker as the GCE metadata server: the
+# emulation tests' virtualenv (target/sdk/venv), reused while its pins are unchanged.
+bash tests/sdk/install.sh
 
 stamp="$VENV/.requirements"
 if ! cmp -s tests/deploy/requirements.txt "$stamp" 2>/dev/null; then
@@ -105,7 +108,7 @@ section "a. linters"
 hadolint_args=()
 if [[ -f deploy/.hadolint.yaml ]]; then hadolint_args=(--config deploy/.hadolint.yaml); fi
 step "hadolint Dockerfile" "$VENV/bin/hadolint" "${hadolint_args[@]}" Dockerfile
-step "shellcheck on the shell scripts" "$VENV/bin/shellcheck" examples/shell/client.sh tests/deploy/check.sh
+step "shellcheck on the shell scripts" "$VENV/bin/shellcheck" examples/shell/client.sh tests/deploy/check.sh tests/sdk/install.sh
 
 section "b. Dockerfile against the repository and the binary"
 step "dockerfile_check.py" "$PY" tests/deploy/dockerfile_check.py "$BIN"
@@ -185,6 +188,9 @@ token_url = "$idp_url/token"
 client_id = "dev-client"
 client_secret = { file = "$work/secrets/client_secret" }
 refresh_token = { file = "$work/secrets/refresh_token" }
+[emulate.gce]
+project_id = "check-project"
+service_accounts = { default = "demo" }
 TOML
 step "check-config --check-secrets on the live config" "$BIN" check-config --config "$work/broker.toml" --check-secrets
 "$BIN" run --config "$work/broker.toml" 2>"$work/broker.log" &
@@ -230,6 +236,15 @@ for entry in "${examples[@]}"; do
   step "$name: ROUNDS=3 INTERVAL=2, three times whoami 200" \
     example "$work/$name.out" "" 3 2 "$three_rounds" "${command[@]}"
 done
+# An SDK client with no broker-specific code, through the GCE metadata emulation.
+google_auth_example() (
+  # Only the broker may answer: no gcloud login or key file of this machine's.
+  export GCE_METADATA_HOST="$listen" GCE_METADATA_IP="$listen" CLOUDSDK_CONFIG="$work/gcloud"
+  unset GOOGLE_APPLICATION_CREDENTIALS
+  example "$work/google-auth.out" "" 3 2 "$three_rounds" \
+    "${CARGO_TARGET_DIR:-$ROOT/target}/sdk/venv/bin/python" examples/google-auth/client.py
+)
+step "google-auth: ROUNDS=3 INTERVAL=2, three times whoami 200" google_auth_example
 # The 401 path: the first API call gets a spoiled token, the client reports it to the
 # broker's refresh endpoint and retries with the token it gets back.
 for entry in "${examples[@]}"; do

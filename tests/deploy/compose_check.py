@@ -147,9 +147,11 @@ def check_file(path, binary):
     published = [port(p) for p in services["idp"].get("ports", [])]
     aliases = services["idp"].get("networks", {}).get("default", {}).get("aliases", [])
     listen_ports = {}
+    configs = {}
     for name, broker in brokers.items():
         source = next(c["source"] for c in broker["configs"] if c["target"] == CONFIG_TARGET)
         config = tomllib.loads(config_files[source].read_text())
+        configs[name] = config
         check_credentials(name, broker, config, idp, secret_value)
         env = broker.get("environment", {})
         listen = env.get("TOKEN_BROKER__SERVER__LISTEN", config["server"]["listen"])
@@ -180,6 +182,31 @@ def check_file(path, binary):
                   f"{name}: TOKEN_BROKER_URL {env['TOKEN_BROKER_URL']} reaches a broker it waits for")
             check(api.hostname == "idp" and str(api.port) == port(idp["--listen"]) and api.path == "/api/whoami",
                   f"{name}: API_URL {env['API_URL']} reaches the IdP's whoami")
+        if "GCE_METADATA_HOST" in env and name not in brokers:
+            check_gce_client(name, service, env, brokers, configs, listen_ports, aliases, idp)
+
+
+def check_gce_client(name, service, env, brokers, configs, listen_ports, aliases, idp):
+    """An SDK client that finds the broker as the GCE metadata server reaches a broker
+    it waits for, which emulates GCE and accepts the name it is called by."""
+    host = env["GCE_METADATA_HOST"]
+    hostname, _, host_port = host.rpartition(":")
+    check(env.get("GCE_METADATA_IP") == host, f"{name}: GCE_METADATA_IP is GCE_METADATA_HOST (google-auth pings it)")
+    healthy = [b for b, d in service.get("depends_on", {}).items() if d.get("condition") == "service_healthy"]
+    target = [b for b in healthy if b in brokers and listen_ports[b] == host_port]
+    check(hostname in aliases + ["idp"] and len(target) == 1,
+          f"{name}: GCE_METADATA_HOST {host} reaches a broker it waits for")
+    for broker in target:
+        config = configs[broker]
+        gce = config.get("emulate", {}).get("gce", {})
+        accounts = gce.get("service_accounts", {})
+        check(accounts.get("default") in config.get("credentials", {}),
+              f"{name}: {broker} emulates GCE with a `default` account of one of its credentials")
+        check(hostname in config.get("server", {}).get("allowed_hosts", []),
+              f"{name}: {broker} accepts the Host name {hostname}")
+    api = urlsplit(env["API_URL"])
+    check(api.hostname == "idp" and str(api.port) == port(idp["--listen"]) and api.path == "/api/whoami",
+          f"{name}: API_URL {env['API_URL']} reaches the IdP's whoami")
 
 
 def main():

@@ -318,3 +318,34 @@ fn run_reports_a_taken_port_and_a_bad_config_behind_an_early_bound_one() {
     assert!(!stderr.contains("token-broker serving"), "{stderr}");
     std::net::TcpListener::bind(&addr).expect("the early-bound port is released");
 }
+
+#[test]
+fn check_config_refuses_emulations_of_unknown_credentials() {
+    let text = format!(
+        "{GOOD}
+[emulate.gce]
+project_id = \"p\"
+service_accounts = {{ default = \"a\", \"robot@p.iam.gserviceaccount.com\" = \"nope\" }}
+
+[emulate.azure]
+resources = {{ \"https://management.azure.com/\" = \"gone\" }}
+
+[emulate.git]
+hosts = {{ \"github.com\" = \"missing\" }}
+"
+    );
+    let (ok, stderr) = check_config(&text);
+    assert!(!ok);
+    for expected in [
+        "emulate.gce.service_accounts.robot@p.iam.gserviceaccount.com: no credential is named `nope`",
+        "emulate.azure.secret: is required",
+        "emulate.azure.resources.\"https://management.azure.com/\": no credential is named `gone`",
+        "emulate.git.hosts.\"github.com\": no credential is named `missing`",
+    ] {
+        assert!(stderr.contains(expected), "{expected}\n{stderr}");
+    }
+    assert!(!stderr.contains("service_accounts.default"), "{stderr}");
+    let unknown_key = format!("{GOOD}\n[emulate.gce]\nproject = \"p\"\n");
+    let (ok, stderr) = check_config(&unknown_key);
+    assert!(!ok && stderr.contains("emulate.gce.project"), "{stderr}");
+}

@@ -5,6 +5,8 @@
 mod harness;
 // Key pairs by openssl, shared with the unit tests; these use only part of it.
 mod redis_server;
+// The real SDKs and tools of the emulation tests.
+mod sdk;
 #[path = "../../src/test_keys.rs"]
 #[allow(dead_code)]
 mod test_keys;
@@ -15,6 +17,9 @@ mod chaos;
 mod client_auth;
 mod commands;
 mod decisions;
+mod emulate_azure;
+mod emulate_gce;
+mod emulate_tools;
 mod exec;
 mod failures;
 mod fleet;
