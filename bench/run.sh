@@ -4,7 +4,7 @@
 #
 #   bench/run.sh            full suite (about 5 minutes; the refresh-spread window is 150 s)
 #   bench/run.sh --quick    shortened suite for CI (under 2 minutes; no refresh-spread window)
-#   bench/run.sh --only hot,stampede   only these parts (hot, stampede, startup, many)
+#   bench/run.sh --only hot,stampede   only these parts (hot, stampede, fleet, startup, many)
 #
 # Environment:
 #   TOKEN_BROKER_BIN   use this broker binary instead of building the repo's release build
@@ -137,6 +137,7 @@ need wrk wrk
 need jq jq
 need curl curl
 need taskset util-linux
+if want fleet; then need redis-server redis-server; fi
 [ "$(nproc)" -ge 2 ] || die "needs at least 2 cores (server on core 0, load on core 1)"
 
 if [ -n "${TOKEN_BROKER_BIN:-}" ]; then
@@ -335,6 +336,74 @@ row "stampede" "answers 200 (min expires_in $ST_MIN_EXP s, needed >= ${STAMPEDE_
 row "stampede" "same 10,000 requests, cached token: wall (median of 3; non-200: $CACHED_BAD)" "$(fmt "$CACHED_MS" %.0f) ms" "reference" "-"
 row "stampede" "wall time, median of $ST_N ($ST_ALL_MS ms), over $CONNS connections" "$(fmt "$ST_MS" %.0f) ms = $(awk -v s="$ST_MS" -v c="$CACHED_MS" 'BEGIN { printf "%.2f", s / (100 + c) }')x (100 ms + cached)" "<= 1.5x = $(fmt "$ST_LIMIT" %.0f) ms" "$(verdict "$(cmp "$ST_MS" '<=' "$ST_LIMIT")")"
 row "stampede" "the refresh as logged by the broker (took_ms), IdP latency 100 ms" "$ST_TOOK ms" "info" "-"
+
+fi
+
+# =====================================================================================
+# 2b. Fleet stampede: three brokers sharing one credential through one redis-server,
+#     10,000 requests spread over them that all need a refresh; IdP latency 100 ms.
+# =====================================================================================
+if want fleet; then
+FLEET_TTL=300
+FLEET_MIN_TTL=$((FLEET_TTL - 2))
+if [ "$(ulimit -n)" -ge 10240 ]; then FCONNS=9999; else FCONNS=999; fi
+section fleet "fleet stampede: 3 brokers, one redis-server, 10000 requests over $FCONNS connections, IdP latency 100 ms"
+ports P_IDP P_REDIS P_B1 P_B2 P_B3
+mkdir -p "$WORK/redis"
+start fl-redis redis-server --port "$P_REDIS" --bind 127.0.0.1 --save "" --appendonly no --dir "$WORK/redis"
+FL_REDIS=$LAST_PID
+start fl-idp taskset -c 1 "$BIN" dev-idp --listen "127.0.0.1:$P_IDP" --access-ttl "${FLEET_TTL}s" \
+    --latency 100ms --initial-refresh-token bench-fleet-bootstrap
+FL_IDP=$LAST_PID
+wait_200 "http://127.0.0.1:$P_IDP/stats" 10 || die "dev IdP did not start"
+echo "bench-fleet-bootstrap" >"$WORK/fleet-rt"
+FL_BROKERS=()
+for p in "$P_B1" "$P_B2" "$P_B3"; do
+    cat >"$WORK/fleet-$p.toml" <<TOML
+[server]
+listen = "127.0.0.1:$p"
+max_waiting_requests = 20000
+
+[state]
+backend = "redis"
+url = "redis://127.0.0.1:$P_REDIS"
+
+[credentials.fleet]
+token_url = "http://127.0.0.1:$P_IDP/token"
+client_id = "dev-client"
+client_secret = "dev-secret"
+refresh_token = { file = "$WORK/fleet-rt" }
+TOML
+    start "fl-broker-$p" "${NICE[@]}" taskset -c 0 "$BIN" run --config "$WORK/fleet-$p.toml" --log-format json
+    FL_BROKERS+=("$LAST_PID")
+done
+for p in "$P_B1" "$P_B2" "$P_B3"; do
+    wait_200 "http://127.0.0.1:$p/token/fleet" 20 -H 'Token-Broker: 1' || die "broker on $p did not serve (see $WORK/fl-broker-$p.log)"
+done
+sleep 3
+PATH_CACHED="/token/fleet?min_ttl=60s"
+PATH_STAMPEDE="/token/fleet?min_ttl=${FLEET_MIN_TTL}s"
+"${NICE[@]}" taskset -c 1 "$TB" stampede --addr "127.0.0.1:$P_B1,127.0.0.1:$P_B2,127.0.0.1:$P_B3" \
+    --connections "$FCONNS" --requests 10000 --header 'Token-Broker: 1' --idp "http://127.0.0.1:$P_IDP" \
+    --phase "warm=$PATH_CACHED" --phase "cached=$PATH_CACHED" --phase "stampede=$PATH_STAMPEDE" \
+    --phase sleep=3000 --phase "cached=$PATH_CACHED" --phase "stampede=$PATH_STAMPEDE" \
+    --phase sleep=3000 --phase "cached=$PATH_CACHED" --phase "stampede=$PATH_STAMPEDE" \
+    >"$WORK/fleet.jsonl" 2>"$WORK/fleet-client.log" || die "fleet stampede client failed: $(tail -3 "$WORK/fleet-client.log")"
+stop "${FL_BROKERS[@]}" "$FL_IDP" "$FL_REDIS"
+FL_CACHED_MS=$(jq -r 'select(.phase == "cached") | .wall_ms' "$WORK/fleet.jsonl" | median)
+FL_SEL='[.[] | select(.phase == "stampede")]'
+FL_MS=$(jq -r 'select(.phase == "stampede") | .wall_ms' "$WORK/fleet.jsonl" | median)
+FL_ALL_MS=$(jq -r 'select(.phase == "stampede") | .wall_ms | round' "$WORK/fleet.jsonl" | paste -sd, -)
+FL_N=$(jq -s "$FL_SEL | length" "$WORK/fleet.jsonl")
+FL_OK=$(jq -s "$FL_SEL | map(.statuses[\"200\"] // 0) | add" "$WORK/fleet.jsonl")
+FL_CALLS=$(jq -s -r "$FL_SEL | map(.idp_delta.token_requests | tostring) | join(\",\")" "$WORK/fleet.jsonl")
+FL_EXACT=$(jq -s "$FL_SEL | all(.idp_delta.token_requests == 1 and .idp_delta.reuse_detected == 0) | if . then 1 else 0 end" "$WORK/fleet.jsonl")
+FL_MIN_EXP=$(jq -s "$FL_SEL | map(.min_expires_in // 0) | min" "$WORK/fleet.jsonl")
+FL_LIMIT=$(awk -v c="$FL_CACHED_MS" 'BEGIN { print 1.3 * (100 + c) }')
+row "fleet" "IdP token requests per stampede of 10,000 requests over 3 brokers ($FL_N stampedes)" "$FL_CALLS" "exactly 1 each" "$(verdict "$FL_EXACT")"
+row "fleet" "answers 200 (min expires_in $FL_MIN_EXP s, needed >= ${FLEET_MIN_TTL})" "$FL_OK / $((FL_N * 10000))" "all" "$(verdict "$(( FL_OK == FL_N * 10000 && FL_MIN_EXP >= FLEET_MIN_TTL ))")"
+row "fleet" "same 10,000 requests, cached token: wall (median of 3)" "$(fmt "$FL_CACHED_MS" %.0f) ms" "reference" "-"
+row "fleet" "wall time, median of $FL_N ($FL_ALL_MS ms), over $FCONNS connections" "$(fmt "$FL_MS" %.0f) ms = $(awk -v s="$FL_MS" -v c="$FL_CACHED_MS" 'BEGIN { printf "%.2f", s / (100 + c) }')x (100 ms + cached)" "<= 1.3x = $(fmt "$FL_LIMIT" %.0f) ms" "$(verdict "$(cmp "$FL_MS" '<=' "$FL_LIMIT")")"
 
 fi
 

@@ -3,6 +3,7 @@
 //!   stampede   open C connections, then fire N requests at once (pipelined over the
 //!              connections) for each `--phase NAME=PATH` (`--phase sleep=MS` pauses);
 //!              wall time, statuses, and the dev IdP's /stats delta per phase.
+//!              `--addr A,B,C` spreads the connections over several brokers (a fleet).
 //!   gen-config write a broker config with N credentials to stdout.
 //!   startup    spawn a command, poll its TCP port, /healthz, its "serving" log line and
 //!              optionally /readyz; report the delays from the spawn.
@@ -204,7 +205,13 @@ struct ConnResult {
 }
 
 fn stampede(opts: &Opts) {
-    let addr: SocketAddr = opts.req("addr").parse().expect("--addr HOST:PORT");
+    let addrs: Vec<SocketAddr> = opts
+        .req("addr")
+        .split(',')
+        .map(|a| a.parse().expect("--addr HOST:PORT[,HOST:PORT...]"))
+        .collect();
+    // Every broker accepts any loopback Host, so one Host header serves them all.
+    let addr = addrs[0];
     let connections: usize = opts.num("connections", 1000);
     let requests: usize = opts.num("requests", 10_000);
     let parallel_connects: usize = opts.num("connect-parallel", 100);
@@ -241,7 +248,8 @@ fn stampede(opts: &Opts) {
             .find(|(n, _)| n != "sleep")
             .map_or("/".to_owned(), |(_, p)| p.clone());
         let warm = format!("GET {warm_path} HTTP/1.1\r\nHost: {addr}\r\n{headers}\r\n");
-        let mut streams = connect_all(addr, connections, parallel_connects, warm.into_bytes()).await;
+        let mut streams =
+            connect_all(&addrs, connections, parallel_connects, warm.into_bytes()).await;
         eprintln!(
             "stampede: {connections} connections open in {} ms",
             connect_started.elapsed().as_millis()
@@ -277,8 +285,9 @@ fn stampede(opts: &Opts) {
     });
 }
 
+/// `count` connections, the i-th to `addrs[i % addrs.len()]`.
 async fn connect_all(
-    addr: SocketAddr,
+    addrs: &[SocketAddr],
     count: usize,
     parallel: usize,
     warm: Vec<u8>,
@@ -290,6 +299,7 @@ async fn connect_all(
     let warm = Arc::new(warm);
     let mut set = tokio::task::JoinSet::new();
     for i in 0..count {
+        let addr = addrs[i % addrs.len()];
         let gate = gate.clone();
         let warm = warm.clone();
         set.spawn(async move {
