@@ -9,6 +9,7 @@
 //! - `idp`: one token request to an identity provider (every grant and client
 //!   authentication method, signed assertions), with every failure classified.
 //! - `exec`: the `exec` source, a local command that prints a token.
+//! - `token`: a published token version, its response bytes encoded once.
 //! - `broker`: per-credential state, the single flight, proactive timers.
 //! - `store`: durable, crash-safe persistence of rotated refresh tokens: files for one
 //!   broker, or Redis shared by a fleet.
@@ -47,6 +48,7 @@ pub mod server;
 pub mod signal;
 pub mod sink;
 pub mod store;
+pub mod token;
 
 #[cfg(test)]
 mod test_keys;

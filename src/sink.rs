@@ -22,10 +22,10 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::broker::Token;
 use crate::config::{SinkFormat, SinkSpec};
 use crate::metrics::SinkMetrics;
 use crate::store::{temp_prefix, write_atomically};
+use crate::token::Token;
 
 /// Retry delays after a failed write grow from here...
 const RETRY_FIRST: Duration = Duration::from_secs(1);

@@ -21,11 +21,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::Shared;
 use super::state::{self, Snapshot, Step, Why};
-use super::token::Token;
 use crate::config::{CredentialSpec, Grant};
 use crate::error::{Error, Remedy};
 use crate::metrics::CredentialMetrics;
 use crate::secret::{ExposeSecret, constant_time_eq};
+use crate::token::Token;
 
 /// The one result of a refresh, handed to every waiter.
 pub type Outcome = Result<Arc<Token>, Error>;

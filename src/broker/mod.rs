@@ -9,8 +9,9 @@
 //! `reconcile`, `write` and `notices`; with the file store none of it runs and a
 //! credential has no fleet state), `timer`
 //! (proactive refresh and bootstrap watching), `schedule` (the pure timing policy),
-//! `token` (a published token version), `watch` (waiting for the next version),
-//! `status` (what operators see).
+//! `watch` (waiting for the next version), `status` (what operators see). The published
+//! token version (`crate::token`) lives below the broker, so what serves it need not
+//! reach into the broker for it.
 //! Nothing here knows HTTP.
 
 mod credential;
@@ -25,7 +26,6 @@ mod schedule;
 mod state;
 mod status;
 mod timer;
-mod token;
 mod watch;
 
 use std::collections::HashMap;
@@ -36,10 +36,10 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
 
+pub use crate::token::{Token, rfc3339};
 pub use credential::{Credential, Outcome, Want};
 pub use reload::Reloaded;
 pub use status::{CredentialStatus, STATES};
-pub use token::{Token, rfc3339};
 
 use crate::config::Config;
 use crate::error::Error;

@@ -17,12 +17,12 @@ use tracing::{error, info, warn};
 
 use super::credential::{Credential, Inner, Outcome, Want};
 use super::schedule;
-use super::token::{Token, rfc3339};
 use crate::config::{Grant, LostAnswer};
 use crate::error::Error;
 use crate::idp::{IdpError, Inputs, TokenRequest, TokenResponse};
 use crate::secret::ExposeSecret;
 use crate::store::{Fence, Saved};
+use crate::token::{Token, rfc3339};
 
 impl Credential {
     /// One refresh attempt for `want`. Runs in its own task, inside the flight.

@@ -25,13 +25,13 @@ use secrecy::SecretString;
 use tracing::{error, info, warn};
 
 use super::credential::{Credential, Inner};
-use super::token::Token;
 use crate::config::Grant;
 use crate::error::Error;
 use crate::idp::Inputs;
 use crate::idp::fingerprint::{self, Digest};
 use crate::secret::{ExposeSecret, fingerprint};
 use crate::store::{Loaded, Saved};
+use crate::token::Token;
 
 impl Credential {
     /// Loads the stored state into `inner` and publishes a still-valid stored token.
@@ -228,7 +228,7 @@ impl Credential {
     /// token if still usable.
     pub(super) fn adopt(&self, inner: &mut Inner, saved: Saved) {
         if let Some(since) = saved.in_flight_since {
-            warn!(credential = self.name(), since = %super::token::rfc3339(since), "a refresh was sent and never answered (its broker stopped, or is still waiting); treating its answer as lost");
+            warn!(credential = self.name(), since = %crate::token::rfc3339(since), "a refresh was sent and never answered (its broker stopped, or is still waiting); treating its answer as lost");
         }
         inner.unanswered_since = saved.in_flight_since;
         inner.refresh_token = saved.refresh_token;

@@ -25,7 +25,7 @@
 use std::time::{Duration, SystemTime};
 
 use super::credential::Want;
-use super::token::Token;
+use crate::token::Token;
 
 /// Where a credential stands, as far as a decision or an operator is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -7,8 +7,8 @@ use serde::Serialize;
 
 use super::credential::{Credential, Inner};
 use super::state::state_name;
-use super::token::rfc3339;
 use crate::error::Remedy;
+use crate::token::rfc3339;
 
 /// Every state a credential can be in, for the one-hot metric.
 pub const STATES: &[&str] = &[

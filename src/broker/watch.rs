@@ -10,7 +10,7 @@ use std::sync::Arc;
 use tokio::time::Instant;
 
 use super::credential::Credential;
-use super::token::Token;
+use crate::token::Token;
 
 impl Credential {
     /// The first published version whose id is not `seen`; `None` when `until` passes

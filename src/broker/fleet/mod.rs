@@ -25,12 +25,12 @@ use tracing::{debug, info, warn};
 use self::lease::Held;
 use self::reconcile::Reconciled;
 use crate::broker::credential::{Credential, Inner, Outcome};
-use crate::broker::token::Token;
 use crate::config::OnStoreUnavailable;
 use crate::error::Error;
 use crate::metrics::LeaseEvent;
 use crate::secret::hex;
 use crate::store::{Fence, ReadError, Record, RedisStore, WriteKind};
+use crate::token::Token;
 
 /// A flight waits at most this long (or three leases) for another broker's refresh.
 const MAX_LEASE_WAIT: Duration = Duration::from_secs(60);

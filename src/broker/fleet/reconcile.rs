@@ -23,9 +23,9 @@ use super::fleet_of;
 use super::lease::Held;
 use super::{Taker, next_version};
 use crate::broker::credential::{Credential, Outcome};
-use crate::broker::token::{Token, rfc3339};
 use crate::error::Error;
 use crate::store::{Fence, ReadError, Record, RedisStore, WriteKind};
+use crate::token::{Token, rfc3339};
 
 impl Credential {
     /// Brings this broker's state and the shared record together. `Some` when that
