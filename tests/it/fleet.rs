@@ -207,15 +207,16 @@ async fn a_refresh_reaches_the_other_brokers_by_notice() {
     // Plain GETs start no refresh while the old token is valid: the others serve the
     // new token because the notice brought it.
     assert_eq!(fleet.converged().await, new);
+    // A broker publishes the adopted token just before it counts the adoption.
     for broker in &fleet.brokers[1..] {
-        let text = broker.metrics_text().await;
-        assert!(
+        crate::failures::eventually("the adoption in the metrics", || async {
+            let text = broker.metrics_text().await;
             metric(
                 &text,
-                "token_broker_adopted_total{credential=\"x\",via=\"notice\"}"
-            ) >= 1.0,
-            "{text}"
-        );
+                "token_broker_adopted_total{credential=\"x\",via=\"notice\"}",
+            ) >= 1.0
+        })
+        .await;
     }
     assert_eq!(idp.stat("refresh_grants").await, 2);
 }
