@@ -6,7 +6,6 @@
 //! (`proxy`) share it: each is a `Handler`.
 
 use std::future::Future;
-use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -77,8 +76,7 @@ pub async fn bind(listen: &Listen, socket_mode: u32) -> std::io::Result<Listener
                 }
                 std::fs::remove_file(path)?;
             }
-            let listener = tokio::net::UnixListener::bind(path)?;
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(socket_mode))?;
+            let listener = super::unix_socket::bind(path, socket_mode)?;
             Ok(Listener::Unix(listener, path.clone()))
         }
     }

@@ -12,6 +12,7 @@ mod guard;
 mod listen;
 mod ops;
 mod token;
+mod unix_socket;
 mod watch;
 
 use std::collections::HashSet;
