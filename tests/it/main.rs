@@ -37,3 +37,4 @@ mod sinks;
 mod stampede;
 mod tls;
 mod watch;
+mod wire;
