@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::api::Api;
+use super::parse_errors::JsonParseErrors;
 use crate::config::Listen;
 
 /// Largest request head (request line and headers) accepted.
@@ -180,7 +181,7 @@ fn spawn_connection(
         .timer(TokioTimer::new())
         .header_read_timeout(header_timeout)
         .max_buf_size(MAX_HEAD)
-        .serve_connection(TokioIo::new(io), service);
+        .serve_connection(TokioIo::new(JsonParseErrors::new(io)), service);
     let connection = graceful.watch(connection);
     tokio::spawn(async move {
         if let Err(e) = connection.await {

@@ -11,6 +11,7 @@ mod error;
 mod guard;
 mod listen;
 mod ops;
+mod parse_errors;
 mod token;
 mod unix_socket;
 mod watch;

@@ -83,3 +83,67 @@ async fn a_missing_doubled_malformed_or_overridden_host_is_refused_everywhere() 
     .await;
     assert_eq!(status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_the_parser_refuses_get_the_json_error_body_too() {
+    let idp = Idp::start(&["--access-ttl", "300s"]);
+    let dir = tempdir();
+    let mut broker = crate::proxy::start(&idp, dir.path(), &proxy("api", &idp.url, ""), &[]);
+    broker.ready().await;
+    let api = broker.url.trim_start_matches("http://").to_owned();
+    let proxied = proxy_addr(&mut broker, "api");
+    // A good request then garbage on one connection: the answer, then the refusal.
+    let pipelined = |path: &str| {
+        format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\nGARBAGE\r\n\r\n").into_bytes()
+    };
+    let huge = format!(
+        "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(100_000)
+    )
+    .into_bytes();
+    let refused: [(&str, &[u8], u16, &str); 3] = [
+        ("a head over 32 KiB", &huge, 431, "headers_too_large"),
+        (
+            "a malformed request line",
+            b"GARBAGE\r\n\r\n",
+            400,
+            "bad_request",
+        ),
+        (
+            "a malformed header",
+            b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nNo colon\r\n\r\n",
+            400,
+            "bad_request",
+        ),
+    ];
+    for (addr, good) in [(&api, "/healthz"), (&proxied, "/api/whoami")] {
+        let garbage_after = pipelined(good);
+        let cases = refused.iter().copied().chain([(
+            "garbage after a good request",
+            &garbage_after[..],
+            200,
+            "",
+        )]);
+        for (what, head, status, code) in cases {
+            let (got, body) = raw(addr, head).await;
+            assert_eq!(got, status, "{what} on {addr}");
+            if status == 200 {
+                // The good request's answer, then the refusal of the garbage, as JSON.
+                let text = String::from_utf8_lossy(&body);
+                let refusal = text.split("\r\n\r\n").nth(1).unwrap_or_default();
+                let refusal: Value = serde_json::from_str(refusal)
+                    .unwrap_or_else(|_| panic!("{what} on {addr}: {text}"));
+                assert_eq!(refusal["error"], "bad_request", "{what} on {addr}: {text}");
+                continue;
+            }
+            let body: Value = serde_json::from_slice(&body).unwrap_or_else(|_| {
+                panic!(
+                    "{what} on {addr}: not JSON: {}",
+                    String::from_utf8_lossy(&body)
+                )
+            });
+            assert_eq!(body["error"], code, "{what} on {addr}");
+            assert!(body["message"].is_string(), "{what} on {addr}: {body}");
+        }
+    }
+}
