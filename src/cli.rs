@@ -123,10 +123,12 @@ async fn dispatch(cli: Cli) -> ExitCode {
         } => check_config(&config, check_secrets),
         Command::Run { config } => {
             init_logging(cli.log_format);
+            harden();
             outcome(run(&config).await)
         }
         Command::Dev { listen } => {
             init_logging(cli.log_format);
+            harden();
             outcome(crate::dev::run(&listen).await)
         }
         Command::DevIdp(args) => {
@@ -146,6 +148,14 @@ async fn run(path: &std::path::Path) -> anyhow::Result<()> {
     let config = config::from_table(table).map_err(invalid)?;
     let listeners = crate::daemon::bind_config(&config, early).await?;
     crate::daemon::run(config, listeners, Some(path.to_owned())).await
+}
+
+/// Process limits for the daemons, before any secret is read. A failure is logged, not
+/// fatal: the broker works without them, and the operator can see why.
+fn harden() {
+    if let Err(e) = crate::limits::no_core_dumps() {
+        tracing::warn!(error = %e, "cannot turn core dumps off");
+    }
 }
 
 fn outcome(result: anyhow::Result<()>) -> ExitCode {

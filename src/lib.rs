@@ -20,6 +20,8 @@
 //! - `daemon`: `run` wiring (store, broker, server, signals, drain).
 //! - `dev` and `dev_idp`: the try-it-now mode and the strict development IdP.
 //! - `client`: `get` and `status`, clients of a running broker.
+//! - `limits`: what the daemon sets on its own process at start (no core dumps, file
+//!   descriptors).
 //! - `signal`, `duration`, `error`: small shared pieces.
 
 pub mod broker;
@@ -33,6 +35,7 @@ pub mod duration;
 pub mod error;
 pub mod exec;
 pub mod idp;
+pub mod limits;
 pub mod metrics;
 pub mod proxy;
 pub mod secret;

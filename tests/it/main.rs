@@ -28,6 +28,7 @@ mod hostile;
 mod lifetimes;
 mod operations;
 mod persistence;
+mod process;
 mod proxy;
 mod proxy_bodies;
 mod refusals;
