@@ -73,6 +73,18 @@ pub async fn bind_all(config: &Config) -> anyhow::Result<Vec<Listener>> {
     Ok(listeners)
 }
 
+/// Binds `server.ops_listen`.
+async fn bind_ops(config: &Config) -> anyhow::Result<Vec<Listener>> {
+    let mut listeners = Vec::new();
+    for listen in &config.server.ops_listen {
+        let listener = server::bind(listen, config.server.socket_mode)
+            .await
+            .with_context(|| format!("server.ops_listen: cannot listen on {listen}"))?;
+        listeners.push(listener);
+    }
+    Ok(listeners)
+}
+
 /// Runs the broker until SIGTERM/SIGINT, then drains within the configured grace.
 /// With a config file, SIGHUP (and, with `server.watch_config`, a change of the file)
 /// reloads its credentials.
@@ -90,13 +102,15 @@ pub async fn run(
         Broker::new(&config, store, Metrics::new(STATES), shutdown.clone())
             .map_err(anyhow::Error::msg)?,
     );
+    let ops = bind_ops(&config).await?;
     let bound_proxies = crate::proxy::bind(&config).await?;
     let states: Weak<dyn StateSource> = Arc::downgrade(&broker) as Weak<Broker>;
     broker.metrics().set_state_source(states);
     broker.start();
     broker.watch_store();
     let addresses: Vec<String> = listeners.iter().map(Listener::describe).collect();
-    info!(listen = %addresses.join(","), credentials = config.credentials.len(), "token-broker serving");
+    let ops_addresses: Vec<String> = ops.iter().map(Listener::describe).collect();
+    info!(listen = %addresses.join(","), ops_listen = %ops_addresses.join(","), credentials = config.credentials.len(), "token-broker serving");
     // The broker holds each credential's settings; keeping a second copy of thousands
     // of them here would only cost memory.
     let mut config = config;
@@ -112,6 +126,7 @@ pub async fn run(
     let stop = CancellationToken::new();
     let server = tokio::spawn(server::serve(
         listeners,
+        ops,
         app,
         stop.clone().cancelled_owned(),
     ));

@@ -34,6 +34,7 @@ pub enum OneOrMany {
 #[serde(deny_unknown_fields)]
 pub struct RawServer {
     pub listen: Option<OneOrMany>,
+    pub ops_listen: Option<OneOrMany>,
     #[serde(default, with = "lenient")]
     pub require_header: Option<bool>,
     #[serde(default, with = "serde_opt")]

@@ -3,7 +3,7 @@
 //!
 //! `Api::new(app)` is the whole API as a value (token reads answered directly, everything
 //! else by `router(app)`), so tests can call it without a socket; `serve(listeners, app,
-//! shutdown)` is the one seam `main` and the integration tests share. Handlers parse and
+//! ops, shutdown)` is the one seam `main` and the integration tests share. Handlers parse and
 //! answer; the broker decides.
 
 mod api;
@@ -102,19 +102,24 @@ pub fn router(app: App) -> Router {
         .with_state(app)
 }
 
-/// Serves `app` on every listener until `shutdown` resolves, then lets open requests
-/// finish.
+/// Serves `app` on every listener, and its ops routes alone on every `ops` listener,
+/// until `shutdown` resolves, then lets open requests finish.
 pub async fn serve(
     listeners: Vec<Listener>,
+    ops: Vec<Listener>,
     app: App,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let header_timeout = app.header_timeout;
+    let ops_handler = ops::Ops(ops::router(app.clone()));
     let api = Api::new(app);
     let stop = tokio_util::sync::CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
     for listener in listeners {
         tasks.spawn(listener.serve(api.clone(), header_timeout, stop.clone()));
+    }
+    for listener in ops {
+        tasks.spawn(listener.serve(ops_handler.clone(), header_timeout, stop.clone()));
     }
     tokio::spawn(async move {
         shutdown.await;

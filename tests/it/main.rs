@@ -27,6 +27,7 @@ mod grants;
 mod hostile;
 mod lifetimes;
 mod operations;
+mod ops_port;
 mod persistence;
 mod process;
 mod proxy;
