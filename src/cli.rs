@@ -156,6 +156,9 @@ fn harden() {
     if let Err(e) = crate::limits::no_core_dumps() {
         tracing::warn!(error = %e, "cannot turn core dumps off");
     }
+    if let Err(e) = crate::limits::raise_nofile() {
+        tracing::warn!(error = %e, "cannot raise the file descriptor limit to its maximum");
+    }
 }
 
 fn outcome(result: anyhow::Result<()>) -> ExitCode {

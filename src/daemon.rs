@@ -73,6 +73,35 @@ pub async fn bind_all(config: &Config) -> anyhow::Result<Vec<Listener>> {
     Ok(listeners)
 }
 
+/// `server.max_connections`, or the default for the descriptor limit; logged, with a
+/// warning when a configured cap leaves less than the reserve.
+fn max_connections(config: &Config) -> usize {
+    let nofile = crate::limits::nofile();
+    let idp = config.idp.max_concurrent;
+    let cap = config
+        .server
+        .max_connections
+        .unwrap_or_else(|| crate::limits::default_max_connections(nofile, idp));
+    let reserve = crate::limits::reserve(idp);
+    if let Some(limit) = nofile
+        && (cap as u64).saturating_add(reserve) > limit
+        && config.server.max_connections.is_some()
+    {
+        warn!(
+            max_connections = cap,
+            descriptor_limit = limit,
+            reserve,
+            "server.max_connections leaves fewer descriptors than the reserve for state writes and IdP calls"
+        );
+    }
+    info!(
+        max_connections = cap,
+        descriptor_limit = nofile,
+        "connection cap"
+    );
+    cap
+}
+
 /// Binds `server.ops_listen`.
 async fn bind_ops(config: &Config) -> anyhow::Result<Vec<Listener>> {
     let mut listeners = Vec::new();
@@ -123,14 +152,17 @@ pub async fn run(
         allowed_hosts: App::hosts(&config.server, &listeners),
         watchers: server::Watchers::new(config.server.max_watchers, broker.metrics().watchers()),
     };
+    let connections = server::Connections::new(max_connections(&config));
     let stop = CancellationToken::new();
     let server = tokio::spawn(server::serve(
         listeners,
         ops,
         app,
+        connections.clone(),
         stop.clone().cancelled_owned(),
     ));
-    let mut proxy_tasks = crate::proxy::start(bound_proxies, &broker, &config, stop.clone())?;
+    let mut proxy_tasks =
+        crate::proxy::start(bound_proxies, &broker, &config, &connections, stop.clone())?;
     if let Some(path) = path {
         tokio::spawn(reloader(broker.clone(), path, config.clone()));
     }

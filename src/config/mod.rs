@@ -100,6 +100,9 @@ pub struct ServerConfig {
     pub allowed_hosts: Vec<String>,
     /// Cap on long polls (`?wait=`) and event streams open at once.
     pub max_watchers: usize,
+    /// Cap on open connections across all listeners; `None`: derived from the
+    /// descriptor limit at start (`limits::default_max_connections`).
+    pub max_connections: Option<usize>,
 }
 
 /// A listener address.

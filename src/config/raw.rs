@@ -51,6 +51,8 @@ pub struct RawServer {
     pub allowed_hosts: Option<Vec<String>>,
     #[serde(default, with = "lenient")]
     pub max_watchers: Option<usize>,
+    #[serde(default, with = "lenient")]
+    pub max_connections: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]

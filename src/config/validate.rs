@@ -122,6 +122,13 @@ fn server(check: &mut Check, raw: RawServer) -> ServerConfig {
             .map(|h| h.to_ascii_lowercase())
             .collect(),
         max_watchers: raw.max_watchers.unwrap_or(10_000),
+        max_connections: match raw.max_connections {
+            Some(0) => {
+                check.fail("server.max_connections", "must be at least 1");
+                None
+            }
+            other => other,
+        },
     }
 }
 

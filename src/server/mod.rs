@@ -7,6 +7,7 @@
 //! answer; the broker decides.
 
 mod api;
+mod connections;
 mod error;
 mod guard;
 mod listen;
@@ -28,6 +29,7 @@ use axum::middleware;
 use axum::routing::{get, post};
 
 pub use api::Api;
+pub use connections::Connections;
 pub use error::ApiError;
 pub use guard::{host_allowed, host_name};
 pub use listen::{Handler, Listener, Peer, bind};
@@ -108,6 +110,7 @@ pub async fn serve(
     listeners: Vec<Listener>,
     ops: Vec<Listener>,
     app: App,
+    connections: Arc<Connections>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let header_timeout = app.header_timeout;
@@ -116,10 +119,12 @@ pub async fn serve(
     let stop = tokio_util::sync::CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
     for listener in listeners {
-        tasks.spawn(listener.serve(api.clone(), header_timeout, stop.clone()));
+        let connections = connections.clone();
+        tasks.spawn(listener.serve(api.clone(), header_timeout, connections, 1, stop.clone()));
     }
     for listener in ops {
-        tasks.spawn(listener.serve(ops_handler.clone(), header_timeout, stop.clone()));
+        let (handler, connections) = (ops_handler.clone(), connections.clone());
+        tasks.spawn(listener.serve(handler, header_timeout, connections, 1, stop.clone()));
     }
     tokio::spawn(async move {
         shutdown.await;

@@ -14,6 +14,7 @@ mod api;
 mod chaos;
 mod client_auth;
 mod commands;
+mod descriptors;
 mod exec;
 mod failures;
 mod fleet;
