@@ -2,8 +2,9 @@
 //! serving (so a busy port is a start-up error and tests can bind port 0), each
 //! connection served by hyper with limits a slow or hostile client cannot get around:
 //! a deadline for request headers (which also closes idle keep-alive connections), a
-//! cap on header size, and graceful draining at shutdown. The API and the proxies
-//! (`proxy`) share it: each is a `Handler`.
+//! cap on header size, a cap on open connections (`connections`), JSON bodies for the
+//! parser's own refusals (`parse_errors`), and graceful draining at shutdown. The API,
+//! the ops port and the proxies (`proxy`) share it: each is a `Handler`.
 
 use std::future::Future;
 use std::path::PathBuf;
