@@ -18,6 +18,8 @@ use tokio_util::sync::CancellationToken;
 /// Open connections, and which of them have not sent a request yet.
 pub struct Connections {
     slots: Arc<Semaphore>,
+    /// The cap, which no connection's weight may exceed.
+    max: u32,
     /// Connections without a request so far, oldest first, each with what closes it.
     /// A std mutex, held for one map operation, never across an `.await`.
     fresh: Mutex<BTreeMap<u64, CancellationToken>>,
@@ -37,8 +39,10 @@ pub struct Slot {
 impl Connections {
     /// A cap of `max` connections (at least 1).
     pub fn new(max: usize) -> Arc<Connections> {
+        let max = max.clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
         Arc::new(Connections {
-            slots: Arc::new(Semaphore::new(max.clamp(1, Semaphore::MAX_PERMITS))),
+            slots: Arc::new(Semaphore::new(max)),
+            max: u32::try_from(max).unwrap_or(u32::MAX),
             fresh: Mutex::new(BTreeMap::new()),
             next_id: AtomicU64::new(0),
         })
@@ -52,7 +56,8 @@ impl Connections {
         weight: u32,
         stop: &CancellationToken,
     ) -> Option<(OwnedSemaphorePermit, u32)> {
-        let weight = weight.max(1);
+        // A weight over the cap could never be granted.
+        let weight = weight.clamp(1, self.max);
         loop {
             if let Ok(permit) = self.slots.clone().try_acquire_many_owned(weight) {
                 return Some((permit, weight));
@@ -141,6 +146,14 @@ mod tests {
         assert!(!slots[0].close.is_cancelled() && !slots[2].close.is_cancelled());
         drop(slots.remove(1));
         assert!(reserving.await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_weight_over_the_cap_is_granted_the_whole_cap() {
+        let stop = CancellationToken::new();
+        let connections = Connections::new(1);
+        let (_permit, weight) = connections.reserve(2, &stop).await.unwrap();
+        assert_eq!(weight, 1);
     }
 
     #[tokio::test]
