@@ -145,11 +145,13 @@ async fn dispatch(cli: Cli) -> ExitCode {
         } => check_config(&config, check_secrets),
         Command::Run { config } => {
             init_logging(cli.log_format);
+            harden();
             outcome(run(&config).await)
         }
         #[cfg(feature = "dev-idp")]
         Command::Dev { listen } => {
             init_logging(cli.log_format);
+            harden();
             outcome(crate::dev::run(&listen).await)
         }
         #[cfg(feature = "dev-idp")]
@@ -176,6 +178,17 @@ async fn run(path: &std::path::Path) -> anyhow::Result<()> {
         crate::signal::terminated(),
     )
     .await
+}
+
+/// Process limits for the daemons, before any secret is read. A failure is logged, not
+/// fatal: the broker works without them, and the operator can see why.
+fn harden() {
+    if let Err(e) = crate::limits::no_core_dumps() {
+        tracing::warn!(error = %e, "cannot turn core dumps off");
+    }
+    if let Err(e) = crate::limits::raise_nofile() {
+        tracing::warn!(error = %e, "cannot raise the file descriptor limit to its maximum");
+    }
 }
 
 fn outcome(result: anyhow::Result<()>) -> ExitCode {

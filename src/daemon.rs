@@ -73,6 +73,47 @@ pub async fn bind_all(config: &Config) -> anyhow::Result<Vec<Listener>> {
     Ok(listeners)
 }
 
+/// `server.max_connections`, or the default for the descriptor limit; logged, with a
+/// warning when a configured cap leaves less than the reserve.
+fn max_connections(config: &Config) -> usize {
+    let nofile = crate::limits::nofile();
+    let idp = config.idp.max_concurrent;
+    let cap = config
+        .server
+        .max_connections
+        .unwrap_or_else(|| crate::limits::default_max_connections(nofile, idp));
+    let reserve = crate::limits::reserve(idp);
+    if let Some(limit) = nofile
+        && (cap as u64).saturating_add(reserve) > limit
+        && config.server.max_connections.is_some()
+    {
+        warn!(
+            max_connections = cap,
+            descriptor_limit = limit,
+            reserve,
+            "server.max_connections leaves fewer descriptors than the reserve for state writes and IdP calls"
+        );
+    }
+    info!(
+        max_connections = cap,
+        descriptor_limit = nofile,
+        "connection cap"
+    );
+    cap
+}
+
+/// Binds `server.ops_listen`.
+async fn bind_ops(config: &Config) -> anyhow::Result<Vec<Listener>> {
+    let mut listeners = Vec::new();
+    for listen in &config.server.ops_listen {
+        let listener = server::bind(listen, config.server.socket_mode)
+            .await
+            .with_context(|| format!("server.ops_listen: cannot listen on {listen}"))?;
+        listeners.push(listener);
+    }
+    Ok(listeners)
+}
+
 /// Runs the broker until `terminate` resolves (`main` passes SIGTERM/SIGINT, tests
 /// their own trigger), then drains within the configured grace. With a config file,
 /// SIGHUP (and, with `server.watch_config`, a change of the file) reloads its
@@ -92,13 +133,15 @@ pub async fn run(
         Broker::new(&config, store, Metrics::new(STATES), shutdown.clone())
             .map_err(anyhow::Error::msg)?,
     );
+    let ops = bind_ops(&config).await?;
     let bound_proxies = crate::proxy::bind(&config).await?;
     let states: Weak<dyn StateSource> = Arc::downgrade(&broker) as Weak<Broker>;
     broker.metrics().set_state_source(states);
     broker.start();
     broker.watch_store();
     let addresses: Vec<String> = listeners.iter().map(Listener::describe).collect();
-    info!(listen = %addresses.join(","), credentials = config.credentials.len(), "token-broker serving");
+    let ops_addresses: Vec<String> = ops.iter().map(Listener::describe).collect();
+    info!(listen = %addresses.join(","), ops_listen = %ops_addresses.join(","), credentials = config.credentials.len(), "token-broker serving");
     // The broker holds each credential's settings; keeping a second copy of thousands
     // of them here would only cost memory.
     let mut config = config;
@@ -112,13 +155,17 @@ pub async fn run(
         watchers: server::Watchers::new(config.server.max_watchers, broker.metrics().watchers()),
         emulate: Arc::new(config.emulate.clone()),
     };
+    let connections = server::Connections::new(max_connections(&config));
     let stop = CancellationToken::new();
     let server = tokio::spawn(server::serve(
         listeners,
+        ops,
         app,
+        connections.clone(),
         stop.clone().cancelled_owned(),
     ));
-    let mut proxy_tasks = crate::proxy::start(bound_proxies, &broker, &config, stop.clone())?;
+    let mut proxy_tasks =
+        crate::proxy::start(bound_proxies, &broker, &config, &connections, stop.clone())?;
     if let Some(path) = path {
         tokio::spawn(reloader(broker.clone(), path, config.clone()));
     }

@@ -24,6 +24,8 @@
 //! - `dev` and `dev_idp`: the try-it-now mode and the strict development IdP.
 //! - `client`: `get` and `status`, clients of a running broker; `helpers`: the kubectl
 //!   credential plugin's answer and the git credential helper, clients too.
+//! - `limits`: what the daemon sets on its own process at start (no core dumps, file
+//!   descriptors).
 //! - `signal`, `duration`, `error`: small shared pieces.
 
 pub mod broker;
@@ -41,6 +43,7 @@ pub mod error;
 pub mod exec;
 pub mod helpers;
 pub mod idp;
+pub mod limits;
 pub mod metrics;
 pub mod proxy;
 pub mod secret;

@@ -81,6 +81,10 @@ pub struct Config {
 pub struct ServerConfig {
     /// One or more listeners (TCP addresses or `unix:` paths).
     pub listen: Vec<Listen>,
+    /// Listeners that serve only health, readiness, metrics and status (never a token),
+    /// for probes and scrapers that must reach the pod while the token API stays on
+    /// loopback.
+    pub ops_listen: Vec<Listen>,
     /// Token endpoints demand `Token-Broker: 1` (request-forgery protection).
     pub require_header: bool,
     /// How long a request may wait for a refresh before it gets 503.
@@ -100,6 +104,9 @@ pub struct ServerConfig {
     pub allowed_hosts: Vec<String>,
     /// Cap on long polls (`?wait=`) and event streams open at once.
     pub max_watchers: usize,
+    /// Cap on open connections across all listeners; `None`: derived from the
+    /// descriptor limit at start (`limits::default_max_connections`).
+    pub max_connections: Option<usize>,
 }
 
 /// A listener address.

@@ -35,6 +35,7 @@ pub enum OneOrMany {
 #[serde(deny_unknown_fields)]
 pub struct RawServer {
     pub listen: Option<OneOrMany>,
+    pub ops_listen: Option<OneOrMany>,
     #[serde(default, with = "lenient")]
     pub require_header: Option<bool>,
     #[serde(default, with = "serde_opt")]
@@ -51,6 +52,8 @@ pub struct RawServer {
     pub allowed_hosts: Option<Vec<String>>,
     #[serde(default, with = "lenient")]
     pub max_watchers: Option<usize>,
+    #[serde(default, with = "lenient")]
+    pub max_connections: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -89,7 +89,7 @@ fn server(check: &mut Check, raw: RawServer) -> ServerConfig {
     if addresses.is_empty() {
         check.fail("server.listen", "needs at least one address");
     }
-    let listen = addresses
+    let listen: Vec<Listen> = addresses
         .iter()
         .filter_map(|a| match parse_listen(a) {
             Ok(l) => Some(l),
@@ -99,12 +99,14 @@ fn server(check: &mut Check, raw: RawServer) -> ServerConfig {
             }
         })
         .collect();
+    let ops_listen = ops_listen(check, raw.ops_listen, &listen);
     let request_timeout = raw.request_timeout.unwrap_or(Duration::from_secs(10));
     if request_timeout.is_zero() {
         check.fail("server.request_timeout", "must be more than 0s");
     }
     ServerConfig {
         listen,
+        ops_listen,
         require_header: raw.require_header.unwrap_or(true),
         request_timeout,
         shutdown_grace: raw.shutdown_grace.unwrap_or(Duration::from_secs(10)),
@@ -122,7 +124,40 @@ fn server(check: &mut Check, raw: RawServer) -> ServerConfig {
             .map(|h| h.to_ascii_lowercase())
             .collect(),
         max_watchers: raw.max_watchers.unwrap_or(10_000),
+        max_connections: match raw.max_connections {
+            Some(0) => {
+                check.fail("server.max_connections", "must be at least 1");
+                None
+            }
+            other => other,
+        },
     }
+}
+
+/// `server.ops_listen`: addresses of its own, none of them a token listener's.
+fn ops_listen(check: &mut Check, raw: Option<OneOrMany>, listen: &[Listen]) -> Vec<Listen> {
+    let addresses = match raw {
+        None => Vec::new(),
+        Some(OneOrMany::One(one)) => vec![one],
+        Some(OneOrMany::Many(many)) => many,
+    };
+    let mut ops: Vec<Listen> = Vec::new();
+    for text in &addresses {
+        match parse_listen(text) {
+            Ok(address)
+                if listen
+                    .iter()
+                    .chain(&ops)
+                    .any(|l| delivery::same_listener(l, &address)) =>
+            {
+                let message = format!("`{text}` is already used by server.listen or ops_listen");
+                check.fail("server.ops_listen", message);
+            }
+            Ok(address) => ops.push(address),
+            Err(e) => check.fail("server.ops_listen", e),
+        }
+    }
+    ops
 }
 
 /// A file mode written in octal (`"0660"`, `"0o660"`, `"660"`).

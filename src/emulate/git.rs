@@ -176,12 +176,14 @@ fn credential_for(app: &App, headers: &HeaderMap, remote: &Remote) -> Result<Str
     Ok(credential.clone())
 }
 
+/// Whether git's `host` names this machine; a malformed one does not.
 fn loopback(host: &str) -> bool {
-    let name = crate::server::host_name(host);
-    name == "localhost"
-        || name
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
+    crate::server::host_name(host).is_some_and(|name| {
+        name == "localhost"
+            || name
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+    })
 }
 
 fn client_key(headers: &HeaderMap) -> Option<&[u8]> {

@@ -100,7 +100,7 @@ impl Inner {
                 "CONNECT is not supported: this proxy forwards requests to its one upstream".into(),
             ))));
         }
-        if !host_allowed(&self.hosts, headers, Some(peer)) {
+        if !host_allowed(&self.hosts, headers, request.uri(), Some(peer)) {
             return Err(Box::new(("refused", ApiError::BadHost.into_response())));
         }
         if from_web_page(headers, &self.hosts) {
@@ -297,7 +297,7 @@ fn from_web_page(headers: &HeaderMap, hosts: &std::collections::HashSet<String>)
             .to_str()
             .ok()
             .and_then(|o| o.split_once("://"))
-            .map(|(_, rest)| host_name(rest));
+            .and_then(|(_, rest)| host_name(rest));
         host.is_none_or(|h| !hosts.contains(h.as_ref()))
     });
     cross || foreign_origin

@@ -33,7 +33,7 @@ pub use client::read_roots;
 use crate::broker::Broker;
 use crate::config::{Config, ProxySpec};
 use crate::metrics::ProxyMetrics;
-use crate::server::{App, Handler, Listener, Peer};
+use crate::server::{App, Connections, Handler, Listener, Peer};
 
 /// One proxy, shared by its connections.
 #[derive(Clone)]
@@ -87,6 +87,7 @@ pub fn start(
     bound: Vec<(ProxySpec, Listener)>,
     broker: &Arc<Broker>,
     config: &Config,
+    connections: &Arc<Connections>,
     stop: CancellationToken,
 ) -> anyhow::Result<JoinSet<std::io::Result<()>>> {
     let mut tasks = JoinSet::new();
@@ -94,7 +95,9 @@ pub fn start(
         let proxy = Proxy::new(spec, broker, config, &listener)?;
         let spec = &proxy.0.spec;
         info!(proxy = %spec.name, listen = %listener.describe(), upstream = %spec.upstream, credential = %spec.credential, "proxy serving");
-        tasks.spawn(listener.serve(proxy, config.server.header_timeout, stop.clone()));
+        // A proxied connection also opens one to the upstream: it counts twice.
+        let (timeout, connections) = (config.server.header_timeout, connections.clone());
+        tasks.spawn(listener.serve(proxy, timeout, connections, 2, stop.clone()));
     }
     Ok(tasks)
 }

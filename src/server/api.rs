@@ -89,8 +89,8 @@ async fn fast_answer<B>(
     peer: Option<&Peer>,
 ) -> Response {
     let headers = request.headers();
-    let guarded =
-        guard::check_host(app, headers, peer).and_then(|()| guard::check_local(app, headers));
+    let guarded = guard::check_host(app, headers, request.uri(), peer)
+        .and_then(|()| guard::check_local(app, headers));
     if let Err(refused) = guarded {
         return refused.into_response();
     }

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::panic::AssertUnwindSafe;
 
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use futures_util::FutureExt;
@@ -36,23 +36,39 @@ pub fn check_local(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
 
 /// DNS-rebinding protection: a browser tricked into calling us by a hostile name still
 /// sends that name in `Host`. Unix-socket requests cannot be reached that way.
-pub fn check_host(app: &App, headers: &HeaderMap, peer: Option<&Peer>) -> Result<(), ApiError> {
-    match host_allowed(&app.allowed_hosts, headers, peer) {
+pub fn check_host(
+    app: &App,
+    headers: &HeaderMap,
+    uri: &Uri,
+    peer: Option<&Peer>,
+) -> Result<(), ApiError> {
+    match host_allowed(&app.allowed_hosts, headers, uri, peer) {
         true => Ok(()),
         false => Err(ApiError::BadHost),
     }
 }
 
-/// Whether `Host` is absent, one of `hosts`, or the request came over a unix socket.
-pub fn host_allowed(hosts: &HashSet<String>, headers: &HeaderMap, peer: Option<&Peer>) -> bool {
+/// Whether the request came over a unix socket, or names one of `hosts` in exactly one
+/// well-formed `Host` header and, for an absolute-form target (`GET http://...`), in
+/// its authority too (which HTTP says takes precedence over `Host`). A missing,
+/// repeated or unparsable `Host` is refused rather than guessed at: whatever a
+/// proxy in front or a rebinding browser meant by it, it is not a plain local request.
+pub fn host_allowed(
+    hosts: &HashSet<String>,
+    headers: &HeaderMap,
+    uri: &Uri,
+    peer: Option<&Peer>,
+) -> bool {
     if matches!(peer, Some(Peer::Unix { .. })) {
         return true;
     }
-    let host = headers
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .map(host_name);
-    host.is_none_or(|name| hosts.contains(name.as_ref()))
+    let allowed = |value: &str| host_name(value).is_some_and(|name| hosts.contains(name.as_ref()));
+    let mut values = headers.get_all(header::HOST).iter();
+    let (Some(value), None) = (values.next(), values.next()) else {
+        return false;
+    };
+    // `to_str` fails on bytes outside visible ASCII.
+    value.to_str().is_ok_and(allowed) && uri.authority().is_none_or(|a| allowed(a.as_str()))
 }
 
 /// `check_local` as middleware, for the token routes the router serves.
@@ -66,29 +82,49 @@ pub async fn local_only(State(app): State<App>, request: Request, next: Next) ->
 /// `check_host` as middleware.
 pub async fn known_host(State(app): State<App>, request: Request, next: Next) -> Response {
     let peer = request.extensions().get::<Peer>();
-    match check_host(&app, request.headers(), peer) {
+    match check_host(&app, request.headers(), request.uri(), peer) {
         Ok(()) => next.run(request).await,
         Err(refused) => refused.into_response(),
     }
 }
 
-/// The host part of a `Host` header, lower-cased, brackets and port removed; borrowed
-/// when it is lower case already (the common case), so the check allocates nothing.
-pub fn host_name(value: &str) -> Cow<'_, str> {
-    let value = value.trim();
-    let host = if let Some(rest) = value.strip_prefix('[') {
-        rest.split(']').next().unwrap_or_default()
-    } else {
-        match value.rsplit_once(':') {
-            Some((host, port)) if port.chars().all(|c| c.is_ascii_digit()) => host,
-            _ => value,
+/// The host part of a `Host` header (`host[:port]`, `[v6]` or `[v6]:port`), lower-cased,
+/// brackets and port removed; `None` when it is not that shape. Borrowed when it is lower
+/// case already (the common case), so the check allocates nothing.
+pub fn host_name(value: &str) -> Option<Cow<'_, str>> {
+    let (host, port) = match value.strip_prefix('[') {
+        Some(rest) => {
+            let (host, after) = rest.split_once(']')?;
+            let v6 = host
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.');
+            (v6 && host.contains(':')).then_some(())?;
+            (
+                host,
+                if after.is_empty() {
+                    None
+                } else {
+                    Some(after.strip_prefix(':')?)
+                },
+            )
         }
+        None => match value.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (value, None),
+        },
     };
-    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+    let name_ok = host
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b':'));
+    let port_ok = port.is_none_or(|p| p.bytes().all(|b| b.is_ascii_digit()));
+    if host.is_empty() || !name_ok || !port_ok {
+        return None;
+    }
+    Some(if host.bytes().any(|b| b.is_ascii_uppercase()) {
         Cow::Owned(host.to_ascii_lowercase())
     } else {
         Cow::Borrowed(host)
-    }
+    })
 }
 
 /// Bounds a whole request, body upload included.
@@ -171,11 +207,33 @@ mod tests {
 
     #[test]
     fn host_names_lose_ports_and_brackets() {
-        assert_eq!(host_name("LocalHost:8656"), "localhost");
-        assert_eq!(host_name("[::1]:8656"), "::1");
-        assert_eq!(host_name("[::1]"), "::1");
-        assert_eq!(host_name("127.0.0.1"), "127.0.0.1");
-        assert_eq!(host_name("evil.example:80"), "evil.example");
+        let name = |value| host_name(value).map(|n| n.into_owned());
+        assert_eq!(name("LocalHost:8656").unwrap(), "localhost");
+        assert_eq!(name("[::1]:8656").unwrap(), "::1");
+        assert_eq!(name("[::1]").unwrap(), "::1");
+        assert_eq!(name("127.0.0.1").unwrap(), "127.0.0.1");
+        assert_eq!(name("evil.example:80").unwrap(), "evil.example");
+        assert_eq!(name("localhost:").unwrap(), "localhost");
+    }
+
+    #[test]
+    fn malformed_hosts_have_no_name() {
+        for bad in [
+            "",
+            "[::1]evil.example",
+            "[::1]:80x",
+            "[::1",
+            "[evil.example]",
+            "::1",
+            "localhost:80:80",
+            "localhost:8o",
+            "local host",
+            "user@localhost",
+            "localhost/x",
+            ":8656",
+        ] {
+            assert_eq!(host_name(bad), None, "{bad}");
+        }
     }
 
     #[tokio::test]

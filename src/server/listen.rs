@@ -2,11 +2,11 @@
 //! serving (so a busy port is a start-up error and tests can bind port 0), each
 //! connection served by hyper with limits a slow or hostile client cannot get around:
 //! a deadline for request headers (which also closes idle keep-alive connections), a
-//! cap on header size, and graceful draining at shutdown. The API and the proxies
-//! (`proxy`) share it: each is a `Handler`.
+//! cap on header size, a cap on open connections (`connections`), JSON bodies for the
+//! parser's own refusals (`parse_errors`), and graceful draining at shutdown. The API,
+//! the ops port and the proxies (`proxy`) share it: each is a `Handler`.
 
 use std::future::Future;
-use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -14,12 +14,13 @@ use std::convert::Infallible;
 use std::sync::Arc;
 
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use super::api::Api;
+use super::connections::{Connections, Slot};
+use super::parse_errors::JsonParseErrors;
 use crate::config::Listen;
 
 /// Largest request head (request line and headers) accepted.
@@ -77,8 +78,7 @@ pub async fn bind(listen: &Listen, socket_mode: u32) -> std::io::Result<Listener
                 }
                 std::fs::remove_file(path)?;
             }
-            let listener = tokio::net::UnixListener::bind(path)?;
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(socket_mode))?;
+            let listener = super::unix_socket::bind(path, socket_mode)?;
             Ok(Listener::Unix(listener, path.clone()))
         }
     }
@@ -104,33 +104,39 @@ impl Listener {
     }
 
     /// Accepts until `stop`, then waits for open connections to finish their requests.
+    /// Each connection holds `weight` of `connections`' slots while it is open.
     pub async fn serve(
         self,
         api: impl Handler,
         header_timeout: Duration,
+        connections: Arc<Connections>,
+        weight: u32,
         stop: CancellationToken,
     ) -> std::io::Result<()> {
-        let graceful = GracefulShutdown::new();
-        loop {
+        // Every connection task holds a receiver: `closed` resolves once all have ended.
+        let (drained, drain_handle) = tokio::sync::watch::channel(());
+        let mut backoff = Backoff::default();
+        while let Some((permit, _)) = connections.reserve(weight, &stop).await {
             let accepted = tokio::select! {
                 _ = stop.cancelled() => break,
                 accepted = self.accept() => accepted,
             };
             match accepted {
-                Ok(Some((io, peer))) => spawn_connection(io, peer, &api, header_timeout, &graceful),
-                Ok(None) => {}
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                Ok(Some((io, peer))) => {
+                    backoff.reset();
+                    let slot = connections.open(permit, &stop);
+                    spawn_connection(io, peer, &api, header_timeout, slot, drain_handle.clone());
                 }
+                Ok(None) => {}
+                Err(e) => backoff.wait(&e, &stop).await,
             }
         }
         if let Listener::Unix(_, path) = &self {
             let _ = std::fs::remove_file(path);
         }
         drop(self);
-        graceful.shutdown().await;
+        drop(drain_handle);
+        drained.closed().await;
         Ok(())
     }
 
@@ -167,14 +173,17 @@ fn spawn_connection(
     peer: Peer,
     api: &impl Handler,
     header_timeout: Duration,
-    graceful: &GracefulShutdown,
+    slot: Slot,
+    drain_handle: tokio::sync::watch::Receiver<()>,
 ) {
-    let connection = Arc::new((api.clone(), peer));
+    let slot = Arc::new(slot);
+    let connection = Arc::new((api.clone(), peer, slot.clone()));
     let service =
         hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
             let connection = connection.clone();
             async move {
-                let (api, peer) = &*connection;
+                let (api, peer, slot) = &*connection;
+                slot.requested();
                 Ok::<_, Infallible>(api.call(request, peer).await)
             }
         });
@@ -182,11 +191,56 @@ fn spawn_connection(
         .timer(TokioTimer::new())
         .header_read_timeout(header_timeout)
         .max_buf_size(MAX_HEAD)
-        .serve_connection(TokioIo::new(io), service);
-    let connection = graceful.watch(connection);
+        .serve_connection(TokioIo::new(JsonParseErrors::new(io)), service);
     tokio::spawn(async move {
-        if let Err(e) = connection.await {
+        let _drain_handle = drain_handle;
+        tokio::pin!(connection);
+        let ended = tokio::select! {
+            ended = connection.as_mut() => ended,
+            // Shutdown, or room needed: finish the request under way, if any, and close.
+            _ = slot.close.cancelled() => {
+                connection.as_mut().graceful_shutdown();
+                connection.await
+            }
+        };
+        if let Err(e) = ended {
             debug!(error = %e, "connection ended with an error");
         }
     });
+}
+
+/// How long a listener waits after a failed `accept`: out of descriptors (`EMFILE`,
+/// `ENFILE`) or memory, retrying at once would spin; the wait doubles up to a second
+/// while the failures go on, and one warning is logged per run of them.
+#[derive(Default)]
+struct Backoff {
+    failures: u32,
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(10);
+    const MAX: Duration = Duration::from_secs(1);
+
+    async fn wait(&mut self, error: &std::io::Error, stop: &CancellationToken) {
+        if self.failures == 0 {
+            warn!(error = %error, "accept failed; backing off until it succeeds again");
+        } else {
+            debug!(error = %error, failures = self.failures, "accept failed again");
+        }
+        let delay = Self::FIRST
+            .saturating_mul(1 << self.failures.min(7))
+            .min(Self::MAX);
+        self.failures = self.failures.saturating_add(1);
+        tokio::select! {
+            _ = stop.cancelled() => {}
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+
+    fn reset(&mut self) {
+        if self.failures > 0 {
+            info!(failures = self.failures, "accepting connections again");
+            self.failures = 0;
+        }
+    }
 }

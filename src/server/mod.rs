@@ -3,15 +3,18 @@
 //!
 //! `Api::new(app)` is the whole API as a value (token reads answered directly, everything
 //! else by `router(app)`), so tests can call it without a socket; `serve(listeners, app,
-//! shutdown)` is the one seam `main` and the integration tests share. Handlers parse and
+//! ops, shutdown)` is the one seam `main` and the integration tests share. Handlers parse and
 //! answer; the broker decides.
 
 mod api;
+mod connections;
 mod error;
 mod guard;
 mod listen;
 mod ops;
+mod parse_errors;
 mod token;
+mod unix_socket;
 mod watch;
 
 use std::collections::HashSet;
@@ -26,6 +29,7 @@ use axum::middleware;
 use axum::routing::{get, post};
 
 pub use api::Api;
+pub use connections::Connections;
 pub use error::ApiError;
 pub use guard::{check_local, host_allowed, host_name};
 pub use listen::{Handler, Listener, Peer, bind};
@@ -116,19 +120,27 @@ pub fn router(app: App) -> Router {
     all.with_state(app)
 }
 
-/// Serves `app` on every listener until `shutdown` resolves, then lets open requests
-/// finish.
+/// Serves `app` on every listener, and its ops routes alone on every `ops` listener,
+/// until `shutdown` resolves, then lets open requests finish.
 pub async fn serve(
     listeners: Vec<Listener>,
+    ops: Vec<Listener>,
     app: App,
+    connections: Arc<Connections>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let header_timeout = app.header_timeout;
+    let ops_handler = ops::Ops(ops::router(app.clone()));
     let api = Api::new(app);
     let stop = tokio_util::sync::CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
     for listener in listeners {
-        tasks.spawn(listener.serve(api.clone(), header_timeout, stop.clone()));
+        let connections = connections.clone();
+        tasks.spawn(listener.serve(api.clone(), header_timeout, connections, 1, stop.clone()));
+    }
+    for listener in ops {
+        let (handler, connections) = (ops_handler.clone(), connections.clone());
+        tasks.spawn(listener.serve(handler, header_timeout, connections, 1, stop.clone()));
     }
     tokio::spawn(async move {
         shutdown.await;

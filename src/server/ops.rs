@@ -1,14 +1,57 @@
-//! Endpoints for operators and orchestrators: health, readiness, metrics, status.
-//! None of them needs the `Token-Broker` header, and none shows a token.
+//! Endpoints for operators and orchestrators: health, readiness, metrics, status, served
+//! by the API and, alone, by the ops port. None of them needs the `Token-Broker` header,
+//! and none shows a token.
 
-use axum::Json;
-use axum::extract::State;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::routing::get;
+use axum::{Json, Router, middleware};
+use tower::Service;
+
+use super::listen::{Handler, Peer};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde_json::json;
 
-use super::App;
+use super::error::ApiError;
+use super::{App, guard};
+
+/// The ops port's routes (`server.ops_listen`): health, readiness, metrics and status,
+/// with the API's deadline, JSON errors and panic guard, and no token route at all, so
+/// nothing sent there can reach one. No `Host` check: nothing here is secret, and
+/// probes and scrapers name the pod's IP.
+pub fn router(app: App) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/v1/credentials", get(credentials))
+        .fallback(|| async { ApiError::NotFound })
+        .layer(DefaultBodyLimit::max(super::MAX_BODY))
+        .layer(middleware::from_fn_with_state(app.clone(), guard::deadline))
+        .layer(middleware::from_fn(guard::json_errors))
+        .layer(middleware::from_fn(guard::catch_panic))
+        .with_state(app)
+}
+
+/// The ops port as a connection handler.
+#[derive(Clone)]
+pub struct Ops(pub Router);
+
+impl Handler for Ops {
+    async fn call(
+        &self,
+        request: hyper::Request<hyper::body::Incoming>,
+        _peer: &Peer,
+    ) -> axum::response::Response {
+        let request = request.map(axum::body::Body::new);
+        // The router's error type is `Infallible`.
+        match self.0.clone().call(request).await {
+            Ok(response) => response,
+            Err(never) => match never {},
+        }
+    }
+}
 
 /// `GET /healthz`: the process serves.
 pub async fn healthz() -> Response {

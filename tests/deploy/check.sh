@@ -209,7 +209,7 @@ echo "broker at $broker_url, ready"
 export TOKEN_BROKER_URL="$broker_url" CREDENTIAL=demo API_URL="$idp_url/api/whoami"
 examples=(
   "shell:bash examples/shell/client.sh"
-  "python:python3 examples/python/client.py"
+  "python:$PY examples/python/client.py"
   "node:node examples/node/client.mjs"
   "java:java examples/java/Client.java"
 )
@@ -253,6 +253,66 @@ for entry in "${examples[@]}"; do
   step "$name: FORCE_REJECT_FIRST=1, reports the rejected token, then whoami 200" \
     example "$work/$name-401.out" 1 2 1 "$rejected_first" "${command[@]}"
 done
+
+# The broker's JSON error reaches the user, not just a status.
+error_shown() {
+  local out rc=0
+  out="$(CREDENTIAL=no-such-credential ROUNDS=1 timeout 60 "$@" 2>&1)" || rc=$?
+  echo "$out"
+  ((rc != 0)) && grep -q 'unknown_credential.*no credential named' <<<"$out"
+}
+for entry in "${examples[@]}"; do
+  name="${entry%%:*}"
+  read -ra command <<<"${entry#*:}"
+  step "$name: an unknown credential ends it with the broker's JSON error" error_shown "${command[@]}"
+done
+
+# clients NAME...: starts every example in the background, one round each; their pids
+# in client_pids. expect_round NAME: waits for one, which must have printed one 200.
+clients() {
+  client_pids=()
+  for entry in "${examples[@]}"; do
+    name="${entry%%:*}"
+    read -ra command <<<"${entry#*:}"
+    ROUNDS=1 timeout 90 "${command[@]}" >"$work/$name-$1.out" 2>&1 &
+    client_pids+=($!)
+  done
+}
+expect_round() {
+  local rc=0
+  wait "$2" || rc=$?
+  cat "$1"
+  ((rc == 0)) && [[ $(cat "$1") == "round 1: whoami 200" ]]
+}
+each_client() {
+  local i=0
+  for entry in "${examples[@]}"; do
+    name="${entry%%:*}"
+    step "$name: $2" expect_round "$work/$name-$1.out" "${client_pids[$i]}"
+    i=$((i + 1))
+  done
+}
+
+# A sidecar starting: the clients start while nothing listens, the broker 4 s later.
+kill -TERM "$broker_pid"
+wait "$broker_pid" || true
+clients refused
+sleep 4
+TOKEN_BROKER__SERVER__LISTEN="$listen" "$BIN" run --config "$work/broker.toml" 2>>"$work/broker.log" &
+broker_pid=$!
+pids+=("$broker_pid")
+each_client refused "started before the broker, retried until it answered"
+
+# No valid token for a while: the IdP fails every refresh until the token has expired
+# and the broker answers 503 with Retry-After, and heals 3 s after the clients start.
+fault() { curl -sS -X POST -H 'Content-Type: application/json' -d "$1" "$idp_url/admin/faults" >/dev/null; }
+answers_503() { [[ $(curl -s -o /dev/null -w '%{http_code}' -H 'Token-Broker: 1' "$broker_url/token/demo") == 503 ]]; }
+fault '{"status": 503, "count": 1000}'
+wait_for 20 answers_503 || echo "the broker never answered 503"
+clients unavailable
+sleep 3
+fault '{"count": 0}'
+each_client unavailable "waited out 503 with Retry-After"
 
 stats() { curl -sS "$idp_url/stats"; }
 step "dev IdP: refreshes happened while clients ran, none replayed or revoked" \

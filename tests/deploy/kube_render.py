@@ -113,12 +113,19 @@ def check_base(objects):
     config = tomllib.loads(configmap["data"]["config.toml"])
     mounts = {m["name"]: m["mountPath"] for m in broker["volumeMounts"]}
     volumes = {v["name"]: v for v in spec["volumes"]}
-    listen_port = int(config["server"]["listen"].rsplit(":", 1)[1])
-    check(broker["ports"][0]["containerPort"] == listen_port, f"base: containerPort is the config's port {listen_port}")
+    server = config["server"]
+    check(server["listen"].startswith("127.0.0.1:"), "base: the token API listens on loopback only")
+    ops_port = int(server.get("ops_listen", ":0").rsplit(":", 1)[1])
+    ports = broker.get("ports", [])
+    check(len(ports) == 1 and ports[0]["name"] == "ops" and ports[0]["containerPort"] == ops_port,
+          f"base: the broker's one containerPort is the config's ops port {ops_port}")
     for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz"), ("startupProbe", "/readyz")):
         get = broker.get(probe, {}).get("httpGet", {})
-        check(get.get("path") == path and get.get("port") == broker["ports"][0]["name"],
-              f"base: {probe} is httpGet {path} on the broker's port")
+        check(get.get("path") == path and get.get("port") == "ops", f"base: {probe} is httpGet {path} on the ops port")
+    annotations = deployment(objects)["spec"]["template"]["metadata"].get("annotations", {})
+    check(annotations.get("prometheus.io/scrape") == "true" and annotations.get("prometheus.io/port") == str(ops_port)
+          and annotations.get("prometheus.io/path") == "/metrics", "base: Prometheus scrapes /metrics on the ops port")
+    check_policy(next(o for o in objects if o["kind"] == "NetworkPolicy"), spec)
     config_volume = next(n for n, v in volumes.items() if "configMap" in v)
     check(volumes[config_volume]["configMap"]["name"] == configmap["metadata"]["name"]
           and mounts[config_volume] + "/config.toml" == broker["args"][broker["args"].index("--config") + 1],
@@ -141,6 +148,22 @@ def check_base(objects):
           and context["seccompProfile"]["type"] == "RuntimeDefault", "base: the broker's securityContext is locked down")
 
 
+def check_policy(policy, spec):
+    """The policy admits the ops port to Prometheus alone, and the app's ports to anyone."""
+    app_ports = {p["name"] for c in spec["containers"] for p in c.get("ports", [])}
+    rules = policy["spec"].get("ingress", [])
+    check(all(r.get("ports") for r in rules), "networkpolicy: every rule names its ports")
+    ops_rules = [r for r in rules if any(p["port"] == "ops" for p in r.get("ports", []))]
+    check(len(ops_rules) == 1 and [p["port"] for p in ops_rules[0]["ports"]] == ["ops"],
+          "networkpolicy: one rule admits the ops port, and only it")
+    for rule in ops_rules:
+        sources = rule.get("from", [])
+        check(len(sources) > 0 and all("prometheus" in str(s.get("podSelector", {})) for s in sources),
+              "networkpolicy: only Prometheus's pods may reach the ops port")
+    others = {p["port"] for r in rules if r not in ops_rules for p in r["ports"]}
+    check(others <= app_ports, f"networkpolicy: other rules admit only the app's ports {sorted(app_ports)}")
+
+
 def main():
     out = Path(sys.argv[1])
     out.mkdir(parents=True, exist_ok=True)
@@ -161,6 +184,7 @@ def main():
     existing = copy.deepcopy(wanted)
     pod = existing["spec"]["template"]["spec"]
     del pod["initContainers"], pod["securityContext"]["fsGroup"]
+    existing["spec"]["template"]["metadata"].pop("annotations", None)
     pod["volumes"] = [v for v in pod["volumes"] if not v["name"].startswith("token-broker")]
     app = pod["containers"][0]
     app["env"] = [e for e in app["env"] if e["name"] != "TOKEN_BROKER_URL"]

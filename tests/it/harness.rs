@@ -24,7 +24,13 @@ pub struct Proc {
 
 impl Proc {
     pub fn spawn(args: &[&str], env: &[(&str, &str)]) -> Proc {
-        let mut command = Command::new(bin());
+        Self::spawn_program(bin(), args, env)
+    }
+
+    /// Like `spawn`, for another program (e.g. a shell that sets limits, then runs the
+    /// broker).
+    pub fn spawn_program(program: &str, args: &[&str], env: &[(&str, &str)]) -> Proc {
+        let mut command = Command::new(program);
         command
             .args(args)
             .stdin(Stdio::null())

@@ -122,6 +122,12 @@ pub(super) fn proxies(
         .listen
         .iter()
         .map(|l| (l.clone(), "server.listen".to_owned()))
+        .chain(
+            server
+                .ops_listen
+                .iter()
+                .map(|l| (l.clone(), "server.ops_listen".to_owned())),
+        )
         .collect();
     raw.unwrap_or_default()
         .into_iter()
@@ -203,7 +209,7 @@ fn proxy_listen(
 }
 
 /// Two listeners that would collide (port 0 never does: each gets its own port).
-fn same_listener(a: &Listen, b: &Listen) -> bool {
+pub(super) fn same_listener(a: &Listen, b: &Listen) -> bool {
     match (a, b) {
         (Listen::Tcp(a), Listen::Tcp(b)) => a.port() != 0 && a == b,
         (a, b) => a == b,
