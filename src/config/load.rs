@@ -65,12 +65,50 @@ impl Source {
 /// applied.
 pub fn parse(text: &str, json: bool) -> Result<Table, Problems> {
     let mut table: Table = if json {
-        serde_json::from_str(text).map_err(|e| one("config", format!("not valid JSON: {e}")))?
+        serde_json::from_str(text).map_err(|e| {
+            let at = format!("line {}, column {}", e.line(), e.column());
+            one(
+                "config",
+                format!("not valid JSON at {at}: {}", json_reason(&e)),
+            )
+        })?
     } else {
-        toml::from_str(text).map_err(|e| one("config", format!("not valid TOML: {e}")))?
+        toml::from_str(text).map_err(|e| one("config", toml_syntax(text, &e)))?
     };
     overlay_env(&mut table, env_overrides())?;
     Ok(table)
+}
+
+/// A TOML syntax error as the place and the parser's reason, never the text around it:
+/// the parser's own rendering quotes the offending line, which may hold an inline secret,
+/// and this message reaches `check-config`, `run`'s stderr and the daemon's log.
+fn toml_syntax(text: &str, e: &toml::de::Error) -> String {
+    // The reason names what was expected (`expected `"``), not what was found.
+    let reason = e.message().lines().next().unwrap_or("").trim();
+    match e.span() {
+        Some(span) => {
+            let (line, column) = line_column(text, span.start);
+            format!("not valid TOML at line {line}, column {column}: {reason}")
+        }
+        None => format!("not valid TOML: {reason}"),
+    }
+}
+
+/// The kind of a JSON syntax error, without serde_json's position suffix (given apart).
+fn json_reason(e: &serde_json::Error) -> String {
+    let full = e.to_string();
+    match full.rfind(" at line ") {
+        Some(cut) => full[..cut].to_owned(),
+        None => full,
+    }
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().unwrap_or("").chars().count() + 1;
+    (line, column)
 }
 
 /// Deserializes a table, naming the key of the first problem.
@@ -238,6 +276,42 @@ mod tests {
             .unwrap_or_else(|| panic!("accepted {text} {env:?}"));
             assert!(problems.0[0].key.starts_with(key), "{key}: {problems}");
         }
+    }
+
+    #[test]
+    fn syntax_errors_name_line_and_column_and_never_quote_the_text() {
+        let cases = [
+            ("[a]\nclient_secret = \"hunter2\n", 2),
+            ("[a]\nx = 1\nclient_secret = hunter2\n", 3),
+            ("[a]\nclient_secret = \"hun\\qter2\"\n", 2),
+            ("[a]\nclient_secret = 'hunter2' 'hunter2'\n", 2),
+            ("[a]\nclient_secret = { file = \"hunter2\" \n", 2),
+            // An unterminated multi-line string is found at the end.
+            ("[a]\nclient_secret = \"\"\"hunter2\n", 3),
+            ("[a]\nhunter2 hunter2 = 1\n", 2),
+        ];
+        for (text, line) in cases {
+            let problem = parse(text, false).unwrap_err().0.remove(0);
+            assert_eq!(problem.key, "config");
+            assert!(!problem.message.contains("hunter"), "{text}: {problem}");
+            assert!(
+                problem
+                    .message
+                    .starts_with(&format!("not valid TOML at line {line}, column ")),
+                "{text}: {problem}"
+            );
+        }
+        let problem = parse("{\"a\": {\"s\": \"hunter2\" \"x\"}}", true)
+            .unwrap_err()
+            .0
+            .remove(0);
+        assert!(!problem.message.contains("hunter"), "{problem}");
+        assert!(
+            problem
+                .message
+                .starts_with("not valid JSON at line 1, column "),
+            "{problem}"
+        );
     }
 
     fn source(text: &str) -> Source {
