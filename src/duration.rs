@@ -40,10 +40,19 @@ pub fn format(duration: Duration) -> String {
     humantime::format_duration(rounded).to_string()
 }
 
-/// Serde helper: accepts a duration string or an integer number of seconds.
+/// The longest duration a setting takes. Every setting is a timeout, an interval or a
+/// lifetime, and none makes sense beyond a year; the bound keeps every sum and product
+/// the program forms from settings (`now + interval`, `4 * timeout`) far from overflow,
+/// which would otherwise panic at start, on a connection or at shutdown.
+pub const LONGEST_SETTING: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// Serde helper: accepts a duration string or an integer number of seconds, at most
+/// `LONGEST_SETTING`.
 pub mod serde_opt {
     use serde::{Deserialize, Deserializer};
     use std::time::Duration;
+
+    use super::LONGEST_SETTING;
 
     #[derive(Deserialize)]
     #[serde(untagged)]
@@ -54,11 +63,17 @@ pub mod serde_opt {
 
     /// Deserializes an optional duration (`"30s"` or `30`).
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-        match Option::<Raw>::deserialize(d)? {
-            None => Ok(None),
-            Some(Raw::Secs(s)) => Ok(Some(Duration::from_secs(s))),
-            Some(Raw::Text(t)) => super::parse(&t).map(Some).map_err(serde::de::Error::custom),
+        let duration = match Option::<Raw>::deserialize(d)? {
+            None => return Ok(None),
+            Some(Raw::Secs(s)) => Duration::from_secs(s),
+            Some(Raw::Text(t)) => super::parse(&t).map_err(serde::de::Error::custom)?,
+        };
+        if duration > LONGEST_SETTING {
+            return Err(serde::de::Error::custom(
+                "is longer than 365 days, the longest any setting takes",
+            ));
         }
+        Ok(Some(duration))
     }
 }
 

@@ -12,6 +12,9 @@ mod raw;
 mod state;
 mod validate;
 
+#[cfg(test)]
+mod checks_tests;
+
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -224,6 +224,10 @@ fn credential(check: &mut Check, name: String, raw: RawCredential) -> Option<Cre
     if default_lifetime < Duration::from_secs(1) {
         check.fail(key("default_lifetime"), "must be at least 1s");
     }
+    let bootstrap_poll = raw.bootstrap_poll.unwrap_or(Duration::from_secs(5));
+    if bootstrap_poll < Duration::from_millis(100) {
+        check.fail(key("bootstrap_poll"), "must be at least 100ms");
+    }
     let lost_answer = match raw.lost_answer.as_deref() {
         None | Some("retry_within_grace") => LostAnswer::RetryWithinGrace,
         Some("retry") => LostAnswer::Retry,
@@ -258,7 +262,7 @@ fn credential(check: &mut Check, name: String, raw: RawCredential) -> Option<Cre
         min_refresh_interval: raw.min_refresh_interval.unwrap_or(Duration::from_secs(5)),
         backoff_initial,
         backoff_max,
-        bootstrap_poll: raw.bootstrap_poll.unwrap_or(Duration::from_secs(5)),
+        bootstrap_poll,
         idp_reuse_grace: raw.idp_reuse_grace.unwrap_or_default(),
         lost_answer,
         access: Access {
