@@ -140,10 +140,7 @@ async fn run(path: &std::path::Path) -> anyhow::Result<()> {
     let invalid = |p| anyhow::anyhow!("invalid config {}:\n{p}", path.display());
     let source = config::Source::read(path).map_err(invalid)?;
     let early = crate::daemon::bind_early(&source).await;
-    let table = source.table().map_err(invalid)?;
-    // The text of thousands of credentials is not needed once parsed.
-    drop(source);
-    let config = config::from_table(table).map_err(invalid)?;
+    let config = source.config().map_err(invalid)?;
     let listeners = crate::daemon::bind_config(&config, early).await?;
     crate::daemon::run(config, listeners, Some(path.to_owned())).await
 }

@@ -9,10 +9,9 @@
 
 use std::path::Path;
 
-use serde::de::DeserializeOwned;
 use toml::{Table, Value};
 
-use super::{Problem, Problems, RawConfig};
+use super::{Config, Problem, Problems, RawConfig, validate};
 
 /// Prefix and separator of environment overrides: `TOKEN_BROKER__SERVER__LISTEN`.
 const ENV_PREFIX: &str = "TOKEN_BROKER";
@@ -36,6 +35,13 @@ impl Source {
     /// The whole file as a table, environment overrides applied.
     pub fn table(&self) -> Result<Table, Problems> {
         parse(&self.text, self.json)
+    }
+
+    /// The whole file checked: a `Config`, or every problem found. The text is let go
+    /// as soon as it parsed well, since thousands of credentials take room; when a key
+    /// has the wrong shape it is parsed again to find every other one (`every`).
+    pub fn config(self) -> Result<Config, Problems> {
+        checked(self.text, self.json)
     }
 
     /// The part of a TOML file before its first `[credentials...]` header, environment
@@ -111,17 +117,20 @@ fn line_column(text: &str, offset: usize) -> (usize, usize) {
     (line, column)
 }
 
-/// Deserializes a table, naming the key of the first problem.
-pub fn raw(table: Table) -> Result<RawConfig, Problems> {
-    deserialize(table)
+/// Config text checked: a `Config`, or every problem found.
+pub fn checked(text: String, json: bool) -> Result<Config, Problems> {
+    match raw(parse(&text, json)?) {
+        Ok(raw) => {
+            drop(text);
+            validate(raw)
+        }
+        Err(_) => Err(super::every::problems(parse(&text, json)?)),
+    }
 }
 
-fn deserialize<T: DeserializeOwned>(table: Table) -> Result<T, Problems> {
-    serde_path_to_error::deserialize(Value::Table(table)).map_err(|e| {
-        let key = e.path().to_string();
-        let key = if key == "." { "config".to_owned() } else { key };
-        one(&key, e.into_inner().message().trim().to_owned())
-    })
+/// Deserializes a table, naming the key of the first problem.
+pub fn raw(table: Table) -> Result<RawConfig, Problems> {
+    super::every::deserialize(table).map_err(|p| Problems(vec![p]))
 }
 
 /// The `TOKEN_BROKER__...` variables as (dotted lower-case path, value); the `config`
@@ -179,33 +188,28 @@ fn one(key: &str, message: String) -> Problems {
 /// Serde helper for numbers and booleans that may come as text (from the environment):
 /// accepts `true` and `"true"`, `64` and `"64"`.
 pub mod lenient {
-    use std::fmt::Display;
     use std::str::FromStr;
 
+    use serde::de::DeserializeOwned;
     use serde::{Deserialize, Deserializer};
 
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw<T> {
-        Native(T),
-        Text(String),
-    }
-
-    /// Deserializes an optional `T` written natively or as text.
+    /// Deserializes an optional `T` written natively or as text. The value is taken
+    /// as a TOML value first (every config is one), so a wrong shape is reported as
+    /// `T`'s own error rather than serde's "untagged enum".
     pub fn deserialize<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
     where
         D: Deserializer<'de>,
-        T: Deserialize<'de> + FromStr,
-        T::Err: Display,
+        T: DeserializeOwned + FromStr,
     {
-        match Option::<Raw<T>>::deserialize(d)? {
+        match Option::<toml::Value>::deserialize(d)? {
             None => Ok(None),
-            Some(Raw::Native(v)) => Ok(Some(v)),
-            Some(Raw::Text(t)) => t
-                .trim()
-                .parse()
+            Some(toml::Value::String(t)) => t.trim().parse().map(Some).map_err(|_| {
+                let expected = super::super::every::expected_terms(std::any::type_name::<T>());
+                serde::de::Error::custom(format!("expected {expected}, found `{t}`"))
+            }),
+            Some(native) => T::deserialize(native)
                 .map(Some)
-                .map_err(|e| serde::de::Error::custom(format!("`{t}`: {e}"))),
+                .map_err(|e| serde::de::Error::custom(e.message())),
         }
     }
 }

@@ -6,6 +6,7 @@
 //! each naming its key, so `check-config` can report them together.
 
 mod delivery;
+mod every;
 mod grant;
 mod load;
 mod raw;
@@ -271,24 +272,14 @@ pub enum LostAnswer {
     Retry,
 }
 
-/// Builds the layered raw config from a file plus the environment.
-pub fn load_raw(path: &Path) -> Result<RawConfig, Problems> {
-    load::raw(Source::read(path)?.table()?)
-}
-
 /// A config from TOML text plus the environment (used by `dev`, which embeds its config).
 pub fn load_str(toml: &str) -> Result<Config, Problems> {
-    validate(load::raw(load::parse(toml, false)?)?)
+    load::checked(toml.to_owned(), false)
 }
 
 /// Loads and validates a config file.
 pub fn load(path: &Path) -> Result<Config, Problems> {
-    validate(load_raw(path)?)
-}
-
-/// Validates a config already read into a table (see `Source`).
-pub fn from_table(table: toml::Table) -> Result<Config, Problems> {
-    validate(load::raw(table)?)
+    Source::read(path)?.config()
 }
 
 /// The listen addresses a config table names explicitly, if it names them plainly: the

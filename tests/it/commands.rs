@@ -136,6 +136,72 @@ fn check_config_reports_every_problem_at_once() {
     }
 }
 
+/// Keys of the wrong shape in several sections and credentials, and a problem the
+/// checks after parsing find: all named in one run, in the words of the file.
+#[test]
+fn check_config_lists_every_type_error_in_one_run() {
+    let (ok, stderr) = check_config(
+        r#"
+[server]
+listen = 5
+request_timeout = true
+max_watchers = [1]
+
+[idp]
+max_concurrent = "many"
+
+[credentials.a]
+token_url = "https://idp.example.com/token"
+client_id = "c"
+refresh_token = "r"
+refresh_ratio = "high"
+allowed_uids = ["hunter2"]
+colour = "blue"
+
+[credentials.b]
+token_url = "https://idp.example.com/token"
+client_id = 12345
+refresh_token = ["r"]
+
+[credentials.c]
+token_url = "https://idp.example.com/token"
+refresh_token = "r"
+"#,
+    );
+    assert!(!ok);
+    for key in [
+        "server.listen",
+        "server.request_timeout",
+        "server.max_watchers",
+        "idp.max_concurrent",
+        "credentials.a.refresh_ratio",
+        "credentials.a.allowed_uids",
+        "credentials.a.colour",
+        "credentials.b.client_id",
+        "credentials.b.refresh_token",
+        // Found by the checks after parsing, in a credential of the right shapes.
+        "credentials.c.client_id: is required",
+    ] {
+        assert!(stderr.contains(key), "{key} missing from:\n{stderr}");
+    }
+    for internal in [
+        "untagged",
+        "variant",
+        "u32",
+        "usize",
+        "invalid type",
+        "12345",
+        "hunter2",
+    ] {
+        assert!(!stderr.contains(internal), "`{internal}` in:\n{stderr}");
+    }
+    // A key removed for its shape does not come back as missing.
+    assert!(
+        !stderr.contains("credentials.b.client_id: is required"),
+        "{stderr}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn get_and_status_talk_to_a_running_broker() {
     let idp = Idp::start(&[]);
