@@ -157,8 +157,16 @@ fn outcome(result: anyhow::Result<()>) -> ExitCode {
 
 fn check_config(path: &std::path::Path, check_secrets: bool) -> ExitCode {
     let problems = match config::load(path) {
-        Ok(config) if check_secrets => config::check_sources(&config),
-        Ok(_) => Vec::new(),
+        Ok(config) => {
+            // What `run` refuses on this machine before it serves: the same checks.
+            let mut problems: Vec<_> = crate::store::check_state_dir(&config.state)
+                .into_iter()
+                .collect();
+            if check_secrets {
+                problems.extend(config::check_sources(&config));
+            }
+            problems
+        }
         Err(problems) => problems.0,
     };
     if problems.is_empty() {

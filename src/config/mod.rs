@@ -316,5 +316,12 @@ pub fn check_sources(config: &Config) -> Vec<Problem> {
         }
     }
     problems.extend(validate::check_delivery(config));
+    // The client `run` builds reads the CA and client certificate files.
+    if let Err(message) = crate::idp::IdpClient::new(&config.idp) {
+        problems.push(Problem {
+            key: "idp".to_owned(),
+            message,
+        });
+    }
     problems
 }

@@ -49,6 +49,9 @@ pub fn validate(raw: RawConfig) -> Result<Config, Problems> {
         .into_iter()
         .filter_map(|(name, c)| credential(&mut check, name, c))
         .collect();
+    for c in &credentials {
+        empty_inline_secrets(&mut check, c);
+    }
     let defaults: Vec<&str> = credentials
         .iter()
         .filter(|c| c.default)
@@ -273,6 +276,17 @@ fn credential(check: &mut Check, name: String, raw: RawCredential) -> Option<Cre
         sinks,
         name,
     })
+}
+
+/// An inline secret that is empty (or only whitespace) can never be read: the broker
+/// would refuse it at start (a client key) or at every refresh. Sources in files and
+/// variables are read by `check-config --check-secrets`, where they will be used.
+fn empty_inline_secrets(check: &mut Check, c: &CredentialSpec) {
+    for (field, source) in c.secret_sources() {
+        if matches!(source, SecretSource::Inline(value) if value.trim().is_empty()) {
+            check.fail(format!("credentials.{}.{field}", c.name), "is empty");
+        }
+    }
 }
 
 pub(super) fn valid_name(name: &str) -> bool {

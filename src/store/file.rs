@@ -54,6 +54,24 @@ pub struct FileStore {
     on_disk: Mutex<HashMap<String, Vec<u64>>>,
 }
 
+/// Refuses an existing `state.dir` that is not a directory or that every user may write
+/// to. `open` and `check-config` both ask this, so they decide alike.
+pub fn check_dir(dir: &Path) -> Result<(), String> {
+    let shown = dir.display();
+    let meta = fs::metadata(dir).map_err(|e| format!("state.dir {shown}: {e}"))?;
+    if !meta.is_dir() {
+        return Err(format!("state.dir {shown}: not a directory"));
+    }
+    if meta.permissions().mode() & 0o002 != 0 {
+        return Err(format!(
+            "state.dir {shown}: writable by every user (mode {:o}); use a private \
+             directory (0700), e.g. a subdirectory the broker creates",
+            meta.permissions().mode() & 0o777
+        ));
+    }
+    Ok(())
+}
+
 impl FileStore {
     /// Opens (creating with mode 0700 if missing) and locks the directory.
     pub fn open(dir: &Path) -> Result<FileStore, String> {
@@ -65,17 +83,7 @@ impl FileStore {
                 .create(dir)
                 .map_err(|e| format!("state.dir {shown}: cannot create: {e}"))?;
         }
-        let meta = fs::metadata(dir).map_err(|e| format!("state.dir {shown}: {e}"))?;
-        if !meta.is_dir() {
-            return Err(format!("state.dir {shown}: not a directory"));
-        }
-        if meta.permissions().mode() & 0o002 != 0 {
-            return Err(format!(
-                "state.dir {shown}: writable by every user (mode {:o}); use a private \
-                 directory (0700), e.g. a subdirectory the broker creates",
-                meta.permissions().mode() & 0o777
-            ));
-        }
+        check_dir(dir)?;
         let lock = lock_dir(dir)?;
         Ok(FileStore {
             dir: dir.to_owned(),

@@ -143,6 +143,21 @@ pub enum Store {
     Redis(Arc<RedisStore>),
 }
 
+/// What `open` would refuse about the file backend's directory before creating or
+/// locking it, for `check-config`: an existing `state.dir` that is not a private
+/// directory. A missing one is fine (the broker creates it).
+pub fn check_state_dir(config: &StateConfig) -> Option<crate::config::Problem> {
+    if config.redis.is_some() || !config.dir.exists() {
+        return None;
+    }
+    file::check_dir(&config.dir)
+        .err()
+        .map(|message| crate::config::Problem {
+            key: "state.dir".to_owned(),
+            message,
+        })
+}
+
 impl Store {
     /// Opens the configured backend. The file store locks its directory; the redis
     /// store reads its secrets and, if Redis answers, checks the encryption key (a

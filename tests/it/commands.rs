@@ -202,6 +202,71 @@ refresh_token = "r"
     );
 }
 
+/// `check-config` (with `--check-secrets` for what it reads) refuses each config `run`
+/// refuses before serving, naming the same key.
+#[test]
+fn check_config_refuses_what_run_refuses() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempdir();
+    let open_to_all = dir.path().join("open");
+    std::fs::create_dir(&open_to_all).unwrap();
+    std::fs::set_permissions(&open_to_all, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let a_file = dir.path().join("file");
+    std::fs::write(&a_file, "").unwrap();
+    let private = dir.path().join("private");
+    let missing = dir.path().join("missing-key");
+    let with = |state: &std::path::Path, extra: &str| {
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[state]\ndir = \"{}\"\n{GOOD}{extra}\n",
+            state.display()
+        )
+    };
+    let cases = [
+        (
+            with(&open_to_all, ""),
+            "state.dir",
+            "writable by every user",
+        ),
+        (with(&a_file, ""), "state.dir", "not a directory"),
+        (
+            with(&private, "client_keys = [\"k\", \"  \"]"),
+            "credentials.a.client_keys[1]",
+            "is empty",
+        ),
+        (
+            with(&private, "client_secret = \"\""),
+            "credentials.a.client_secret",
+            "is empty",
+        ),
+        (
+            with(
+                &private,
+                &format!("client_keys = [{{ file = \"{}\" }}]", missing.display()),
+            ),
+            "credentials.a.client_keys[0]",
+            "cannot read file",
+        ),
+    ];
+    for (config, key, why) in cases {
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, &config).unwrap();
+        let output = Command::new(bin())
+            .args(["check-config", "--check-secrets", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "check-config accepted:\n{config}");
+        assert!(
+            stderr.contains(key) && stderr.contains(why),
+            "expected `{key}` ... `{why}` in:\n{stderr}"
+        );
+        let (status, stderr) = run_failing(dir.path(), &config);
+        assert!(!status.success());
+        assert!(stderr.contains(key), "run: expected `{key}` in:\n{stderr}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn get_and_status_talk_to_a_running_broker() {
     let idp = Idp::start(&[]);
