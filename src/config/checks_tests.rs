@@ -87,3 +87,20 @@ fn every_duration_is_bounded_and_the_error_says_so() {
         }
     }
 }
+
+#[test]
+fn credential_names_differing_only_in_case_are_refused() {
+    let two = |a: &str, b: &str| {
+        problems(&format!(
+            "{}{}",
+            CREDENTIAL.replace("credentials.a", &format!("credentials.{a}")),
+            CREDENTIAL.replace("credentials.a", &format!("credentials.{b}"))
+        ))
+    };
+    let found = two("GitHub", "github");
+    assert!(
+        found.iter().any(|p| p.contains("only in case")),
+        "{found:?}"
+    );
+    assert_eq!(two("github", "gitlab"), Vec::<String>::new());
+}

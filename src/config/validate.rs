@@ -45,6 +45,7 @@ pub fn validate(raw: RawConfig) -> Result<Config, Problems> {
             "no credentials configured; add a [credentials.NAME] table",
         );
     }
+    names_differing_in_case(&mut check, raw_credentials.keys());
     let credentials: Vec<CredentialSpec> = raw_credentials
         .into_iter()
         .filter_map(|(name, c)| credential(&mut check, name, c))
@@ -285,6 +286,21 @@ fn empty_inline_secrets(check: &mut Check, c: &CredentialSpec) {
     for (field, source) in c.secret_sources() {
         if matches!(source, SecretSource::Inline(value) if value.trim().is_empty()) {
             check.fail(format!("credentials.{}.{field}", c.name), "is empty");
+        }
+    }
+}
+
+/// Refuses names equal but for case: they would share a state file on a file system
+/// that ignores case, and a client could not tell them apart in a log or a URL typed
+/// by hand.
+fn names_differing_in_case<'a>(check: &mut Check, names: impl Iterator<Item = &'a String>) {
+    let mut seen: std::collections::HashMap<String, &String> = Default::default();
+    for name in names {
+        if let Some(first) = seen.insert(name.to_lowercase(), name) {
+            check.fail(
+                format!("credentials.{name}"),
+                format!("differs from credentials.{first} only in case; names must differ in more"),
+            );
         }
     }
 }
