@@ -51,18 +51,19 @@ enum Command {
     /// (exit 1: the broker answered an error; 3: the broker cannot be reached).
     Get {
         /// The credential (default: the broker's default credential).
+        #[arg(value_parser = name_arg)]
         name: Option<String>,
         /// The broker's URL.
-        #[arg(long, env = "TOKEN_BROKER_URL", default_value = DEFAULT_URL)]
+        #[arg(long, env = "TOKEN_BROKER_URL", default_value = DEFAULT_URL, value_parser = url_arg)]
         url: String,
         /// Demand at least this much lifetime left (e.g. 5m).
-        #[arg(long)]
+        #[arg(long, value_parser = duration_arg)]
         min_ttl: Option<String>,
     },
     /// Show every credential's state, expiry, last refresh and last error.
     Status {
         /// The broker's URL.
-        #[arg(long, env = "TOKEN_BROKER_URL", default_value = DEFAULT_URL)]
+        #[arg(long, env = "TOKEN_BROKER_URL", default_value = DEFAULT_URL, value_parser = url_arg)]
         url: String,
         /// Print the raw JSON instead of a table.
         #[arg(long)]
@@ -72,7 +73,7 @@ enum Command {
     /// answers 200 on PATH (default /readyz), 1 otherwise.
     Probe {
         /// The broker's URL.
-        #[arg(long, env = "TOKEN_BROKER_URL", default_value = DEFAULT_URL)]
+        #[arg(long, env = "TOKEN_BROKER_URL", default_value = DEFAULT_URL, value_parser = url_arg)]
         url: String,
         /// The path to probe: /readyz (readiness) or /healthz (liveness).
         #[arg(long, default_value = "/readyz")]
@@ -87,6 +88,35 @@ enum Command {
         #[arg(long)]
         check_secrets: bool,
     },
+}
+
+// Usage errors are found here, before any request, so they exit 2 (clap's code) rather
+// than 1 after the broker refused them.
+
+/// A credential name as the config allows it.
+fn name_arg(text: &str) -> Result<String, String> {
+    if config::valid_name(text) {
+        Ok(text.to_owned())
+    } else {
+        Err("a credential name is 1-64 letters, digits, `-`, `_` or `.`".to_owned())
+    }
+}
+
+/// A duration the broker will read the same way; passed on as written.
+fn duration_arg(text: &str) -> Result<String, String> {
+    crate::duration::parse(text).map(|_| text.trim().to_owned())
+}
+
+/// The broker's base URL: http or https.
+fn url_arg(text: &str) -> Result<String, String> {
+    match url::Url::parse(text) {
+        Ok(url) if matches!(url.scheme(), "http" | "https") && url.has_host() => {
+            Ok(text.to_owned())
+        }
+        _ => Err(format!(
+            "`{text}` is not an http:// or https:// URL such as {DEFAULT_URL}"
+        )),
+    }
 }
 
 /// Parses the command line and runs it.

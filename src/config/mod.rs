@@ -26,7 +26,7 @@ pub use delivery::*;
 pub use grant::*;
 pub use load::{Source, lenient};
 pub use raw::RawConfig;
-pub use validate::{checked_url, parse_listen, validate};
+pub use validate::{checked_url, parse_listen, valid_name, validate};
 
 use crate::secret::SecretSource;
 

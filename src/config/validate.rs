@@ -305,7 +305,8 @@ fn names_differing_in_case<'a>(check: &mut Check, names: impl Iterator<Item = &'
     }
 }
 
-pub(super) fn valid_name(name: &str) -> bool {
+/// Whether a credential or proxy name is allowed: it appears in URLs and file names.
+pub fn valid_name(name: &str) -> bool {
     (1..=64).contains(&name.len())
         && name != "."
         && name != ".."

@@ -318,6 +318,44 @@ async fn get_and_status_talk_to_a_running_broker() {
     assert!(!table.contains(&token));
 }
 
+/// Usage errors are found before any request (exit 2); an unreachable broker is named
+/// with the cause (exit 3).
+#[test]
+fn get_checks_its_arguments_locally_and_names_why_the_broker_is_unreachable() {
+    // A port nothing listens on: bound, then let go.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = closed.local_addr().unwrap().to_string();
+    drop(closed);
+    let url = format!("http://{addr}");
+    let run = |args: &[&str]| {
+        let output = Command::new(bin()).args(args).output().unwrap();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    for args in [
+        &["get", "x", "--min-ttl", "banana", "--url", &url][..],
+        &["get", "a/b", "--url", &url],
+        &["get", "x", "--url", "banana"],
+        &["status", "--url", "ftp://127.0.0.1/"],
+    ] {
+        let (code, stderr) = run(args);
+        assert_eq!(code, Some(2), "{args:?}: {stderr}");
+        assert!(!stderr.contains("cannot reach"), "{args:?}: {stderr}");
+    }
+    let (code, stderr) = run(&["get", "x", "--min-ttl", "5m", "--url", &url]);
+    assert_eq!(code, Some(3), "{stderr}");
+    assert!(
+        stderr.contains(&format!("connection refused to {addr}")),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("error sending request"), "{stderr}");
+    let (code, stderr) = run(&["status", "--url", &url]);
+    assert_eq!(code, Some(3), "{stderr}");
+    assert!(stderr.contains("connection refused"), "{stderr}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dev_serves_a_token_its_idp_accepts() {
     let mut dev = Proc::spawn(&["dev", "--listen", "127.0.0.1:0"], &[]);
