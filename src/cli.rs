@@ -44,6 +44,9 @@ enum Command {
         /// Where the broker listens.
         #[arg(long, default_value = DEFAULT_LISTEN)]
         listen: String,
+        /// Where its dev IdP listens.
+        #[arg(long, default_value = crate::dev_idp::DEFAULT_LISTEN)]
+        idp_listen: String,
     },
     /// A strict OAuth2 token server for development and tests only. Never for production.
     DevIdp(Box<crate::dev_idp::DevIdpArgs>),
@@ -155,9 +158,9 @@ async fn dispatch(cli: Cli) -> ExitCode {
             init_logging(cli.log_format);
             outcome(run(&config).await)
         }
-        Command::Dev { listen } => {
+        Command::Dev { listen, idp_listen } => {
             init_logging(cli.log_format);
-            outcome(crate::dev::run(&listen).await)
+            outcome(crate::dev::run(&listen, &idp_listen).await)
         }
         Command::DevIdp(args) => {
             init_logging(cli.log_format);
