@@ -13,6 +13,7 @@ mod upstream;
 mod api;
 mod chaos;
 mod client_auth;
+mod client_keys;
 mod commands;
 mod exec;
 mod failures;
