@@ -125,6 +125,16 @@ pub struct StateConfig {
     pub dir: PathBuf,
     /// The shared backend, when `backend = "redis"`; `None` means the file store in `dir`.
     pub redis: Option<RedisConfig>,
+    /// File backend: the keys that seal the state files at rest, when set.
+    pub file_keys: Option<StateKeys>,
+}
+
+/// The file backend's sealing keys: `encryption_key` seals every write; files sealed
+/// with one of `previous` still open, and are sealed again with `key` at start-up.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StateKeys {
+    pub key: SecretSource,
+    pub previous: Vec<SecretSource>,
 }
 
 /// The shared backend: several brokers keep one state per credential in Redis and

@@ -95,6 +95,7 @@ pub struct RawState {
     #[serde(default, with = "serde_opt")]
     pub timeout: Option<Duration>,
     pub encryption_key: Option<SecretSource>,
+    pub previous_encryption_keys: Option<Vec<SecretSource>>,
     pub ca_file: Option<String>,
 }
 

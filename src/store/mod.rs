@@ -11,6 +11,7 @@
 mod changes;
 mod crypto;
 mod file;
+mod file_keys;
 mod keycheck;
 mod lease;
 mod record;
@@ -164,7 +165,14 @@ impl Store {
     /// Redis that is down is not an error here: the broker waits for it).
     pub async fn open(config: &StateConfig) -> Result<Store, String> {
         match &config.redis {
-            None => FileStore::open(&config.dir).map(|s| Store::File(Arc::new(s))),
+            None => {
+                let keys = config
+                    .file_keys
+                    .as_ref()
+                    .map(file_keys::Keys::read)
+                    .transpose()?;
+                FileStore::open_sealed(&config.dir, keys).map(|s| Store::File(Arc::new(s)))
+            }
             Some(redis) => {
                 let store = RedisStore::new(redis)?;
                 match store.check().await {

@@ -32,6 +32,7 @@ mod persistence;
 mod proxy;
 mod proxy_bodies;
 mod refusals;
+mod sealed_state;
 mod security;
 mod single_flight;
 mod sinks;
