@@ -3,7 +3,7 @@
 //! whether a refresh is out unanswered.
 //!
 //! Two backends behind one `Store`: `file` (the default), generation files in
-//! `state.dir` for one broker; `redis`, one record per credential shared by a fleet of
+//! `state.dir` for one broker, optionally sealed (`file_keys`); `redis`, one record per credential shared by a fleet of
 //! brokers, written under a lease with a version check (fencing, `lease`), optionally
 //! sealed (`crypto`, `keycheck`), with change notices (`changes`). Only the broker decides when to write; the stores only keep what they
 //! are given, crash-safely.
