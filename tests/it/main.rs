@@ -38,4 +38,5 @@ mod single_flight;
 mod sinks;
 mod stampede;
 mod tls;
+mod usage;
 mod watch;
