@@ -45,6 +45,9 @@ enum Command {
         /// Where the broker listens.
         #[arg(long, default_value = config::DEFAULT_LISTEN)]
         listen: String,
+        /// Where its dev IdP listens.
+        #[arg(long, default_value = crate::dev_idp::DEFAULT_LISTEN)]
+        idp_listen: String,
     },
     /// A strict OAuth2 token server for development and tests only. Never for production.
     #[cfg(feature = "dev-idp")]
@@ -53,12 +56,13 @@ enum Command {
     /// (exit 1: the broker answered an error; 3: the broker cannot be reached).
     Get {
         /// The credential (default: the broker's default credential).
+        #[arg(value_parser = name_arg)]
         name: Option<String>,
         /// The broker's URL.
-        #[arg(long, env = "TOKEN_BROKER_URL", default_value = DEFAULT_URL)]
+        #[arg(long, env = "TOKEN_BROKER_URL", default_value = DEFAULT_URL, value_parser = url_arg)]
         url: String,
         /// Demand at least this much lifetime left (e.g. 5m).
-        #[arg(long)]
+        #[arg(long, value_parser = duration_arg)]
         min_ttl: Option<String>,
         /// raw (the bare token), json, or exec-credential (a kubectl credential plugin's
         /// answer; reads KUBERNETES_EXEC_INFO for the API version asked).
@@ -78,7 +82,7 @@ enum Command {
     /// Show every credential's state, expiry, last refresh and last error.
     Status {
         /// The broker's URL.
-        #[arg(long, env = "TOKEN_BROKER_URL", default_value = DEFAULT_URL)]
+        #[arg(long, env = "TOKEN_BROKER_URL", default_value = DEFAULT_URL, value_parser = url_arg)]
         url: String,
         /// Print the raw JSON instead of a table.
         #[arg(long)]
@@ -88,7 +92,7 @@ enum Command {
     /// answers 200 on PATH (default /readyz), 1 otherwise.
     Probe {
         /// The broker's URL.
-        #[arg(long, env = "TOKEN_BROKER_URL", default_value = DEFAULT_URL)]
+        #[arg(long, env = "TOKEN_BROKER_URL", default_value = DEFAULT_URL, value_parser = url_arg)]
         url: String,
         /// The path to probe: /readyz (readiness) or /healthz (liveness).
         #[arg(long, default_value = "/readyz")]
@@ -103,6 +107,35 @@ enum Command {
         #[arg(long)]
         check_secrets: bool,
     },
+}
+
+// Usage errors are found here, before any request, so they exit 2 (clap's code) rather
+// than 1 after the broker refused them.
+
+/// A credential name as the config allows it.
+fn name_arg(text: &str) -> Result<String, String> {
+    if config::valid_name(text) {
+        Ok(text.to_owned())
+    } else {
+        Err("a credential name is 1-64 letters, digits, `-`, `_` or `.`".to_owned())
+    }
+}
+
+/// A duration the broker will read the same way; passed on as written.
+fn duration_arg(text: &str) -> Result<String, String> {
+    crate::duration::parse(text).map(|_| text.trim().to_owned())
+}
+
+/// The broker's base URL: http or https.
+fn url_arg(text: &str) -> Result<String, String> {
+    match url::Url::parse(text) {
+        Ok(url) if matches!(url.scheme(), "http" | "https") && url.has_host() => {
+            Ok(text.to_owned())
+        }
+        _ => Err(format!(
+            "`{text}` is not an http:// or https:// URL such as {DEFAULT_URL}"
+        )),
+    }
 }
 
 /// Parses the command line and runs it.
@@ -149,10 +182,10 @@ async fn dispatch(cli: Cli) -> ExitCode {
             outcome(run(&config).await)
         }
         #[cfg(feature = "dev-idp")]
-        Command::Dev { listen } => {
+        Command::Dev { listen, idp_listen } => {
             init_logging(cli.log_format);
             harden();
-            outcome(crate::dev::run(&listen).await)
+            outcome(crate::dev::run(&listen, &idp_listen).await)
         }
         #[cfg(feature = "dev-idp")]
         Command::DevIdp(args) => {
@@ -166,10 +199,7 @@ async fn run(path: &std::path::Path) -> anyhow::Result<()> {
     let invalid = |p| anyhow::anyhow!("invalid config {}:\n{p}", path.display());
     let source = config::Source::read(path).map_err(invalid)?;
     let early = crate::daemon::bind_early(&source).await;
-    let table = source.table().map_err(invalid)?;
-    // The text of thousands of credentials is not needed once parsed.
-    drop(source);
-    let config = config::from_table(table).map_err(invalid)?;
+    let config = source.config().map_err(invalid)?;
     let listeners = crate::daemon::bind_config(&config, early).await?;
     crate::daemon::run(
         config,
@@ -203,8 +233,16 @@ fn outcome(result: anyhow::Result<()>) -> ExitCode {
 
 fn check_config(path: &std::path::Path, check_secrets: bool) -> ExitCode {
     let problems = match config::load(path) {
-        Ok(config) if check_secrets => config::check_sources(&config),
-        Ok(_) => Vec::new(),
+        Ok(config) => {
+            // What `run` refuses on this machine before it serves: the same checks.
+            let mut problems: Vec<_> = crate::store::check_state_dir(&config.state)
+                .into_iter()
+                .collect();
+            if check_secrets {
+                problems.extend(config::check_sources(&config));
+            }
+            problems
+        }
         Err(problems) => problems.0,
     };
     if problems.is_empty() {

@@ -41,7 +41,7 @@ pub(crate) async fn fetch(
     let response = request.send().await.map_err(|e| {
         fail(
             EXIT_UNREACHABLE,
-            &format!("cannot reach the broker at {url}: {e}"),
+            &format!("cannot reach the broker at {url}: {}", cause(&e)),
         )
     })?;
     let status = response.status().as_u16();
@@ -52,6 +52,36 @@ pub(crate) async fn fetch(
         )
     })?;
     Ok((status, body))
+}
+
+/// Why a request got no answer, in plain words: reqwest's own message is only "error
+/// sending request"; the cause is at the bottom of its chain of sources.
+fn cause(e: &reqwest::Error) -> String {
+    let target = e
+        .url()
+        .and_then(|u| Some(format!("{}:{}", u.host_str()?, u.port_or_known_default()?)))
+        .unwrap_or_else(|| "the broker".to_owned());
+    if e.is_timeout() {
+        return format!("no answer from {target} in time");
+    }
+    let mut innermost = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind::*;
+            match io.kind() {
+                ConnectionRefused => return format!("connection refused to {target}"),
+                TimedOut => return format!("connecting to {target} timed out"),
+                ConnectionReset | ConnectionAborted => {
+                    return format!("{target} closed the connection");
+                }
+                _ => {}
+            }
+        }
+        innermost = s.to_string();
+        source = s.source();
+    }
+    format!("{innermost} ({target})")
 }
 
 pub(crate) fn broker_error(status: u16, body: &str) -> ExitCode {
@@ -145,7 +175,10 @@ pub async fn probe(url: &str, path: &str) -> ExitCode {
             EXIT_BROKER_ERROR,
             &format!("{target} answered HTTP {}", response.status().as_u16()),
         ),
-        Err(e) => fail(EXIT_BROKER_ERROR, &format!("cannot reach {target}: {e}")),
+        Err(e) => fail(
+            EXIT_BROKER_ERROR,
+            &format!("cannot reach {target}: {}", cause(&e)),
+        ),
     }
 }
 

@@ -12,16 +12,19 @@ use crate::dev_idp::{self, DevIdp, DevIdpOptions};
 /// Access-token lifetime of the demo credential.
 const DEMO_TTL: Duration = Duration::from_secs(20);
 
-/// Runs until SIGTERM/SIGINT.
-pub async fn run(listen: &str) -> anyhow::Result<()> {
+/// Runs until SIGTERM/SIGINT. The dev IdP listens on a fixed port by default (that of
+/// `dev-idp`), so the lines of the README and of the examples work as written.
+pub async fn run(listen: &str, idp_listen: &str) -> anyhow::Result<()> {
     let options = DevIdpOptions {
         access_ttl: DEMO_TTL,
         ..DevIdpOptions::default()
     };
     let idp = DevIdp::new(options.clone());
-    let idp_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+    let idp_listener = tokio::net::TcpListener::bind(idp_listen)
         .await
-        .context("binding the dev IdP")?;
+        .with_context(|| {
+            format!("the dev IdP cannot listen on {idp_listen}; choose another address with --idp-listen")
+        })?;
     let idp_addr = idp_listener.local_addr()?;
     let stop = CancellationToken::new();
     tokio::spawn(dev_idp::serve(

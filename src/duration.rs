@@ -40,25 +40,67 @@ pub fn format(duration: Duration) -> String {
     humantime::format_duration(rounded).to_string()
 }
 
-/// Serde helper: accepts a duration string or an integer number of seconds.
+/// The longest duration a setting takes. Every setting is a timeout, an interval or a
+/// lifetime, and none makes sense beyond a year; the bound keeps every sum and product
+/// the program forms from settings (`now + interval`, `4 * timeout`) far from overflow,
+/// which would otherwise panic at start, on a connection or at shutdown.
+pub const LONGEST_SETTING: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// Serde helper: accepts a duration string or an integer number of seconds, at most
+/// `LONGEST_SETTING`.
 pub mod serde_opt {
+    use serde::de::{self, Visitor};
     use serde::{Deserialize, Deserializer};
     use std::time::Duration;
 
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        Secs(u64),
-        Text(String),
+    use super::LONGEST_SETTING;
+
+    /// `Option` needs a `Deserialize` type to hold.
+    struct Wrapped(Duration);
+
+    impl<'de> Deserialize<'de> for Wrapped {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            d.deserialize_any(Shape).map(Wrapped)
+        }
+    }
+
+    /// A duration as text or whole seconds; hand-written so a mistake says what a
+    /// duration looks like, not serde's "untagged enum".
+    struct Shape;
+
+    impl<'de> Visitor<'de> for Shape {
+        type Value = Duration;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a duration such as \"30s\", \"5m\", \"1h\" or a number of seconds")
+        }
+
+        fn visit_u64<E: de::Error>(self, secs: u64) -> Result<Duration, E> {
+            Ok(Duration::from_secs(secs))
+        }
+
+        fn visit_i64<E: de::Error>(self, secs: i64) -> Result<Duration, E> {
+            u64::try_from(secs)
+                .map(Duration::from_secs)
+                .map_err(|_| E::custom("must not be negative"))
+        }
+
+        fn visit_str<E: de::Error>(self, text: &str) -> Result<Duration, E> {
+            super::parse(text).map_err(E::custom)
+        }
     }
 
     /// Deserializes an optional duration (`"30s"` or `30`).
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-        match Option::<Raw>::deserialize(d)? {
-            None => Ok(None),
-            Some(Raw::Secs(s)) => Ok(Some(Duration::from_secs(s))),
-            Some(Raw::Text(t)) => super::parse(&t).map(Some).map_err(serde::de::Error::custom),
+        let Some(Wrapped(duration)) = Option::<Wrapped>::deserialize(d)? else {
+            return Ok(None);
+        };
+        if duration > LONGEST_SETTING {
+            return Err(serde::de::Error::custom(
+                "is longer than 365 days, the longest any setting takes",
+            ));
         }
+        Ok(Some(duration))
     }
 }
 

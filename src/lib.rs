@@ -5,7 +5,8 @@
 //! - `cli`: the command line; `main` only maps its outcome to an exit code.
 //! - `config`: raw config (as written) and validated config (as used), layered from a
 //!   TOML file and `TOKEN_BROKER__...` variables.
-//! - `secret`: secret sources (`"..."`, `{ file }`, `{ env }`) and redaction.
+//! - `secret`: secret sources (`"..."`, `{ file }`, `{ env }`), redaction, and the
+//!   client keys that follow their files (`KeyRing`).
 //! - `idp`: one token request to an identity provider (every grant and client
 //!   authentication method, signed assertions), with every failure classified.
 //! - `exec`: the `exec` source, a local command that prints a token.

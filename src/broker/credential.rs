@@ -24,7 +24,6 @@ use super::state::{self, Snapshot, Step, Why};
 use crate::config::{CredentialSpec, Grant};
 use crate::error::{Error, Remedy};
 use crate::metrics::CredentialMetrics;
-use crate::secret::{ExposeSecret, constant_time_eq};
 use crate::token::Token;
 
 /// The one result of a refresh, handed to every waiter.
@@ -83,8 +82,8 @@ pub struct Credential {
     pub(super) remote: tokio::sync::Notify,
     pub(super) shared: Arc<Shared>,
     pub(super) metrics: CredentialMetrics,
-    /// The client keys of `spec.access`, read once at start-up (and at reload).
-    pub(super) client_keys: Vec<SecretString>,
+    /// The client keys of `spec.access`, kept current with their files.
+    pub(super) client_keys: crate::secret::KeyRing,
     /// Cancelled when this credential is retired (shutdown, or removed or replaced by a
     /// reload): its timer stops and it starts no new refresh.
     pub(super) stop: CancellationToken,
@@ -155,16 +154,7 @@ impl Credential {
         shared: &Arc<Shared>,
         spec: &CredentialSpec,
     ) -> Result<Arc<Credential>, String> {
-        let client_keys = spec
-            .access
-            .keys
-            .iter()
-            .enumerate()
-            .map(|(i, k)| {
-                k.read()
-                    .map_err(|e| format!("credentials.{}.client_keys[{i}]: {e}", spec.name))
-            })
-            .collect::<Result<Vec<_>, String>>()?;
+        let client_keys = crate::secret::KeyRing::load(&spec.name, &spec.access.keys)?;
         let stop = shared.shutdown.child_token();
         let sinks = if spec.sinks.is_empty() {
             Vec::new()
@@ -210,12 +200,7 @@ impl Credential {
         }
         let peer_ok = unix_peer
             .is_some_and(|(uid, gid)| access.uids.contains(&uid) || access.gids.contains(&gid));
-        // Every key is compared, so timing does not tell which one nearly matched.
-        let key_ok = key.is_some_and(|key| {
-            self.client_keys.iter().fold(false, |ok, k| {
-                ok | constant_time_eq(k.expose_secret().as_bytes(), key)
-            })
-        });
+        let key_ok = key.is_some_and(|key| self.client_keys.admits(key));
         peer_ok || key_ok
     }
 

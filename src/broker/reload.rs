@@ -24,6 +24,8 @@ pub struct Reloaded {
     pub removed: Vec<String>,
     pub changed: Vec<String>,
     pub unchanged: Vec<String>,
+    /// Unchanged credentials whose client key files changed: their keys apply now.
+    pub keys_reread: Vec<String>,
 }
 
 /// Longest a reload waits for a retiring credential's refresh to finish.
@@ -41,6 +43,10 @@ impl Broker {
         for spec in &config.credentials {
             match old.map.get(&spec.name) {
                 Some(current) if current.spec == *spec => {
+                    // The spec names key files, not their contents: look at them now.
+                    if current.client_keys.reread() {
+                        report.keys_reread.push(spec.name.clone());
+                    }
                     report.unchanged.push(spec.name.clone());
                     map.insert(spec.name.clone(), current.clone());
                 }
@@ -75,7 +81,7 @@ impl Broker {
         report.added.sort();
         report.removed.sort();
         report.changed.sort();
-        info!(added = ?report.added, removed = ?report.removed, changed = ?report.changed, unchanged = report.unchanged.len(), "configuration reloaded");
+        info!(added = ?report.added, removed = ?report.removed, changed = ?report.changed, unchanged = report.unchanged.len(), client_keys_reread = ?report.keys_reread, "configuration reloaded");
         Ok(report)
     }
 }

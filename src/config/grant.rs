@@ -173,7 +173,7 @@ impl super::CredentialSpec {
     }
 
     /// Every secret source of the credential with its key (below `credentials.NAME`),
-    /// for `check-config --check-secrets`; the private key is read (and parsed) by
+    /// for `check-config --check-secrets` and the check of inline values; the private key is read (and parsed) by
     /// `idp::check_key` instead.
     pub fn secret_sources(&self) -> Vec<(String, &SecretSource)> {
         let mut sources: Vec<(String, &SecretSource)> = Vec::new();
@@ -196,6 +196,9 @@ impl super::CredentialSpec {
             for (name, source) in &exec.env {
                 sources.push((format!("exec.env.{name}"), source));
             }
+        }
+        for (i, source) in self.access.keys.iter().enumerate() {
+            sources.push((format!("client_keys[{i}]"), source));
         }
         sources
     }

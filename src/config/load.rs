@@ -9,10 +9,9 @@
 
 use std::path::Path;
 
-use serde::de::DeserializeOwned;
 use toml::{Table, Value};
 
-use super::{Problem, Problems, RawConfig};
+use super::{Config, Problem, Problems, RawConfig, validate};
 
 /// Prefix and separator of environment overrides: `TOKEN_BROKER__SERVER__LISTEN`.
 const ENV_PREFIX: &str = "TOKEN_BROKER";
@@ -36,6 +35,13 @@ impl Source {
     /// The whole file as a table, environment overrides applied.
     pub fn table(&self) -> Result<Table, Problems> {
         parse(&self.text, self.json)
+    }
+
+    /// The whole file checked: a `Config`, or every problem found. The text is let go
+    /// as soon as it parsed well, since thousands of credentials take room; when a key
+    /// has the wrong shape it is parsed again to find every other one (`every`).
+    pub fn config(self) -> Result<Config, Problems> {
+        checked(self.text, self.json)
     }
 
     /// The part of a TOML file before its first `[credentials...]` header, environment
@@ -65,25 +71,66 @@ impl Source {
 /// applied.
 pub fn parse(text: &str, json: bool) -> Result<Table, Problems> {
     let mut table: Table = if json {
-        serde_json::from_str(text).map_err(|e| one("config", format!("not valid JSON: {e}")))?
+        serde_json::from_str(text).map_err(|e| {
+            let at = format!("line {}, column {}", e.line(), e.column());
+            one(
+                "config",
+                format!("not valid JSON at {at}: {}", json_reason(&e)),
+            )
+        })?
     } else {
-        toml::from_str(text).map_err(|e| one("config", format!("not valid TOML: {e}")))?
+        toml::from_str(text).map_err(|e| one("config", toml_syntax(text, &e)))?
     };
     overlay_env(&mut table, env_overrides())?;
     Ok(table)
 }
 
-/// Deserializes a table, naming the key of the first problem.
-pub fn raw(table: Table) -> Result<RawConfig, Problems> {
-    deserialize(table)
+/// A TOML syntax error as the place and the parser's reason, never the text around it:
+/// the parser's own rendering quotes the offending line, which may hold an inline secret,
+/// and this message reaches `check-config`, `run`'s stderr and the daemon's log.
+fn toml_syntax(text: &str, e: &toml::de::Error) -> String {
+    // The reason names what was expected (`expected `"``), not what was found.
+    let reason = e.message().lines().next().unwrap_or("").trim();
+    match e.span() {
+        Some(span) => {
+            let (line, column) = line_column(text, span.start);
+            format!("not valid TOML at line {line}, column {column}: {reason}")
+        }
+        None => format!("not valid TOML: {reason}"),
+    }
 }
 
-fn deserialize<T: DeserializeOwned>(table: Table) -> Result<T, Problems> {
-    serde_path_to_error::deserialize(Value::Table(table)).map_err(|e| {
-        let key = e.path().to_string();
-        let key = if key == "." { "config".to_owned() } else { key };
-        one(&key, e.into_inner().message().trim().to_owned())
-    })
+/// The kind of a JSON syntax error, without serde_json's position suffix (given apart).
+fn json_reason(e: &serde_json::Error) -> String {
+    let full = e.to_string();
+    match full.rfind(" at line ") {
+        Some(cut) => full[..cut].to_owned(),
+        None => full,
+    }
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().unwrap_or("").chars().count() + 1;
+    (line, column)
+}
+
+/// Config text checked: a `Config`, or every problem found.
+pub fn checked(text: String, json: bool) -> Result<Config, Problems> {
+    match raw(parse(&text, json)?) {
+        Ok(raw) => {
+            drop(text);
+            validate(raw)
+        }
+        Err(_) => Err(super::every::problems(parse(&text, json)?)),
+    }
+}
+
+/// Deserializes a table, naming the key of the first problem.
+pub fn raw(table: Table) -> Result<RawConfig, Problems> {
+    super::every::deserialize(table).map_err(|p| Problems(vec![p]))
 }
 
 /// The `TOKEN_BROKER__...` variables as (dotted lower-case path, value); the `config`
@@ -141,33 +188,28 @@ fn one(key: &str, message: String) -> Problems {
 /// Serde helper for numbers and booleans that may come as text (from the environment):
 /// accepts `true` and `"true"`, `64` and `"64"`.
 pub mod lenient {
-    use std::fmt::Display;
     use std::str::FromStr;
 
+    use serde::de::DeserializeOwned;
     use serde::{Deserialize, Deserializer};
 
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw<T> {
-        Native(T),
-        Text(String),
-    }
-
-    /// Deserializes an optional `T` written natively or as text.
+    /// Deserializes an optional `T` written natively or as text. The value is taken
+    /// as a TOML value first (every config is one), so a wrong shape is reported as
+    /// `T`'s own error rather than serde's "untagged enum".
     pub fn deserialize<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
     where
         D: Deserializer<'de>,
-        T: Deserialize<'de> + FromStr,
-        T::Err: Display,
+        T: DeserializeOwned + FromStr,
     {
-        match Option::<Raw<T>>::deserialize(d)? {
+        match Option::<toml::Value>::deserialize(d)? {
             None => Ok(None),
-            Some(Raw::Native(v)) => Ok(Some(v)),
-            Some(Raw::Text(t)) => t
-                .trim()
-                .parse()
+            Some(toml::Value::String(t)) => t.trim().parse().map(Some).map_err(|_| {
+                let expected = super::super::every::expected_terms(std::any::type_name::<T>());
+                serde::de::Error::custom(format!("expected {expected}, found `{t}`"))
+            }),
+            Some(native) => T::deserialize(native)
                 .map(Some)
-                .map_err(|e| serde::de::Error::custom(format!("`{t}`: {e}"))),
+                .map_err(|e| serde::de::Error::custom(e.message())),
         }
     }
 }
@@ -238,6 +280,42 @@ mod tests {
             .unwrap_or_else(|| panic!("accepted {text} {env:?}"));
             assert!(problems.0[0].key.starts_with(key), "{key}: {problems}");
         }
+    }
+
+    #[test]
+    fn syntax_errors_name_line_and_column_and_never_quote_the_text() {
+        let cases = [
+            ("[a]\nclient_secret = \"hunter2\n", 2),
+            ("[a]\nx = 1\nclient_secret = hunter2\n", 3),
+            ("[a]\nclient_secret = \"hun\\qter2\"\n", 2),
+            ("[a]\nclient_secret = 'hunter2' 'hunter2'\n", 2),
+            ("[a]\nclient_secret = { file = \"hunter2\" \n", 2),
+            // An unterminated multi-line string is found at the end.
+            ("[a]\nclient_secret = \"\"\"hunter2\n", 3),
+            ("[a]\nhunter2 hunter2 = 1\n", 2),
+        ];
+        for (text, line) in cases {
+            let problem = parse(text, false).unwrap_err().0.remove(0);
+            assert_eq!(problem.key, "config");
+            assert!(!problem.message.contains("hunter"), "{text}: {problem}");
+            assert!(
+                problem
+                    .message
+                    .starts_with(&format!("not valid TOML at line {line}, column ")),
+                "{text}: {problem}"
+            );
+        }
+        let problem = parse("{\"a\": {\"s\": \"hunter2\" \"x\"}}", true)
+            .unwrap_err()
+            .0
+            .remove(0);
+        assert!(!problem.message.contains("hunter"), "{problem}");
+        assert!(
+            problem
+                .message
+                .starts_with("not valid JSON at line 1, column "),
+            "{problem}"
+        );
     }
 
     fn source(text: &str) -> Source {

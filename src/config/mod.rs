@@ -7,11 +7,15 @@
 
 mod delivery;
 mod emulate;
+mod every;
 mod grant;
 mod load;
 mod raw;
 mod state;
 mod validate;
+
+#[cfg(test)]
+mod checks_tests;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -24,7 +28,7 @@ pub use emulate::*;
 pub use grant::*;
 pub use load::{Source, lenient};
 pub use raw::RawConfig;
-pub use validate::{checked_url, parse_listen, validate};
+pub use validate::{checked_url, parse_listen, valid_name, validate};
 
 use crate::secret::SecretSource;
 
@@ -132,6 +136,16 @@ pub struct StateConfig {
     pub dir: PathBuf,
     /// The shared backend, when `backend = "redis"`; `None` means the file store in `dir`.
     pub redis: Option<RedisConfig>,
+    /// File backend: the keys that seal the state files at rest, when set.
+    pub file_keys: Option<StateKeys>,
+}
+
+/// The file backend's sealing keys: `encryption_key` seals every write; files sealed
+/// with one of `previous` still open, and are sealed again with `key` at start-up.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StateKeys {
+    pub key: SecretSource,
+    pub previous: Vec<SecretSource>,
 }
 
 /// The shared backend: several brokers keep one state per credential in Redis and
@@ -279,24 +293,14 @@ pub enum LostAnswer {
     Retry,
 }
 
-/// Builds the layered raw config from a file plus the environment.
-pub fn load_raw(path: &Path) -> Result<RawConfig, Problems> {
-    load::raw(Source::read(path)?.table()?)
-}
-
 /// A config from TOML text plus the environment (used by `dev`, which embeds its config).
 pub fn load_str(toml: &str) -> Result<Config, Problems> {
-    validate(load::raw(load::parse(toml, false)?)?)
+    load::checked(toml.to_owned(), false)
 }
 
 /// Loads and validates a config file.
 pub fn load(path: &Path) -> Result<Config, Problems> {
-    validate(load_raw(path)?)
-}
-
-/// Validates a config already read into a table (see `Source`).
-pub fn from_table(table: toml::Table) -> Result<Config, Problems> {
-    validate(load::raw(table)?)
+    Source::read(path)?.config()
 }
 
 /// The listen addresses a config table names explicitly, if it names them plainly: the
@@ -339,5 +343,12 @@ pub fn check_sources(config: &Config) -> Vec<Problem> {
         });
     }
     problems.extend(validate::check_delivery(config));
+    // The client `run` builds reads the CA and client certificate files.
+    if let Err(message) = crate::idp::IdpClient::new(&config.idp) {
+        problems.push(Problem {
+            key: "idp".to_owned(),
+            message,
+        });
+    }
     problems
 }

@@ -24,11 +24,37 @@ pub struct RawConfig {
 }
 
 /// `listen` takes one address or a list of them.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
+#[derive(Debug)]
 pub enum OneOrMany {
     One(String),
     Many(Vec<String>),
+}
+
+/// Hand-written so a mistake names the shapes allowed, not serde's "untagged enum".
+impl<'de> Deserialize<'de> for OneOrMany {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Shape;
+        impl<'de> serde::de::Visitor<'de> for Shape {
+            type Value = OneOrMany;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("text in quotes or a list of them")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<OneOrMany, E> {
+                Ok(OneOrMany::One(v.to_owned()))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<OneOrMany, A::Error> {
+                let mut many = Vec::new();
+                while let Some(one) = seq.next_element::<String>()? {
+                    many.push(one);
+                }
+                Ok(OneOrMany::Many(many))
+            }
+        }
+        d.deserialize_any(Shape)
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -73,6 +99,7 @@ pub struct RawState {
     #[serde(default, with = "serde_opt")]
     pub timeout: Option<Duration>,
     pub encryption_key: Option<SecretSource>,
+    pub previous_encryption_keys: Option<Vec<SecretSource>>,
     pub ca_file: Option<String>,
 }
 

@@ -11,7 +11,7 @@ use reqwest::Url;
 
 use super::raw::RawState;
 use super::validate::Check;
-use super::{OnStoreUnavailable, Problem, RedisConfig, StateConfig};
+use super::{OnStoreUnavailable, Problem, RedisConfig, StateConfig, StateKeys};
 use crate::secret::SecretSource;
 
 /// Default `state.dir` of the file backend.
@@ -19,6 +19,7 @@ pub const DEFAULT_DIR: &str = "/var/lib/token-broker";
 
 /// Builds the `[state]` settings, recording every problem in `check`.
 pub(super) fn state(check: &mut Check, raw: RawState) -> StateConfig {
+    let mut file_keys = None;
     let redis = match raw.backend.as_deref() {
         None | Some("file") => {
             for key in redis_keys_set(&raw) {
@@ -27,9 +28,17 @@ pub(super) fn state(check: &mut Check, raw: RawState) -> StateConfig {
                     "is only used with backend = \"redis\"",
                 );
             }
+            file_keys = sealing(check, &raw);
             None
         }
         Some("redis") => {
+            if raw.previous_encryption_keys.is_some() {
+                check.fail(
+                    "state.previous_encryption_keys",
+                    "is only used with the file backend: a fleet sharing Redis changes its key \
+                     by starting a new chain",
+                );
+            }
             if raw.dir.is_some() {
                 check.fail(
                     "state.dir",
@@ -49,7 +58,27 @@ pub(super) fn state(check: &mut Check, raw: RawState) -> StateConfig {
     if dir.as_os_str().is_empty() {
         check.fail("state.dir", "must not be empty");
     }
-    StateConfig { dir, redis }
+    StateConfig {
+        dir,
+        redis,
+        file_keys,
+    }
+}
+
+/// The file backend's `encryption_key` and `previous_encryption_keys`.
+fn sealing(check: &mut Check, raw: &RawState) -> Option<StateKeys> {
+    let previous = raw.previous_encryption_keys.clone().unwrap_or_default();
+    match raw.encryption_key.clone() {
+        Some(key) => Some(StateKeys { key, previous }),
+        None if previous.is_empty() => None,
+        None => {
+            check.fail(
+                "state.previous_encryption_keys",
+                "needs state.encryption_key, the key the state is sealed with from now on",
+            );
+            None
+        }
+    }
 }
 
 /// The redis-only keys present in `raw`.
@@ -63,7 +92,6 @@ fn redis_keys_set(raw: &RawState) -> Vec<&'static str> {
         ("lease_duration", raw.lease_duration.is_some()),
         ("poll_interval", raw.poll_interval.is_some()),
         ("timeout", raw.timeout.is_some()),
-        ("encryption_key", raw.encryption_key.is_some()),
         ("ca_file", raw.ca_file.is_some()),
     ]
     .into_iter()
@@ -190,19 +218,29 @@ fn without_user(url: &Url) -> String {
 
 /// Reads the `[state]` secret sources once (`check-config --check-secrets`).
 pub(super) fn check_sources(state: &StateConfig) -> Vec<Problem> {
-    let Some(redis) = &state.redis else {
-        return Vec::new();
-    };
+    let mut sources: Vec<(String, &SecretSource)> = Vec::new();
+    if let Some(redis) = &state.redis {
+        let fields = [
+            ("username", &redis.username),
+            ("password", &redis.password),
+            ("encryption_key", &redis.encryption_key),
+        ];
+        for (field, source) in fields {
+            if let Some(source) = source {
+                sources.push((field.to_owned(), source));
+            }
+        }
+    }
+    if let Some(keys) = &state.file_keys {
+        sources.push(("encryption_key".to_owned(), &keys.key));
+        for (i, source) in keys.previous.iter().enumerate() {
+            sources.push((format!("previous_encryption_keys[{i}]"), source));
+        }
+    }
     let mut problems = Vec::new();
-    let sources: [(&str, &Option<SecretSource>); 3] = [
-        ("username", &redis.username),
-        ("password", &redis.password),
-        ("encryption_key", &redis.encryption_key),
-    ];
     for (field, source) in sources {
-        let Some(source) = source else { continue };
         let read = source.read().and_then(|value| {
-            if field == "encryption_key" {
+            if field.contains("encryption_key") {
                 crate::store::Cipher::from_secret(&value).map(|_| ())
             } else {
                 Ok(())

@@ -45,10 +45,14 @@ pub fn validate(raw: RawConfig) -> Result<Config, Problems> {
             "no credentials configured; add a [credentials.NAME] table",
         );
     }
+    names_differing_in_case(&mut check, raw_credentials.keys());
     let credentials: Vec<CredentialSpec> = raw_credentials
         .into_iter()
         .filter_map(|(name, c)| credential(&mut check, name, c))
         .collect();
+    for c in &credentials {
+        empty_inline_secrets(&mut check, c);
+    }
     let defaults: Vec<&str> = credentials
         .iter()
         .filter(|c| c.default)
@@ -261,6 +265,10 @@ fn credential(check: &mut Check, name: String, raw: RawCredential) -> Option<Cre
     if default_lifetime < Duration::from_secs(1) {
         check.fail(key("default_lifetime"), "must be at least 1s");
     }
+    let bootstrap_poll = raw.bootstrap_poll.unwrap_or(Duration::from_secs(5));
+    if bootstrap_poll < Duration::from_millis(100) {
+        check.fail(key("bootstrap_poll"), "must be at least 100ms");
+    }
     let lost_answer = match raw.lost_answer.as_deref() {
         None | Some("retry_within_grace") => LostAnswer::RetryWithinGrace,
         Some("retry") => LostAnswer::Retry,
@@ -295,7 +303,7 @@ fn credential(check: &mut Check, name: String, raw: RawCredential) -> Option<Cre
         min_refresh_interval: raw.min_refresh_interval.unwrap_or(Duration::from_secs(5)),
         backoff_initial,
         backoff_max,
-        bootstrap_poll: raw.bootstrap_poll.unwrap_or(Duration::from_secs(5)),
+        bootstrap_poll,
         idp_reuse_grace: raw.idp_reuse_grace.unwrap_or_default(),
         lost_answer,
         access: Access {
@@ -308,7 +316,34 @@ fn credential(check: &mut Check, name: String, raw: RawCredential) -> Option<Cre
     })
 }
 
-pub(super) fn valid_name(name: &str) -> bool {
+/// An inline secret that is empty (or only whitespace) can never be read: the broker
+/// would refuse it at start (a client key) or at every refresh. Sources in files and
+/// variables are read by `check-config --check-secrets`, where they will be used.
+fn empty_inline_secrets(check: &mut Check, c: &CredentialSpec) {
+    for (field, source) in c.secret_sources() {
+        if matches!(source, SecretSource::Inline(value) if value.trim().is_empty()) {
+            check.fail(format!("credentials.{}.{field}", c.name), "is empty");
+        }
+    }
+}
+
+/// Refuses names equal but for case: they would share a state file on a file system
+/// that ignores case, and a client could not tell them apart in a log or a URL typed
+/// by hand.
+fn names_differing_in_case<'a>(check: &mut Check, names: impl Iterator<Item = &'a String>) {
+    let mut seen: std::collections::HashMap<String, &String> = Default::default();
+    for name in names {
+        if let Some(first) = seen.insert(name.to_lowercase(), name) {
+            check.fail(
+                format!("credentials.{name}"),
+                format!("differs from credentials.{first} only in case; names must differ in more"),
+            );
+        }
+    }
+}
+
+/// Whether a credential or proxy name is allowed: it appears in URLs and file names.
+pub fn valid_name(name: &str) -> bool {
     (1..=64).contains(&name.len())
         && name != "."
         && name != ".."

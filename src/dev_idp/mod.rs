@@ -29,7 +29,7 @@ mod tls;
 mod tokens;
 
 pub use jwt::PublicKey;
-pub use options::{DevIdpArgs, DevIdpOptions};
+pub use options::{DEFAULT_LISTEN, DevIdpArgs, DevIdpOptions};
 pub use stats::Stats;
 
 use anyhow::Context as _;

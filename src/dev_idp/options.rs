@@ -7,6 +7,10 @@ use super::state::Config;
 use std::fmt;
 use std::time::Duration;
 
+/// Where the dev IdP listens unless told: `dev-idp`, the IdP inside `token-broker dev`,
+/// `config/dev.toml` and the examples all assume this port, so their lines work as written.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8657";
+
 /// Run a strict OAuth2 token server for development and tests only, never production.
 ///
 /// It issues unsigned tokens to one confidential client (and optionally one public
@@ -20,7 +24,7 @@ use std::time::Duration;
 )]
 pub struct DevIdpArgs {
     /// Address to listen on; keep it on loopback, the admin endpoints have no auth.
-    #[arg(long, default_value = "127.0.0.1:8657")]
+    #[arg(long, default_value = DEFAULT_LISTEN)]
     pub listen: String,
     /// Serve HTTPS with this certificate chain (PEM); needs --tls-key.
     #[arg(long, requires = "tls_key")]

@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
+use super::file_keys::{self, Keys};
 use super::{Loaded, Saved};
 use crate::secret::{ExposeSecret, hex};
 
@@ -46,6 +47,8 @@ struct Body {
 /// The state directory, locked for this process.
 pub struct FileStore {
     dir: PathBuf,
+    /// Seals every file when `state.encryption_key` is set.
+    keys: Option<Keys>,
     /// Held for the process' life: the OS lock is what keeps a second broker out.
     _lock: File,
     /// Newest generation written per credential, so a save needs no directory listing.
@@ -54,9 +57,33 @@ pub struct FileStore {
     on_disk: Mutex<HashMap<String, Vec<u64>>>,
 }
 
+/// Refuses an existing `state.dir` that is not a directory or that every user may write
+/// to. `open` and `check-config` both ask this, so they decide alike.
+pub fn check_dir(dir: &Path) -> Result<(), String> {
+    let shown = dir.display();
+    let meta = fs::metadata(dir).map_err(|e| format!("state.dir {shown}: {e}"))?;
+    if !meta.is_dir() {
+        return Err(format!("state.dir {shown}: not a directory"));
+    }
+    if meta.permissions().mode() & 0o002 != 0 {
+        return Err(format!(
+            "state.dir {shown}: writable by every user (mode {:o}); use a private \
+             directory (0700), e.g. a subdirectory the broker creates",
+            meta.permissions().mode() & 0o777
+        ));
+    }
+    Ok(())
+}
+
 impl FileStore {
-    /// Opens (creating with mode 0700 if missing) and locks the directory.
+    /// Opens (creating with mode 0700 if missing) and locks the directory, in clear.
     pub fn open(dir: &Path) -> Result<FileStore, String> {
+        FileStore::open_sealed(dir, None)
+    }
+
+    /// Opens and locks the directory; with `keys`, checks that they fit the files and
+    /// seals again with the current key what another key (or none) wrote.
+    pub fn open_sealed(dir: &Path, keys: Option<Keys>) -> Result<FileStore, String> {
         let shown = dir.display();
         if !dir.exists() {
             fs::DirBuilder::new()
@@ -65,24 +92,48 @@ impl FileStore {
                 .create(dir)
                 .map_err(|e| format!("state.dir {shown}: cannot create: {e}"))?;
         }
-        let meta = fs::metadata(dir).map_err(|e| format!("state.dir {shown}: {e}"))?;
-        if !meta.is_dir() {
-            return Err(format!("state.dir {shown}: not a directory"));
-        }
-        if meta.permissions().mode() & 0o002 != 0 {
-            return Err(format!(
-                "state.dir {shown}: writable by every user (mode {:o}); use a private \
-                 directory (0700), e.g. a subdirectory the broker creates",
-                meta.permissions().mode() & 0o777
-            ));
-        }
+        check_dir(dir)?;
         let lock = lock_dir(dir)?;
-        Ok(FileStore {
+        let reseal = file_keys::check(dir, keys.as_ref())?;
+        let store = FileStore {
             dir: dir.to_owned(),
+            keys,
             _lock: lock,
             generations: Mutex::default(),
             on_disk: Mutex::new(scan(dir)),
-        })
+        };
+        if let (true, Some(keys)) = (reseal, &store.keys) {
+            store.reseal()?;
+            file_keys::write_check(dir, keys)?;
+        }
+        Ok(store)
+    }
+
+    /// Seals every readable file again with the current key, in place (same
+    /// generation). A file that does not open is left for `load` to report.
+    fn reseal(&self) -> Result<(), String> {
+        let on_disk = self
+            .on_disk
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        for (name, generations) in &on_disk {
+            for generation in generations {
+                let path = self.path(name, *generation);
+                let Ok((saved, current)) =
+                    read_file(&path, name, *generation, self.keys.as_ref(), true)
+                else {
+                    continue;
+                };
+                if current {
+                    continue;
+                }
+                let bytes = encode(name, *generation, &saved, self.keys.as_ref())?;
+                write_atomically(&path, 0o600, &bytes)
+                    .map_err(|e| format!("sealing {} again: {e}", path.display()))?;
+            }
+        }
+        Ok(())
     }
 
     /// Loads the newest readable generation for a credential.
@@ -100,8 +151,8 @@ impl FileStore {
         let mut skipped = Vec::new();
         for generation in &generations {
             let path = self.path(name, *generation);
-            match read_file(&path, name) {
-                Ok(saved) => {
+            match read_file(&path, name, *generation, self.keys.as_ref(), false) {
+                Ok((saved, _)) => {
                     return Loaded::Found {
                         saved,
                         skipped,
@@ -122,7 +173,7 @@ impl FileStore {
     /// Durably saves a new generation: on `Ok`, the data survives a crash.
     pub fn save(&self, name: &str, saved: &Saved) -> Result<(), String> {
         let generation = self.lock_generations().get(name).copied().unwrap_or(0) + 1;
-        let bytes = encode(name, generation, saved)?;
+        let bytes = encode(name, generation, saved, self.keys.as_ref())?;
         let path = self.path(name, generation);
         write_atomically(&path, 0o600, &bytes)
             .map_err(|e| format!("writing {}: {e}", path.display()))?;
@@ -241,7 +292,17 @@ fn unix(t: SystemTime) -> u64 {
         .as_secs()
 }
 
-fn encode(name: &str, generation: u64, saved: &Saved) -> Result<Zeroizing<Vec<u8>>, String> {
+/// What a sealed file is bound to: its credential and generation.
+fn context(name: &str, generation: u64) -> String {
+    format!("{name}#{generation}")
+}
+
+fn encode(
+    name: &str,
+    generation: u64,
+    saved: &Saved,
+    keys: Option<&Keys>,
+) -> Result<Zeroizing<Vec<u8>>, String> {
     let body = Body {
         credential: name.to_owned(),
         generation,
@@ -265,6 +326,10 @@ fn encode(name: &str, generation: u64, saved: &Saved) -> Result<Zeroizing<Vec<u8
     let mut body = body;
     body.refresh_token.zeroize_opt();
     body.access_token.zeroize_opt();
+    let json = match keys {
+        Some(keys) => Zeroizing::new(keys.seal(&context(name, generation), &json)?),
+        None => json,
+    };
     let digest = hex(&Sha256::digest(json.as_slice()));
     let mut out = Zeroizing::new(Vec::with_capacity(json.len() + 100));
     out.extend_from_slice(format!("{MAGIC} sha256={digest}\n").as_bytes());
@@ -272,7 +337,16 @@ fn encode(name: &str, generation: u64, saved: &Saved) -> Result<Zeroizing<Vec<u8
     Ok(out)
 }
 
-fn read_file(path: &Path, name: &str) -> Result<Saved, String> {
+/// Reads a state file: its state, and whether it was sealed with the current key (or
+/// is in clear with no key set). A file in clear while a key is set is refused, except
+/// when sealing files again at start-up (`clear_ok`): then it was written before the key.
+fn read_file(
+    path: &Path,
+    name: &str,
+    generation: u64,
+    keys: Option<&Keys>,
+    clear_ok: bool,
+) -> Result<(Saved, bool), String> {
     let bytes = Zeroizing::new(fs::read(path).map_err(|e| e.to_string())?);
     let newline = bytes
         .iter()
@@ -283,16 +357,28 @@ fn read_file(path: &Path, name: &str) -> Result<Saved, String> {
         .strip_prefix(MAGIC)
         .and_then(|rest| rest.trim().strip_prefix("sha256="))
         .ok_or("not a token-broker state file")?;
-    let json = &bytes[newline + 1..];
-    if hex(&Sha256::digest(json)) != expected {
+    let stored = &bytes[newline + 1..];
+    if hex(&Sha256::digest(stored)) != expected {
         return Err("checksum mismatch (truncated or corrupt)".to_owned());
     }
+    let opened;
+    let (json, current): (&[u8], bool) = match (keys, super::crypto::is_sealed(stored)) {
+        (Some(keys), true) => {
+            opened = keys.open(&context(name, generation), stored)?;
+            (opened.0.as_slice(), opened.1)
+        }
+        (None, true) => return Err("sealed, but state.encryption_key is not set".to_owned()),
+        (Some(_), false) if !clear_ok => {
+            return Err("stored in clear while state.encryption_key is set".to_owned());
+        }
+        (keys, false) => (stored, keys.is_none()),
+    };
     let body: Body = serde_json::from_slice(json).map_err(|e| super::bad_json(&e, "body"))?;
     if body.credential != name {
         return Err(format!("belongs to credential `{}`", body.credential));
     }
     let at = |secs| SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
-    Ok(Saved {
+    let saved = Saved {
         refresh_token: body.refresh_token.map(SecretString::from),
         access_token: body.access_token.map(SecretString::from),
         token_type: body.token_type,
@@ -302,7 +388,8 @@ fn read_file(path: &Path, name: &str) -> Result<Saved, String> {
         bootstrap: body.bootstrap,
         reauth_reason: body.reauth_reason,
         in_flight_since: body.in_flight_since.map(at),
-    })
+    };
+    Ok((saved, current))
 }
 
 /// Wipes an owned secret string in place.

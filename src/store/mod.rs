@@ -3,7 +3,7 @@
 //! whether a refresh is out unanswered.
 //!
 //! Two backends behind one `Store`: `file` (the default), generation files in
-//! `state.dir` for one broker; `redis`, one record per credential shared by a fleet of
+//! `state.dir` for one broker, optionally sealed (`file_keys`); `redis`, one record per credential shared by a fleet of
 //! brokers, written under a lease with a version check (fencing, `lease`), optionally
 //! sealed (`crypto`, `keycheck`), with change notices (`changes`). Only the broker decides when to write; the stores only keep what they
 //! are given, crash-safely.
@@ -11,6 +11,7 @@
 mod changes;
 mod crypto;
 mod file;
+mod file_keys;
 mod keycheck;
 mod lease;
 mod record;
@@ -143,13 +144,35 @@ pub enum Store {
     Redis(Arc<RedisStore>),
 }
 
+/// What `open` would refuse about the file backend's directory before creating or
+/// locking it, for `check-config`: an existing `state.dir` that is not a private
+/// directory. A missing one is fine (the broker creates it).
+pub fn check_state_dir(config: &StateConfig) -> Option<crate::config::Problem> {
+    if config.redis.is_some() || !config.dir.exists() {
+        return None;
+    }
+    file::check_dir(&config.dir)
+        .err()
+        .map(|message| crate::config::Problem {
+            key: "state.dir".to_owned(),
+            message,
+        })
+}
+
 impl Store {
     /// Opens the configured backend. The file store locks its directory; the redis
     /// store reads its secrets and, if Redis answers, checks the encryption key (a
     /// Redis that is down is not an error here: the broker waits for it).
     pub async fn open(config: &StateConfig) -> Result<Store, String> {
         match &config.redis {
-            None => FileStore::open(&config.dir).map(|s| Store::File(Arc::new(s))),
+            None => {
+                let keys = config
+                    .file_keys
+                    .as_ref()
+                    .map(file_keys::Keys::read)
+                    .transpose()?;
+                FileStore::open_sealed(&config.dir, keys).map(|s| Store::File(Arc::new(s)))
+            }
             Some(redis) => {
                 let store = RedisStore::new(redis)?;
                 match store.check().await {

@@ -1,4 +1,4 @@
-//! The sub-commands: `check-config`, `get`, `status`, `dev`.
+//! The sub-commands: `check-config`, `get`, `status` (and `usage.rs`: `dev`, usage errors).
 
 use std::process::Command;
 
@@ -136,6 +136,137 @@ fn check_config_reports_every_problem_at_once() {
     }
 }
 
+/// Keys of the wrong shape in several sections and credentials, and a problem the
+/// checks after parsing find: all named in one run, in the words of the file.
+#[test]
+fn check_config_lists_every_type_error_in_one_run() {
+    let (ok, stderr) = check_config(
+        r#"
+[server]
+listen = 5
+request_timeout = true
+max_watchers = [1]
+
+[idp]
+max_concurrent = "many"
+
+[credentials.a]
+token_url = "https://idp.example.com/token"
+client_id = "c"
+refresh_token = "r"
+refresh_ratio = "high"
+allowed_uids = ["hunter2"]
+colour = "blue"
+
+[credentials.b]
+token_url = "https://idp.example.com/token"
+client_id = 12345
+refresh_token = ["r"]
+
+[credentials.c]
+token_url = "https://idp.example.com/token"
+refresh_token = "r"
+"#,
+    );
+    assert!(!ok);
+    for key in [
+        "server.listen",
+        "server.request_timeout",
+        "server.max_watchers",
+        "idp.max_concurrent",
+        "credentials.a.refresh_ratio",
+        "credentials.a.allowed_uids",
+        "credentials.a.colour",
+        "credentials.b.client_id",
+        "credentials.b.refresh_token",
+        // Found by the checks after parsing, in a credential of the right shapes.
+        "credentials.c.client_id: is required",
+    ] {
+        assert!(stderr.contains(key), "{key} missing from:\n{stderr}");
+    }
+    for internal in [
+        "untagged",
+        "variant",
+        "u32",
+        "usize",
+        "invalid type",
+        "12345",
+        "hunter2",
+    ] {
+        assert!(!stderr.contains(internal), "`{internal}` in:\n{stderr}");
+    }
+    // A key removed for its shape does not come back as missing.
+    assert!(
+        !stderr.contains("credentials.b.client_id: is required"),
+        "{stderr}"
+    );
+}
+
+/// `check-config` (with `--check-secrets` for what it reads) refuses each config `run`
+/// refuses before serving, naming the same key.
+#[test]
+fn check_config_refuses_what_run_refuses() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempdir();
+    let open_to_all = dir.path().join("open");
+    std::fs::create_dir(&open_to_all).unwrap();
+    std::fs::set_permissions(&open_to_all, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let a_file = dir.path().join("file");
+    std::fs::write(&a_file, "").unwrap();
+    let private = dir.path().join("private");
+    let missing = dir.path().join("missing-key");
+    let with = |state: &std::path::Path, extra: &str| {
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[state]\ndir = \"{}\"\n{GOOD}{extra}\n",
+            state.display()
+        )
+    };
+    let cases = [
+        (
+            with(&open_to_all, ""),
+            "state.dir",
+            "writable by every user",
+        ),
+        (with(&a_file, ""), "state.dir", "not a directory"),
+        (
+            with(&private, "client_keys = [\"k\", \"  \"]"),
+            "credentials.a.client_keys[1]",
+            "is empty",
+        ),
+        (
+            with(&private, "client_secret = \"\""),
+            "credentials.a.client_secret",
+            "is empty",
+        ),
+        (
+            with(
+                &private,
+                &format!("client_keys = [{{ file = \"{}\" }}]", missing.display()),
+            ),
+            "credentials.a.client_keys[0]",
+            "cannot read file",
+        ),
+    ];
+    for (config, key, why) in cases {
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, &config).unwrap();
+        let output = Command::new(bin())
+            .args(["check-config", "--check-secrets", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "check-config accepted:\n{config}");
+        assert!(
+            stderr.contains(key) && stderr.contains(why),
+            "expected `{key}` ... `{why}` in:\n{stderr}"
+        );
+        let (status, stderr) = run_failing(dir.path(), &config);
+        assert!(!status.success());
+        assert!(stderr.contains(key), "run: expected `{key}` in:\n{stderr}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn get_and_status_talk_to_a_running_broker() {
     let idp = Idp::start(&[]);
@@ -185,38 +316,6 @@ async fn get_and_status_talk_to_a_running_broker() {
     assert!(table.lines().nth(1).unwrap().starts_with("x "), "{table}");
     assert!(table.contains("valid"), "{table}");
     assert!(!table.contains(&token));
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dev_serves_a_token_its_idp_accepts() {
-    let mut dev = Proc::spawn(&["dev", "--listen", "127.0.0.1:0"], &[]);
-    let (broker, idp) = dev.wait_for("the dev banner", |line| {
-        let rest = line.strip_prefix("token-broker dev: the broker on ")?;
-        let (broker, rest) = rest.split_once(", a dev IdP on ")?;
-        Some((broker.to_owned(), rest.trim_end_matches('.').to_owned()))
-    });
-    assert!(dev.logs().contains("curl -H 'Token-Broker: 1'"));
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let token = loop {
-        let response = client()
-            .get(format!("{broker}/token/demo?format=raw"))
-            .header("Token-Broker", "1")
-            .send()
-            .await
-            .unwrap();
-        if response.status() == 200 {
-            break response.text().await.unwrap();
-        }
-        assert!(std::time::Instant::now() < deadline, "no token from dev");
-    };
-    let whoami = client()
-        .get(format!("{idp}/api/whoami"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(whoami.status(), 200);
-    assert!(dev.terminate().success());
 }
 
 /// `TOKEN_BROKER__SECTION__KEY` overrides the file, for the server and for a credential,

@@ -5,6 +5,8 @@
 //! Kubernetes Secret is picked up without a restart. Values live in `SecretString`,
 //! which redacts `Debug` and zeroizes on drop; nothing in this module prints a value.
 
+mod keyring;
+
 use std::fmt;
 use std::path::PathBuf;
 
@@ -13,6 +15,7 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use sha2::{Digest, Sha256};
 
+pub use keyring::KeyRing;
 pub use secrecy::ExposeSecret;
 
 /// Where a secret value is read from.
