@@ -41,7 +41,7 @@ pub enum Error {
     /// the last refresh: another refresh now could loop (an API that refuses every
     /// token) or storm the IdP (one that hands out the same token again).
     #[error(
-        "the credential was refreshed less than min_refresh_interval ago and its new token was reported rejected too; ask again after Retry-After (if every new token is rejected, check the audience, scope and clocks)"
+        "the credential was refreshed less than min_refresh_interval ago and the token reported rejected is still its newest; ask again after Retry-After (if every new token is rejected, check the audience, scope and clocks)"
     )]
     RefreshTooSoon {
         /// When the next refresh may start.

@@ -53,6 +53,16 @@ impl Want {
         }
     }
 
+    /// Whether a client asks for more than the timer would do: its refresh counts
+    /// against `min_refresh_interval` (see `state`).
+    pub(super) fn demands_refresh(&self) -> bool {
+        match self {
+            Want::Fresh(min_ttl) => !min_ttl.is_zero(),
+            Want::Rejected(_) | Want::Forced => true,
+            Want::Timer => false,
+        }
+    }
+
     /// The metric label of what started a refresh.
     pub fn trigger(&self) -> &'static str {
         match self {
@@ -112,9 +122,9 @@ pub(super) struct Inner {
     pub unsaved: Option<Arc<Token>>,
     /// Consecutive failed refreshes.
     pub failures: u32,
-    /// The version of the published token that a rejected-token report disputed, while
-    /// the refresh it started runs.
-    pub disputed: Option<u64>,
+    /// The token a rejected-token report disputed, while the refresh it started or
+    /// joined runs: should the IdP refuse that refresh, this token is withdrawn.
+    pub disputed: Option<SecretString>,
     /// The last refresh error, kept for status and for requests during backoff.
     pub last_error: Option<(Error, SystemTime)>,
     /// No refresh starts before this after a failure (the timer retries then).
@@ -348,10 +358,11 @@ impl Credential {
                 Some(token) => Decision::Serve(token),
                 None => Decision::Fail(Error::ShuttingDown),
             },
-            Step::Join => match &inner.flight {
+            Step::Join => match inner.flight.clone() {
                 Some(flight) => {
                     self.metrics.joined.inc();
-                    Decision::Wait(flight.clone())
+                    self.note_dispute(&mut inner, want, current.as_deref());
+                    Decision::Wait(flight)
                 }
                 None => Decision::Fail(Error::ShuttingDown),
             },
@@ -362,16 +373,20 @@ impl Credential {
                 retry_after: wait.max(Duration::from_secs(1)),
             }),
             Step::Start => {
-                // A report of the current token disputes it: should the IdP then refuse
-                // the credential, that token is withdrawn with the refusal.
-                inner.disputed = match (want, &current) {
-                    (Want::Rejected(rejected), Some(token)) if token.is(rejected) => {
-                        Some(token.version())
-                    }
-                    _ => None,
-                };
+                inner.disputed = None;
+                self.note_dispute(&mut inner, want, current.as_deref());
                 Decision::Wait(self.start_flight(&mut inner, want, slot))
             }
+        }
+    }
+
+    /// A report of the current token (or, before the stored state is loaded, of any
+    /// token) disputes it for the flight it starts or joins.
+    fn note_dispute(&self, inner: &mut Inner, want: &Want, current: Option<&Token>) {
+        if let Want::Rejected(rejected) = want
+            && current.is_none_or(|token| token.is(rejected))
+        {
+            inner.disputed = Some(SecretString::from(rejected.clone()));
         }
     }
 
@@ -422,9 +437,13 @@ impl Credential {
     pub(super) fn withdraw(&self) {
         if self.current.swap(None).is_some() {
             self.metrics.set_expiry(std::time::UNIX_EPOCH);
-            for sink in &self.sinks {
-                sink.withdraw();
-            }
+            // Long polls and event streams hear of it at once.
+            self.changed.notify_waiters();
+        }
+        // Also when nothing was published in this process: a sink file may still hold
+        // the token from before a restart.
+        for sink in &self.sinks {
+            sink.withdraw();
         }
     }
 
@@ -443,6 +462,7 @@ impl Credential {
         } else {
             "startup"
         };
+        let demanded = want.demands_refresh();
         let want = want.clone();
         tokio::spawn(async move {
             let started = std::time::Instant::now();
@@ -457,7 +477,7 @@ impl Credential {
                         retry_after: Duration::from_secs(1),
                     })
                 });
-            me.finish(outcome, tx, trigger, started.elapsed());
+            me.finish(outcome, tx, trigger, demanded, started.elapsed());
             drop(slot);
         });
         rx

@@ -262,9 +262,12 @@ impl Credential {
                     // revoked the family), nor a token a report disputed just before its
                     // refresh was refused. Withdrawn before the stop is stored, so a
                     // restart does not serve it either.
-                    let disputed = self
-                        .current()
-                        .is_some_and(|t| inner.disputed == Some(t.version()));
+                    let disputed = self.current().is_some_and(|t| {
+                        inner
+                            .disputed
+                            .as_ref()
+                            .is_some_and(|d| t.is(d.expose_secret()))
+                    });
                     if self.spec.grant == Grant::RefreshToken || disputed {
                         self.withdraw();
                     }
@@ -365,6 +368,7 @@ impl Credential {
         mut outcome: Outcome,
         tx: watch::Sender<Option<Outcome>>,
         trigger: &'static str,
+        demanded: bool,
         took: Duration,
     ) {
         let now = SystemTime::now();
@@ -383,7 +387,10 @@ impl Credential {
                 inner.retry_at = None;
                 inner.last_error = None;
                 inner.last_refresh_at = Some(now);
-                if matches!(trigger, "min_ttl" | "rejected" | "forced") {
+                // Counted when a client's want made the IdP call (the first flight may
+                // only have restored a stored token).
+                let started = now.checked_sub(took).unwrap_or(now);
+                if demanded && token.issued_at >= started {
                     inner.last_demanded_at = Some(now);
                 }
                 inner.refreshes_ok += 1;

@@ -288,7 +288,10 @@ impl Credential {
         if !changed || inner.reauth.is_none() {
             return false;
         }
-        if let Bootstrap::Token { .. } = bootstrap {
+        let new_token = matches!(bootstrap, Bootstrap::Token { .. });
+        self.start_chain(&mut inner, Some(Ok(bootstrap)));
+        // Logged once the new chain is in place, so whoever reads it finds it there.
+        if new_token {
             info!(
                 credential = self.name(),
                 "a new bootstrap token appeared; resuming"
@@ -299,7 +302,6 @@ impl Credential {
                 "the credential's inputs or settings changed; resuming"
             );
         }
-        self.start_chain(&mut inner, Some(Ok(bootstrap)));
         true
     }
 

@@ -91,7 +91,10 @@ impl Snapshot<'_> {
 
     /// Until when `last` is too recent for another refresh asked for locally.
     fn too_recent(&self, last: Option<SystemTime>, now: SystemTime) -> Option<SystemTime> {
-        let until = last?.checked_add(self.min_refresh_interval)?;
+        let last = last.filter(|last| *last <= now)?;
+        // A clock stepped back puts `last` in the future: not taken as recent, so a
+        // client is never told to wait for hours.
+        let until = last.checked_add(self.min_refresh_interval)?;
         (now < until).then_some(until)
     }
 }
@@ -142,7 +145,8 @@ pub(super) fn decide(s: &Snapshot, want: &Want, arrived: SystemTime, now: System
     match s.situation(now) {
         Situation::Refreshing => Step::Join,
         Situation::Refused => Step::Fail(Why::Refused),
-        Situation::Stopping if valid.is_some() => Step::Serve,
+        // Never a report's own rejected token, though.
+        Situation::Stopping if valid.is_some() && !matches!(want, Want::Rejected(_)) => Step::Serve,
         Situation::Stopping => Step::Fail(Why::ShuttingDown),
         _ if matches!(want, Want::Rejected(_)) && valid.is_some() && recent.is_some() => {
             let until = recent.unwrap_or(now);
@@ -177,7 +181,7 @@ pub(super) fn state_name(s: &Snapshot, now: SystemTime) -> &'static str {
     if s.refused {
         "reauth_required"
     } else if s.refreshing {
-        if s.restored || valid {
+        if s.token.is_some() {
             "refreshing"
         } else {
             "starting"
@@ -389,6 +393,27 @@ mod tests {
             decide(&empty, &Want::Fresh(Duration::ZERO), at(1), at(1)),
             Step::Fail(Why::ShuttingDown)
         );
+        // A draining broker never hands a report back its rejected token.
+        assert_eq!(
+            decide(&stopping, &Want::Rejected("t".into()), at(1), at(1)),
+            Step::Fail(Why::ShuttingDown)
+        );
+    }
+
+    #[test]
+    fn a_clock_stepped_back_does_not_make_the_last_refresh_recent_for_hours() {
+        let t = token("t", 0, 7200);
+        let s = Snapshot {
+            last_refresh_at: Some(at(3600)),
+            last_demanded_at: Some(at(3600)),
+            ..snapshot(Some(&t))
+        };
+        // Now is an hour before the recorded refresh.
+        assert_eq!(
+            decide(&s, &Want::Rejected("t".into()), at(1), at(1)),
+            Step::Start
+        );
+        assert_eq!(decide(&s, &Want::Forced, at(1), at(1)), Step::Start);
     }
 
     #[test]

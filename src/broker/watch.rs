@@ -13,20 +13,23 @@ use super::credential::Credential;
 use crate::token::Token;
 
 impl Credential {
-    /// The first published version whose id is not `seen`; `None` when `until` passes
-    /// or the credential stops (shutdown, or a reload replaced or removed it).
+    /// The first published version whose id is not `seen`; `None` when `until` passes,
+    /// the token is withdrawn, or the credential stops (shutdown, or a reload replaced
+    /// or removed it).
     pub async fn next_version(&self, seen: u64, until: Instant) -> Option<Arc<Token>> {
+        let mut woken = false;
         loop {
             let notified = self.changed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if let Some(token) = self.current()
-                && token.version() != seen
-            {
-                return Some(token);
+            match self.current() {
+                Some(token) if token.version() != seen => return Some(token),
+                // Only a withdrawal wakes watchers and leaves no token.
+                None if woken => return None,
+                _ => {}
             }
             tokio::select! {
-                () = &mut notified => {}
+                () = &mut notified => woken = true,
                 () = tokio::time::sleep_until(until) => return None,
                 () = self.stop.cancelled() => return None,
             }

@@ -222,7 +222,9 @@ impl Stream {
                 self.last = token.version();
                 Some(event(&token, self.format))
             }
-            None if self.credential.stopped() => None,
+            // Stopped, or its token withdrawn: the stream ends, and the client's next
+            // read says why.
+            None if self.credential.stopped() || self.credential.current().is_none() => None,
             None => Some(Bytes::from_static(b": keep-alive\n\n")),
         }
     }

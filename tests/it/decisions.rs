@@ -109,68 +109,168 @@ async fn start_of_a_second() {
     }
 }
 
+/// Through a report, a token minted early in a second; then `min_refresh_interval`
+/// (100 ms here) passes, leaving most of that second for a refresh that repeats it.
+async fn minted_early_in_a_second(broker: &Broker) -> String {
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    start_of_a_second().await;
+    let current = broker.access_token("x").await;
+    assert_eq!(broker.refresh("x", Some(&current)).await.status(), 200);
+    let minted = broker.access_token("x").await;
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    minted
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reports_of_a_token_the_idp_hands_out_again_make_one_refresh() {
     // Tokens without a jti: a refresh in the same second returns the same string.
     let idp = Idp::start(&["--no-jti", "--access-ttl", "60s"]);
     let dir = tempdir();
     let broker = broker_for(&idp, dir.path(), "min_refresh_interval = \"100ms\"\n");
-    let first = broker.access_token("x").await;
+    broker.access_token("x").await;
 
-    // One report: its refresh, early in a second (not the first token's), mints a
-    // token; a report of that token right after gets it back from the IdP, and is
-    // told so instead of looping.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    start_of_a_second().await;
-    assert_eq!(broker.refresh("x", Some(&first)).await.status(), 200);
-    let repeated = broker.access_token("x").await;
-    tokio::time::sleep(Duration::from_millis(150)).await;
-    let before = refreshes(&idp).await;
-    let (status, body) = answer(broker.refresh("x", Some(&repeated)).await).await;
-    assert_eq!(refreshes(&idp).await, before + 1, "one report, one refresh");
-    assert_eq!(
-        broker.access_token("x").await,
-        repeated,
-        "the IdP repeated it"
-    );
-    assert_eq!(
-        (status, body["error"].as_str()),
-        (429, Some("refresh_too_soon"))
-    );
+    // One report of such a token: the IdP hands it out again, and the client is told
+    // so instead of looping. A round whose refresh fell into the next second (a busy
+    // machine) repeats nothing and is tried again.
+    let mut repeated = false;
+    for _ in 0..5 {
+        let minted = minted_early_in_a_second(&broker).await;
+        let before = refreshes(&idp).await;
+        let (status, body) = answer(broker.refresh("x", Some(&minted)).await).await;
+        assert_eq!(refreshes(&idp).await, before + 1, "one report, one refresh");
+        if broker.access_token("x").await == minted {
+            assert_eq!(
+                (status, body["error"].as_str()),
+                (429, Some("refresh_too_soon"))
+            );
+            repeated = true;
+            break;
+        }
+    }
+    assert!(repeated, "the IdP never repeated a token within a second");
 
     // 300 concurrent reports of such a token.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    start_of_a_second().await;
-    let current = broker.access_token("x").await;
-    assert_eq!(broker.refresh("x", Some(&current)).await.status(), 200);
-    let repeated = broker.access_token("x").await;
-    tokio::time::sleep(Duration::from_millis(150)).await;
-    let before = refreshes(&idp).await;
-    let started = Instant::now();
-    let url = format!("{}/token/x/refresh", broker.url);
-    let client = client();
-    let reports = (0..300).map(|_| {
-        let request = client
-            .post(&url)
-            .header("Token-Broker", "1")
-            .json(&json!({ "rejected_token": repeated }))
-            .send();
-        async move { request.await.unwrap().status().as_u16() }
-    });
-    let statuses = futures_util::future::join_all(reports).await;
-    let took = started.elapsed();
-    let made = refreshes(&idp).await - before;
-    // One refresh, plus at most one per min_refresh_interval the burst outlasted.
-    let allowed = 1 + (took.as_millis() / 100) as u64;
-    assert!(
-        made >= 1 && made <= allowed,
-        "300 reports over {took:?} made {made} refreshes"
-    );
-    assert!(
-        statuses.iter().all(|s| *s == 200 || *s == 429),
-        "{statuses:?}"
-    );
+    let mut repeated = false;
+    for _ in 0..5 {
+        let minted = minted_early_in_a_second(&broker).await;
+        let before = refreshes(&idp).await;
+        let started = Instant::now();
+        let url = format!("{}/token/x/refresh", broker.url);
+        let client = client();
+        let reports = (0..300).map(|_| {
+            let request = client
+                .post(&url)
+                .header("Token-Broker", "1")
+                .json(&json!({ "rejected_token": minted }))
+                .send();
+            async move { request.await.unwrap().status().as_u16() }
+        });
+        let statuses = futures_util::future::join_all(reports).await;
+        let took = started.elapsed();
+        let made = refreshes(&idp).await - before;
+        // One refresh, plus at most one per min_refresh_interval the burst outlasted.
+        let allowed = 1 + (took.as_millis() / 100) as u64;
+        assert!(
+            made >= 1 && made <= allowed,
+            "300 reports over {took:?} made {made} refreshes"
+        );
+        assert!(
+            statuses.iter().all(|s| *s == 200 || *s == 429),
+            "{statuses:?}"
+        );
+        if broker.access_token("x").await == minted {
+            repeated = true;
+            break;
+        }
+    }
+    assert!(repeated, "the IdP never repeated a token within a second");
     assert_eq!(idp.stat("reuse_detected").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_joining_a_refresh_the_idp_refuses_withdraws_the_token_of_a_grant_without_a_chain()
+{
+    let idp = Idp::start(&[]);
+    let dir = tempdir();
+    let config = base_config(dir.path())
+        + &format!(
+            "\n[credentials.m]\ngrant = \"client_credentials\"\ntoken_url = \"{}/token\"\n\
+             client_id = \"dev-client\"\nclient_secret = \"dev-secret\"\n\
+             min_refresh_interval = \"0s\"\n",
+            idp.url
+        );
+    let broker = Broker::start(dir.path(), &config);
+    let token = broker.access_token("m").await;
+
+    // A forced refresh starts a slow flight, which the IdP will refuse; the report of
+    // the current token joins it.
+    idp.admin("latency", json!({"latency": "1s"})).await;
+    idp.admin(
+        "faults",
+        json!({"status": 401, "error": "invalid_client", "count": 1}),
+    )
+    .await;
+    let forced = {
+        let url = format!("{}/token/m/refresh", broker.url);
+        tokio::spawn(async move {
+            let response = client()
+                .post(url)
+                .header("Token-Broker", "1")
+                .send()
+                .await
+                .unwrap();
+            response.status().as_u16()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, body) = answer(broker.refresh("m", Some(&token)).await).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (503, Some("reauth_required"))
+    );
+    assert_eq!(forced.await.unwrap(), 503);
+    let (status, body) = answer(broker.get("/token/m").await).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (503, Some("reauth_required")),
+        "the disputed token is not served: {body}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_poll_hears_of_a_withdrawn_token_at_once() {
+    let idp = Idp::start(&[]);
+    let dir = tempdir();
+    let broker = broker_for(&idp, dir.path(), "");
+    let response = broker.get("/token/x").await;
+    let etag = response.headers()["etag"].to_str().unwrap().to_owned();
+    let token = response.json::<Value>().await.unwrap()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let poll = {
+        let url = format!("{}/token/x?wait=30s", broker.url);
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let response = client()
+                .get(url)
+                .header("Token-Broker", "1")
+                .header("If-None-Match", etag)
+                .send()
+                .await
+                .unwrap();
+            (response.status().as_u16(), started.elapsed())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    idp.admin("revoke", json!({})).await;
+    assert_eq!(broker.refresh("x", Some(&token)).await.status(), 503);
+    let (status, waited) = poll.await.unwrap();
+    assert_eq!(status, 503);
+    assert!(
+        waited < Duration::from_secs(10),
+        "the poll waited {waited:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
