@@ -5,16 +5,14 @@
 //! needs a new token waits on that one flight's result), or neither. Every path that
 //! wants a new token — the proactive timer, `min_ttl`, a rejected-token report, a
 //! forced refresh — goes through `get`, which decides under the `inner` lock whether to
-//! serve, join or start, so no two calls to the IdP for one credential can overlap.
-//! The refresh itself runs in a spawned task: a client that hangs up cancels nothing.
+//! serve, join or start (the rules are `state::decide`, a pure function), so no two calls
+//! to the IdP for one credential can overlap. The flight itself is `flight`.
 
-use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwapOption;
-use futures_util::FutureExt;
 use secrecy::SecretString;
 use tokio::sync::{OwnedSemaphorePermit, watch};
 use tokio_util::sync::CancellationToken;
@@ -282,42 +280,6 @@ impl Credential {
         }
     }
 
-    /// Serves, or joins or starts the flight and waits for its outcome.
-    async fn wait_for(self: &Arc<Self>, want: &Want, arrived: SystemTime) -> Outcome {
-        let rx = match self.decide(want, arrived, None) {
-            Decision::Serve(token) => return Ok(token),
-            Decision::Fail(error) => return Err(error),
-            Decision::Wait(rx) => rx,
-        };
-        let Some(_slot) = WaitSlot::take(&self.shared) else {
-            let error = Error::UpstreamUnavailable {
-                reason: "too many requests are already waiting for refreshes".into(),
-                retry_after: Duration::from_secs(1),
-            };
-            return self.stale_while_valid(want, error);
-        };
-        let waited = tokio::time::timeout(self.shared.request_timeout, wait(rx)).await;
-        let outcome = waited.unwrap_or_else(|_| {
-            Err(Error::UpstreamUnavailable {
-                reason: format!(
-                    "the refresh did not finish within request_timeout ({})",
-                    crate::duration::format(self.shared.request_timeout)
-                ),
-                retry_after: Duration::from_secs(1),
-            })
-        });
-        outcome.or_else(|error| self.stale_while_valid(want, error))
-    }
-
-    /// After a failed or slow refresh, a request still gets a token that has not
-    /// expired; a rejected-token report never gets its rejected token back.
-    fn stale_while_valid(&self, want: &Want, error: Error) -> Outcome {
-        match self.current.load_full() {
-            Some(token) if state::still_serves(&token, want, SystemTime::now()) => Ok(token),
-            _ => Err(error),
-        }
-    }
-
     /// What `state::decide` reads, from `inner` and the published token.
     pub(super) fn snapshot<'a>(&self, inner: &Inner, token: Option<&'a Token>) -> Snapshot<'a> {
         Snapshot {
@@ -445,70 +407,5 @@ impl Credential {
         for sink in &self.sinks {
             sink.withdraw();
         }
-    }
-
-    fn start_flight(
-        self: &Arc<Self>,
-        inner: &mut Inner,
-        want: &Want,
-        slot: Option<OwnedSemaphorePermit>,
-    ) -> watch::Receiver<Option<Outcome>> {
-        let (tx, rx) = watch::channel(None);
-        inner.flight = Some(rx.clone());
-        self.metrics.in_flight.set(1);
-        let me = Arc::clone(self);
-        let trigger = if inner.restored {
-            want.trigger()
-        } else {
-            "startup"
-        };
-        let demanded = want.demands_refresh();
-        let want = want.clone();
-        tokio::spawn(async move {
-            let started = std::time::Instant::now();
-            // A panic must still end the flight, or the credential would stay "in
-            // flight" forever and every later request would wait on it.
-            let outcome = AssertUnwindSafe(me.refresh(&want))
-                .catch_unwind()
-                .await
-                .unwrap_or_else(|_| {
-                    Err(Error::UpstreamUnavailable {
-                        reason: "internal error during the refresh".into(),
-                        retry_after: Duration::from_secs(1),
-                    })
-                });
-            me.finish(outcome, tx, trigger, demanded, started.elapsed());
-            drop(slot);
-        });
-        rx
-    }
-}
-
-/// Waits for a flight's result. A dropped sender (the task panicked) is an error, not
-/// a hang.
-async fn wait(mut rx: watch::Receiver<Option<Outcome>>) -> Outcome {
-    match rx.wait_for(Option::is_some).await {
-        Ok(value) => value.clone().unwrap_or_else(|| Err(Error::ShuttingDown)),
-        Err(_) => Err(Error::UpstreamUnavailable {
-            reason: "the refresh task ended without a result".into(),
-            retry_after: Duration::from_secs(1),
-        }),
-    }
-}
-
-/// One of the `max_waiting_requests` places; released on drop, however the wait ends.
-struct WaitSlot<'a>(&'a Shared);
-
-impl<'a> WaitSlot<'a> {
-    fn take(shared: &'a Shared) -> Option<WaitSlot<'a>> {
-        let before = shared.waiting.fetch_add(1, Ordering::AcqRel);
-        let slot = WaitSlot(shared);
-        (before < shared.max_waiting).then_some(slot)
-    }
-}
-
-impl Drop for WaitSlot<'_> {
-    fn drop(&mut self) {
-        self.0.waiting.fetch_sub(1, Ordering::AcqRel);
     }
 }

@@ -2,8 +2,9 @@
 //! its proactive timer.
 //!
 //! Layout: `credential` (state and the single-flight gate), `state` (the situation as
-//! one type and the pure decision every want goes through), `refresh` (one refresh and
-//! the ordering that makes rotation safe), `refused` (when to ask again about a refused
+//! one type and the pure decision every want goes through), `flight` (one flight from
+//! start to end: its task, its outcome, its waiters), `refresh` (the work of one
+//! refresh and the ordering that makes rotation safe), `refused` (when to ask again about a refused
 //! credential without a chain), `restore` (where a chain starts after a restart),
 //! `fleet/` (the single flight across brokers sharing a redis store: `lease`,
 //! `reconcile`, `write` and `notices`; with the file store none of it runs and a
@@ -16,6 +17,7 @@
 
 mod credential;
 mod fleet;
+mod flight;
 mod refresh;
 mod refused;
 mod reload;

@@ -12,11 +12,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use secrecy::SecretString;
-use tokio::sync::watch;
-use tracing::{error, info, warn};
+use tracing::warn;
 
 use super::credential::{Credential, Inner, Outcome, Want};
-use super::schedule;
 use crate::config::{Grant, LostAnswer};
 use crate::error::Error;
 use crate::idp::{IdpError, Inputs, TokenRequest, TokenResponse};
@@ -360,128 +358,5 @@ impl Credential {
             .metrics
             .observe_store(started.elapsed().as_secs_f64());
         result.map(drop).map_err(|e| Error::Store(e.to_string()))
-    }
-
-    /// Publishes the outcome, ends the flight and wakes every waiter.
-    pub(super) fn finish(
-        &self,
-        mut outcome: Outcome,
-        tx: watch::Sender<Option<Outcome>>,
-        trigger: &'static str,
-        demanded: bool,
-        took: Duration,
-    ) {
-        let now = SystemTime::now();
-        let mut inner = self.lock();
-        // Another broker's token taken from the store is counted as adopted only.
-        let (adopted, held_until) = match inner.fleet.as_mut() {
-            Some(fleet) => (std::mem::take(&mut fleet.adopted), fleet.held_until.take()),
-            None => (false, None),
-        };
-        inner.disputed = None;
-        match &mut outcome {
-            Ok(token) if adopted => self.publish(token.clone()),
-            Ok(token) => {
-                self.publish(token.clone());
-                inner.failures = 0;
-                inner.retry_at = None;
-                inner.last_error = None;
-                inner.last_refresh_at = Some(now);
-                // Counted when a client's want made the IdP call (the first flight may
-                // only have restored a stored token).
-                let started = now.checked_sub(took).unwrap_or(now);
-                if demanded && token.issued_at >= started {
-                    inner.last_demanded_at = Some(now);
-                }
-                inner.refreshes_ok += 1;
-                info!(
-                    credential = self.name(),
-                    trigger,
-                    took_ms = took.as_millis() as u64,
-                    result = "ok",
-                    expires_at = %rfc3339(token.expires_at),
-                    next_refresh_at = %rfc3339(token.refresh_at),
-                    "refreshed"
-                );
-            }
-            Err(error) => {
-                inner.failures += 1;
-                inner.refreshes_failed += 1;
-                let delay = if self.chainless() && matches!(error, Error::ReauthRequired { .. }) {
-                    self.refused_delay(inner.failures)
-                } else {
-                    schedule::backoff(
-                        inner.failures,
-                        self.spec.backoff_initial,
-                        self.spec.backoff_max,
-                        error.retry_after(),
-                        rand::random::<f64>(),
-                    )
-                };
-                let delay = match held_until {
-                    // Held back by the fleet: nothing to gain before then.
-                    Some(until) => until.duration_since(now).unwrap_or_default(),
-                    None => self.within_grace(&inner, delay, now),
-                };
-                if let Error::UpstreamUnavailable { retry_after, .. }
-                | Error::HeldBack { retry_after, .. } = error
-                {
-                    *retry_after = delay;
-                }
-                inner.retry_at = Some(now.checked_add(delay).unwrap_or(now));
-                inner.last_error = Some((error.clone(), now));
-                self.log_failure(error, trigger, took, delay);
-            }
-        }
-        let result = if outcome.is_ok() { "ok" } else { "error" };
-        if !adopted {
-            self.metrics.refreshed(trigger, result);
-        }
-        inner.flight = None;
-        self.metrics.in_flight.set(0);
-        drop(inner);
-        // Waiters may all have gone; the outcome is published either way.
-        let _ = tx.send(Some(outcome));
-        self.schedule_changed();
-    }
-
-    /// After a lost answer, the resend must land inside the IdP's reuse grace.
-    fn within_grace(&self, inner: &Inner, delay: Duration, now: SystemTime) -> Duration {
-        match inner.unanswered_since {
-            Some(since) if self.spec.lost_answer == LostAnswer::RetryWithinGrace => {
-                let end = since + self.spec.idp_reuse_grace;
-                delay.min(end.duration_since(now).unwrap_or_default() / 2)
-            }
-            _ => delay,
-        }
-    }
-
-    fn log_failure(&self, error: &Error, trigger: &str, took: Duration, delay: Duration) {
-        if let (Error::ReauthRequired { .. }, true) = (error, self.chainless()) {
-            error!(
-                credential = self.name(),
-                trigger,
-                error = %error,
-                retry_in_ms = delay.as_millis() as u64,
-                "the identity provider refused the credential; asking again after the delay, or as soon as an input or setting changes"
-            );
-        } else if let Error::ReauthRequired { .. } = error {
-            error!(
-                credential = self.name(),
-                trigger,
-                error = %error,
-                "the credential's refresh-token chain stopped; no further calls until a new bootstrap token appears"
-            );
-        } else {
-            warn!(
-                credential = self.name(),
-                trigger,
-                took_ms = took.as_millis() as u64,
-                result = "error",
-                error = %error,
-                retry_in_ms = delay.as_millis() as u64,
-                "refresh failed"
-            );
-        }
     }
 }
