@@ -168,19 +168,8 @@ fn pick<'a>(azure: &'a AzureSpec, query: &'a Query) -> Result<(&'a str, &'a str)
 
 /// The broker's reason for having no token, with an App Service status.
 fn broker_error(e: &Error) -> Response {
-    let status = match e {
-        Error::UnknownCredential(_) => StatusCode::NOT_FOUND,
-        Error::BadRequest(_) | Error::NoDefaultCredential { .. } => StatusCode::BAD_REQUEST,
-        _ => StatusCode::SERVICE_UNAVAILABLE,
-    };
-    let mut response = error(status, &e.to_string());
-    if let Some(after) = e.retry_after() {
-        let secs = after.as_secs_f64().ceil().max(1.0) as u64;
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
-    }
-    response
+    let (status, retry_after) = super::broker_status(e);
+    super::with_retry_after(error(status, &e.to_string()), retry_after)
 }
 
 fn error(status: StatusCode, message: &str) -> Response {

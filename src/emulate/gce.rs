@@ -177,19 +177,8 @@ async fn access_token(
 
 /// The broker's reason for having no token, with the status GCE would use.
 fn broker_error(error: &Error) -> Response {
-    let status = match error {
-        Error::UnknownCredential(_) => StatusCode::NOT_FOUND,
-        Error::BadRequest(_) | Error::NoDefaultCredential { .. } => StatusCode::BAD_REQUEST,
-        _ => StatusCode::SERVICE_UNAVAILABLE,
-    };
-    let mut response = text(status, &error.to_string());
-    if let Some(after) = error.retry_after() {
-        let secs = after.as_secs_f64().ceil().max(1.0) as u64;
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
-    }
-    response
+    let (status, retry_after) = super::broker_status(error);
+    super::with_retry_after(text(status, &error.to_string()), retry_after)
 }
 
 fn find<'a>(gce: &'a GceSpec, name: &str) -> Option<&'a GceAccount> {

@@ -20,7 +20,8 @@ mod git;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::Response;
 use axum::routing::{get, post};
 
 use crate::broker::{Credential, Token, Want};
@@ -112,6 +113,28 @@ fn admitted(credential: &Credential, peer: Option<&Peer>, key: Option<&[u8]>) ->
 }
 
 /// Forwarded requests came through a proxy: refused, as on `/token`.
+/// The status an emulated server answers a broker error with (the protocols know only
+/// plain HTTP statuses), and its `Retry-After` where one applies.
+fn broker_status(error: &Error) -> (StatusCode, Option<HeaderValue>) {
+    let status = match error {
+        Error::UnknownCredential(_) => StatusCode::NOT_FOUND,
+        Error::BadRequest(_) | Error::NoDefaultCredential { .. } => StatusCode::BAD_REQUEST,
+        _ => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    let retry_after = error
+        .retry_after()
+        .map(|after| HeaderValue::from(after.as_secs_f64().ceil().max(1.0) as u64));
+    (status, retry_after)
+}
+
+/// `response` with the `Retry-After` of `broker_status`, if any.
+fn with_retry_after(mut response: Response, retry_after: Option<HeaderValue>) -> Response {
+    if let Some(after) = retry_after {
+        response.headers_mut().insert(header::RETRY_AFTER, after);
+    }
+    response
+}
+
 fn forwarded(headers: &HeaderMap) -> bool {
     headers.contains_key("forwarded") || headers.contains_key("x-forwarded-for")
 }

@@ -15,6 +15,19 @@ async fn answer(response: reqwest::Response) -> (u16, Value) {
     (status, response.json().await.unwrap_or(Value::Null))
 }
 
+/// A broker with one `client_credentials` credential `m` at `idp`, refreshed whenever
+/// asked (no `min_refresh_interval`).
+fn machine(dir: &std::path::Path, idp: &Idp) -> Broker {
+    let config = base_config(dir)
+        + &format!(
+            "\n[credentials.m]\ngrant = \"client_credentials\"\ntoken_url = \"{}/token\"\n\
+             client_id = \"dev-client\"\nclient_secret = \"dev-secret\"\n\
+             min_refresh_interval = \"0s\"\n",
+            idp.url
+        );
+    Broker::start(dir, &config)
+}
+
 async fn refreshes(idp: &Idp) -> u64 {
     idp.stat("refresh_grants").await
 }
@@ -192,14 +205,7 @@ async fn a_report_joining_a_refresh_the_idp_refuses_withdraws_the_token_of_a_gra
 {
     let idp = Idp::start(&[]);
     let dir = tempdir();
-    let config = base_config(dir.path())
-        + &format!(
-            "\n[credentials.m]\ngrant = \"client_credentials\"\ntoken_url = \"{}/token\"\n\
-             client_id = \"dev-client\"\nclient_secret = \"dev-secret\"\n\
-             min_refresh_interval = \"0s\"\n",
-            idp.url
-        );
-    let broker = Broker::start(dir.path(), &config);
+    let broker = machine(dir.path(), &idp);
     let token = broker.access_token("m").await;
 
     // A forced refresh starts a slow flight, which the IdP will refuse; the report of
@@ -381,14 +387,7 @@ async fn a_forced_refresh_that_fails_says_so_and_reads_still_get_the_valid_token
 async fn a_grant_without_a_chain_is_served_when_the_state_dir_cannot_be_written() {
     let idp = Idp::start(&[]);
     let dir = tempdir();
-    let config = base_config(dir.path())
-        + &format!(
-            "\n[credentials.m]\ngrant = \"client_credentials\"\ntoken_url = \"{}/token\"\n\
-             client_id = \"dev-client\"\nclient_secret = \"dev-secret\"\n\
-             min_refresh_interval = \"0s\"\n",
-            idp.url
-        );
-    let broker = Broker::start(dir.path(), &config);
+    let broker = machine(dir.path(), &idp);
     let first = broker.access_token("m").await;
     // The next save's file is taken by a directory, so the write fails (even for root).
     let state = dir.path().join("state");
@@ -427,13 +426,13 @@ async fn each_refusal_s_hint_fits_its_grant_and_a_never_served_credential_is_sta
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let closed_url = format!("http://{}", closed.local_addr().unwrap());
     drop(closed);
-    let machine = |name: &str, url: &str| {
+    let table = |name: &str, url: &str| {
         format!(
             "\n[credentials.{name}]\ngrant = \"client_credentials\"\ntoken_url = \"{url}/token\"\n\
              client_id = \"dev-client\"\nclient_secret = \"dev-secret\"\n"
         )
     };
-    let config = base_config(dir.path()) + &machine("m", &idp.url) + &machine("down", &closed_url);
+    let config = base_config(dir.path()) + &table("m", &idp.url) + &table("down", &closed_url);
     let broker = Broker::start(dir.path(), &config);
 
     let (status, body) = answer(broker.get("/token/m").await).await;
