@@ -121,12 +121,14 @@ pub struct DevIdpOptions {
     pub device_interval: Duration,
 }
 
-/// A duration of at least one whole second: RFC 8628 states `expires_in` and
-/// `interval` in seconds, and a fraction would be rounded into a different promise.
+/// A duration of whole seconds, from one second to a year: RFC 8628 states
+/// `expires_in` and `interval` in seconds, so a fraction would be rounded into a
+/// different promise, and the bound keeps `now + ttl` from overflowing.
 fn whole_seconds(text: &str) -> Result<Duration, String> {
     let duration = crate::duration::parse(text)?;
-    if duration < Duration::from_secs(1) || duration.subsec_nanos() != 0 {
-        return Err("must be a whole number of seconds, at least 1s".to_owned());
+    let bounds = Duration::from_secs(1)..=crate::duration::LONGEST_SETTING;
+    if !bounds.contains(&duration) || duration.subsec_nanos() != 0 {
+        return Err("must be a whole number of seconds, from 1s to 365 days".to_owned());
     }
     Ok(duration)
 }
@@ -296,6 +298,7 @@ mod tests {
             "--device-interval=500ms",
             "--device-interval=0",
             "--device-code-ttl=1500ms",
+            "--device-code-ttl=99999999999999",
         ] {
             assert!(
                 Cli::try_parse_from(["tb", "dev-idp", bad]).is_err(),
