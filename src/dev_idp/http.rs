@@ -228,7 +228,7 @@ async fn token_wrong_method() -> Response {
     response
 }
 
-/// `GET /.well-known/openid-configuration`: enough metadata to find the token endpoint.
+/// `GET /.well-known/openid-configuration`: the endpoints and what each supports.
 async fn discovery(State(idp): State<DevIdp>, headers: HeaderMap) -> Response {
     let issuer = issuer(&idp, &headers);
     axum::Json(json!({
