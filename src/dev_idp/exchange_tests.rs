@@ -41,6 +41,7 @@ fn idp() -> Idp {
         bearer_key: Some(public),
         bearer_issuer: "dev-client".to_owned(),
         subject_tokens: vec![LISTED.to_owned()],
+        login: Default::default(),
     };
     let key = SigningKey::from_pem(&SecretString::from(keys.private_pem()), None, None).unwrap();
     Idp {

@@ -92,6 +92,11 @@ pub struct Families {
 impl Families {
     /// Starts a family with the given first token (or a random one) and returns it.
     pub fn mint(&mut self, scope: Option<String>, token: Option<String>) -> String {
+        self.start(scope, token).1
+    }
+
+    /// Like `mint`, also naming the family, so the caller can revoke it later.
+    pub fn start(&mut self, scope: Option<String>, token: Option<String>) -> (FamilyId, String) {
         let token = token.unwrap_or_else(tokens::refresh_token);
         self.families.push(Family {
             scope,
@@ -102,7 +107,7 @@ impl Families {
         // for exactly that string to work from now on.
         self.tokens
             .insert(token.clone(), RefreshRecord { family, used: None });
-        token
+        (family, token)
     }
 
     /// Judges a presented refresh token at `now`, rotating it when the policy says so.

@@ -1,5 +1,6 @@
 //! The public HTTP surface: `POST /token`, discovery, `/api/whoami` and `/stats`,
-//! plus the routing table (admin routes live in `admin`).
+//! plus the routing table (admin routes live in `admin`, the login flows' pages and
+//! device authorization in `pages`).
 //!
 //! Handlers translate between HTTP and the state; they hold the state lock only inside
 //! `DevIdp::with_state` and do all their waiting outside it.
@@ -8,6 +9,7 @@ use super::DevIdp;
 use super::admin;
 use super::clients;
 use super::faults::{self, Fault};
+use super::pages;
 use super::protocol::{self, Params, TokenError};
 use super::state::{Arrival, Issued};
 use axum::Router;
@@ -30,6 +32,7 @@ pub fn router(idp: DevIdp) -> Router {
         .route("/api/whoami", get(whoami))
         .route("/stats", get(stats))
         .merge(admin::routes())
+        .merge(pages::routes())
         .fallback(not_found)
         .with_state(idp)
 }
@@ -151,7 +154,7 @@ fn handle_token(
 
 /// The URLs this token endpoint answers to, as the `aud` of signed assertions must
 /// name it: through the request's `Host` and the listen address, over http or https.
-fn token_endpoints(headers: &HeaderMap, listen: Option<&str>) -> Vec<String> {
+pub(super) fn token_endpoints(headers: &HeaderMap, listen: Option<&str>) -> Vec<String> {
     let hosts = request_host(headers).into_iter().chain(listen);
     hosts
         .flat_map(|host| ["http", "https"].map(|scheme| format!("{scheme}://{host}/token")))
@@ -159,7 +162,7 @@ fn token_endpoints(headers: &HeaderMap, listen: Option<&str>) -> Vec<String> {
 }
 
 /// The form body, insisting on the content type RFC 6749 mandates.
-fn form_params(headers: &HeaderMap, body: Option<&[u8]>) -> Result<Params, TokenError> {
+pub(super) fn form_params(headers: &HeaderMap, body: Option<&[u8]>) -> Result<Params, TokenError> {
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -175,7 +178,7 @@ fn form_params(headers: &HeaderMap, body: Option<&[u8]>) -> Result<Params, Token
 }
 
 /// A JSON answer that no cache may keep (RFC 6749 5.1).
-fn no_store_json(status: StatusCode, body: &Value) -> Response {
+pub(super) fn no_store_json(status: StatusCode, body: &Value) -> Response {
     let mut response = (status, axum::Json(body)).into_response();
     let headers = response.headers_mut();
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -225,19 +228,21 @@ async fn token_wrong_method() -> Response {
     response
 }
 
-/// `GET /.well-known/openid-configuration`: enough metadata to find the token endpoint.
+/// `GET /.well-known/openid-configuration`: the endpoints and what each supports.
 async fn discovery(State(idp): State<DevIdp>, headers: HeaderMap) -> Response {
-    let host = request_host(&headers)
-        .map(str::to_owned)
-        .or_else(|| idp.with_state(|state| state.listen_addr().map(str::to_owned)))
-        .unwrap_or_else(|| "localhost".to_owned());
-    let issuer = format!("http://{host}");
+    let issuer = issuer(&idp, &headers);
     axum::Json(json!({
         "issuer": issuer,
         "token_endpoint": format!("{issuer}/token"),
+        "authorization_endpoint": format!("{issuer}/authorize"),
+        "device_authorization_endpoint": format!("{issuer}/device_authorization"),
+        "response_types_supported": ["code"],
+        "code_challenge_methods_supported": ["S256"],
         "grant_types_supported": [
+            "authorization_code",
             "refresh_token",
             "client_credentials",
+            protocol::DEVICE_CODE,
             protocol::TOKEN_EXCHANGE,
             protocol::JWT_BEARER,
         ],
@@ -250,6 +255,15 @@ async fn discovery(State(idp): State<DevIdp>, headers: HeaderMap) -> Response {
         "token_endpoint_auth_signing_alg_values_supported": ["RS256", "ES256"],
     }))
     .into_response()
+}
+
+/// This IdP's base URL as the request reached it (or as it listens).
+pub(super) fn issuer(idp: &DevIdp, headers: &HeaderMap) -> String {
+    let host = request_host(headers)
+        .map(str::to_owned)
+        .or_else(|| idp.with_state(|state| state.listen_addr().map(str::to_owned)))
+        .unwrap_or_else(|| "localhost".to_owned());
+    format!("http://{host}")
 }
 
 /// The `Host` header, if it looks like a host and port; anything else is ignored rather

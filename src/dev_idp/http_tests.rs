@@ -280,3 +280,37 @@ async fn a_client_assertion_must_name_the_endpoint_the_request_reached() {
     );
     assert_eq!(idp.stats().client_assertions, 1);
 }
+
+#[tokio::test]
+async fn the_login_pages_escape_what_they_echo_and_refuse_framing() {
+    let idp = DevIdp::new(DevIdpOptions {
+        redirect_uri: vec!["http://127.0.0.1/cb".to_owned()],
+        ..DevIdpOptions::default()
+    });
+    let challenge = crate::dev_idp::authorize::s256("v".repeat(43).as_str());
+    let uri = format!(
+        "/authorize?response_type=code&client_id=dev-client&redirect_uri=http%3A%2F%2F127.0.0.1%3A80%2Fcb\
+         &state=%22%3E%3Cscript%3E&scope=a%3Cb&code_challenge={challenge}&code_challenge_method=S256"
+    );
+    let consent = send(&idp, Request::get(uri).body(Body::empty()).unwrap()).await;
+    assert_eq!(consent.status, StatusCode::OK);
+    let page = String::from_utf8(consent.body.clone()).unwrap();
+    assert!(
+        !page.contains("<script>") && !page.contains("a<b"),
+        "{page}"
+    );
+    assert!(page.contains("&quot;&gt;&lt;script&gt;"), "{page}");
+    assert_eq!(consent.header(header::CACHE_CONTROL), "no-store");
+    let csp = consent.header(header::CONTENT_SECURITY_POLICY);
+    assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
+
+    let device = send(
+        &idp,
+        Request::get("/device?user_code=%22%3E%3Cb%3E")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    let page = String::from_utf8(device.body).unwrap();
+    assert!(page.contains("value=\"&quot;&gt;&lt;b&gt;\""), "{page}");
+}

@@ -7,21 +7,29 @@
 //! overlapped. Admin endpoints inject faults (error statuses, broken bodies, hangs)
 //! and revoke credentials, so tests can model a bad day at the IdP.
 //!
+//! It also plays the user's side of a login: the authorization-code flow with PKCE
+//! (`/authorize`, a consent page) and the device flow (`/device_authorization`, a
+//! verification page at `/device`), or approves both at once with `--auto-approve`.
+//!
 //! Layout: `state` holds the rules and is pure, with the refresh token lineage rules
-//! in `families` and token exchange and jwt-bearer in `exchange`; `clients` authenticates
-//! callers (secrets, `private_key_jwt`, public clients) and `jwt` verifies signed
-//! assertions; `protocol` parses RFC 6749 requests; `tokens` mints token strings;
-//! `faults` describes and renders injected faults; `http` and `admin` are the axum
-//! handlers; `options` is the command line. This file ties them together and runs the
+//! in `families`, token exchange and jwt-bearer in `exchange`, authorization codes in
+//! `codes` and device codes in `device`; `authorize` checks authorization requests
+//! and redirect URIs; `clients` authenticates callers (secrets, `private_key_jwt`,
+//! public clients) and `jwt` verifies signed assertions; `protocol` parses RFC 6749
+//! requests; `tokens` mints token strings; `faults` describes and renders injected
+//! faults; `http`, `admin` and `pages` are the axum handlers; `options` is the command
+//! line. This file ties them together and runs the
 //! server.
 
 mod admin;
+mod authorize;
 mod clients;
 mod families;
 mod faults;
 mod http;
 mod jwt;
 mod options;
+mod pages;
 mod protocol;
 mod state;
 mod stats;

@@ -1,9 +1,10 @@
 //! Command-line arguments of `token-broker dev-idp`, and the same options for
 //! in-process use by tests. Parsing only; the behaviour lives in the state.
 
+use super::authorize;
 use super::clients::Clients;
 use super::jwt::PublicKey;
-use super::state::Config;
+use super::state::{Config, LoginConfig};
 use std::fmt;
 use std::time::Duration;
 
@@ -14,8 +15,9 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8657";
 /// Run a strict OAuth2 token server for development and tests only, never production.
 ///
 /// It issues unsigned tokens to one confidential client (and optionally one public
-/// client), speaks refresh_token, client_credentials, token exchange (RFC 8693) and
-/// jwt-bearer (RFC 7523), keeps everything in memory, and exposes
+/// client), speaks refresh_token, client_credentials, token exchange (RFC 8693),
+/// jwt-bearer (RFC 7523), the authorization code with PKCE (RFC 7636) and the device
+/// flow (RFC 8628), keeps everything in memory, and exposes
 /// unauthenticated admin endpoints to inject faults and revoke credentials. Development
 /// and tests only: never run it in production or expose it beyond localhost.
 #[derive(clap::Args, Debug, Clone)]
@@ -102,6 +104,33 @@ pub struct DevIdpOptions {
     /// issued are accepted too.
     #[arg(long, value_name = "TOKEN")]
     pub subject_token: Vec<String>,
+    /// A redirect URI that may receive authorization codes; repeat for several. It must
+    /// match exactly, except that a loopback http://127.0.0.1/... or http://[::1]/...
+    /// URI matches on any port (RFC 8252 7.3). Without one, /authorize refuses all.
+    #[arg(long, value_name = "URI", value_parser = authorize::parse_registered)]
+    pub redirect_uri: Vec<String>,
+    /// Approve every authorization request and device code at once, with no consent or
+    /// verification page: for tests.
+    #[arg(long)]
+    pub auto_approve: bool,
+    /// How long a device code waits for the user (RFC 8628 expires_in), whole seconds.
+    #[arg(long, value_name = "DUR", default_value = "600s", value_parser = whole_seconds)]
+    pub device_code_ttl: Duration,
+    /// The polling interval device codes start with (RFC 8628 interval), whole seconds.
+    #[arg(long, value_name = "DUR", default_value = "5s", value_parser = whole_seconds)]
+    pub device_interval: Duration,
+}
+
+/// A duration of whole seconds, from one second to a year: RFC 8628 states
+/// `expires_in` and `interval` in seconds, so a fraction would be rounded into a
+/// different promise, and the bound keeps `now + ttl` from overflowing.
+fn whole_seconds(text: &str) -> Result<Duration, String> {
+    let duration = crate::duration::parse(text)?;
+    let bounds = Duration::from_secs(1)..=crate::duration::LONGEST_SETTING;
+    if !bounds.contains(&duration) || duration.subsec_nanos() != 0 {
+        return Err("must be a whole number of seconds, from 1s to 365 days".to_owned());
+    }
+    Ok(duration)
 }
 
 impl Default for DevIdpOptions {
@@ -122,6 +151,10 @@ impl Default for DevIdpOptions {
             jwt_bearer_key: None,
             jwt_bearer_issuer: None,
             subject_token: Vec::new(),
+            redirect_uri: Vec::new(),
+            auto_approve: false,
+            device_code_ttl: LoginConfig::default().device_code_ttl,
+            device_interval: LoginConfig::default().device_interval,
         }
     }
 }
@@ -150,6 +183,10 @@ impl fmt::Debug for DevIdpOptions {
             .field("jwt_bearer_key", &self.jwt_bearer_key)
             .field("jwt_bearer_issuer", &self.jwt_bearer_issuer)
             .field("subject_tokens", &self.subject_token.len())
+            .field("redirect_uris", &self.redirect_uri)
+            .field("auto_approve", &self.auto_approve)
+            .field("device_code_ttl", &self.device_code_ttl)
+            .field("device_interval", &self.device_interval)
             .finish()
     }
 }
@@ -176,6 +213,12 @@ impl DevIdpOptions {
                 .clone()
                 .unwrap_or_else(|| self.client_id.clone()),
             subject_tokens: self.subject_token.clone(),
+            login: LoginConfig {
+                redirect_uris: self.redirect_uri.clone(),
+                auto_approve: self.auto_approve,
+                device_code_ttl: self.device_code_ttl,
+                device_interval: self.device_interval,
+            },
         }
     }
 }
@@ -233,6 +276,35 @@ mod tests {
         assert_eq!(o.initial_refresh_token.as_deref(), Some("abc"));
         assert!(!format!("{o:?}").contains("abc"));
         assert!(Cli::try_parse_from(["tb", "dev-idp", "--latency=soon"]).is_err());
+    }
+
+    #[test]
+    fn login_flow_options_parse_strictly() {
+        let args = parse(&[
+            "--redirect-uri=http://127.0.0.1/cb",
+            "--redirect-uri=https://app.example/cb",
+            "--auto-approve",
+            "--device-code-ttl=2",
+            "--device-interval=1s",
+        ]);
+        let login = args.options.config().login;
+        assert_eq!(login.redirect_uris.len(), 2);
+        assert!(login.auto_approve);
+        assert_eq!(login.device_code_ttl, Duration::from_secs(2));
+        assert_eq!(login.device_interval, Duration::from_secs(1));
+        for bad in [
+            "--redirect-uri=/relative",
+            "--redirect-uri=http://127.0.0.1/cb#frag",
+            "--device-interval=500ms",
+            "--device-interval=0",
+            "--device-code-ttl=1500ms",
+            "--device-code-ttl=99999999999999",
+        ] {
+            assert!(
+                Cli::try_parse_from(["tb", "dev-idp", bad]).is_err(),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -30,9 +30,21 @@ pub enum TokenError {
     InvalidScope(&'static str),
     /// A `grant_type` this IdP does not implement.
     #[error(
-        "grant_type is not supported; use refresh_token, client_credentials, token exchange or jwt-bearer"
+        "grant_type is not supported; use authorization_code, refresh_token, client_credentials, device_code, token exchange or jwt-bearer"
     )]
     UnsupportedGrantType,
+    /// RFC 8628 3.5: the user has not yet approved or denied the device code.
+    #[error("the user has not yet approved or denied this device code")]
+    AuthorizationPending,
+    /// RFC 8628 3.5: polled faster than the interval, which grows by 5 seconds.
+    #[error("polling too fast; the interval for this device code grew by 5 seconds")]
+    SlowDown,
+    /// RFC 8628 3.5: the user denied the device code.
+    #[error("the user denied this device code")]
+    AccessDenied,
+    /// RFC 8628 3.5: the device code outlived its `expires_in`.
+    #[error("the device code has expired; start again")]
+    ExpiredToken,
 }
 
 impl TokenError {
@@ -44,6 +56,10 @@ impl TokenError {
             TokenError::InvalidGrant(_) => "invalid_grant",
             TokenError::InvalidScope(_) => "invalid_scope",
             TokenError::UnsupportedGrantType => "unsupported_grant_type",
+            TokenError::AuthorizationPending => "authorization_pending",
+            TokenError::SlowDown => "slow_down",
+            TokenError::AccessDenied => "access_denied",
+            TokenError::ExpiredToken => "expired_token",
         }
     }
 
@@ -200,6 +216,20 @@ pub enum Grant {
         /// The requested scope, echoed back.
         scope: Option<String>,
     },
+    /// RFC 6749 4.1.3 with RFC 7636 4.5: an authorization code and its PKCE verifier.
+    AuthorizationCode {
+        /// The presented code.
+        code: String,
+        /// Must equal the `redirect_uri` of the authorization request.
+        redirect_uri: String,
+        /// The PKCE verifier whose S256 hash must equal the code's challenge.
+        code_verifier: String,
+    },
+    /// RFC 8628 3.4: polling with a device code.
+    DeviceCode {
+        /// The presented device code.
+        device_code: String,
+    },
 }
 
 /// The parameters of an RFC 8693 token-exchange request.
@@ -216,6 +246,8 @@ pub struct Exchange {
 pub const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 /// `grant_type` of RFC 7523 section 2.1.
 pub const JWT_BEARER: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
+/// `grant_type` of RFC 8628 section 3.4.
+pub const DEVICE_CODE: &str = "urn:ietf:params:oauth:grant-type:device_code";
 
 impl fmt::Debug for Grant {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -246,6 +278,13 @@ impl Grant {
                 }),
                 None => Err(TokenError::InvalidRequest("assertion is required")),
             },
+            Some("authorization_code") => authorization_code(params),
+            Some(DEVICE_CODE) => match params.get("device_code") {
+                Some(code) => Ok(Grant::DeviceCode {
+                    device_code: code.to_owned(),
+                }),
+                None => Err(TokenError::InvalidRequest("device_code is required")),
+            },
             Some(_) => Err(TokenError::UnsupportedGrantType),
         }
     }
@@ -257,8 +296,36 @@ impl Grant {
             Grant::ClientCredentials { .. } => "client_credentials",
             Grant::TokenExchange(_) => "token_exchange",
             Grant::JwtBearer { .. } => "jwt_bearer",
+            Grant::AuthorizationCode { .. } => "authorization_code",
+            Grant::DeviceCode { .. } => "device_code",
         }
     }
+}
+
+/// RFC 6749 4.1.3 and RFC 7636 4.5: the code, the redirect URI and the verifier are all
+/// required (this IdP demands PKCE and a `redirect_uri` on every authorization request),
+/// and the verifier must have RFC 7636 4.1's shape.
+fn authorization_code(params: &Params) -> Result<Grant, TokenError> {
+    let (Some(code), Some(redirect_uri), Some(code_verifier)) = (
+        params.get("code"),
+        params.get("redirect_uri"),
+        params.get("code_verifier"),
+    ) else {
+        return Err(TokenError::InvalidRequest(
+            "code, redirect_uri and code_verifier are required",
+        ));
+    };
+    let unreserved = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | '~');
+    if !(43..=128).contains(&code_verifier.len()) || !code_verifier.chars().all(unreserved) {
+        return Err(TokenError::InvalidRequest(
+            "code_verifier must be 43 to 128 unreserved characters (RFC 7636 4.1)",
+        ));
+    }
+    Ok(Grant::AuthorizationCode {
+        code: code.to_owned(),
+        redirect_uri: redirect_uri.to_owned(),
+        code_verifier: code_verifier.to_owned(),
+    })
 }
 
 /// RFC 8693 section 2.1: the subject token and its type are required, an actor token
@@ -298,6 +365,8 @@ pub fn grant_label(params: &Params) -> &'static str {
         Some("client_credentials") => "client_credentials",
         Some(TOKEN_EXCHANGE) => "token_exchange",
         Some(JWT_BEARER) => "jwt_bearer",
+        Some("authorization_code") => "authorization_code",
+        Some(DEVICE_CODE) => "device_code",
         Some(_) => "other",
         None => "missing",
     }

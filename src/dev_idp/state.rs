@@ -1,6 +1,6 @@
 //! The dev IdP's pure logic: authenticating the client, granting tokens, remembering
 //! issued access tokens, armed faults and the counters. The refresh token lineage rules
-//! live in `families`.
+//! live in `families`; authorization codes in `codes` and device codes in `device`.
 //!
 //! No HTTP and no clock here: every operation where time matters takes `now`, so the
 //! rules can be unit tested exactly. The HTTP layer owns the one lock around `State`
@@ -47,6 +47,32 @@ pub struct Config {
     pub bearer_issuer: String,
     /// Subject tokens accepted for token exchange besides this IdP's own access tokens.
     pub subject_tokens: Vec<String>,
+    /// The rules of the user-facing flows: authorization code and device code.
+    pub login: LoginConfig,
+}
+
+/// How the authorization-code and device flows behave.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoginConfig {
+    /// Redirect URIs that may receive authorization codes.
+    pub redirect_uris: Vec<String>,
+    /// Approve every authorization request and device code at once, for tests.
+    pub auto_approve: bool,
+    /// How long a device code waits for the user (RFC 8628 `expires_in`).
+    pub device_code_ttl: Duration,
+    /// The polling interval a device code starts with (RFC 8628 `interval`).
+    pub device_interval: Duration,
+}
+
+impl Default for LoginConfig {
+    fn default() -> Self {
+        LoginConfig {
+            redirect_uris: Vec::new(),
+            auto_approve: false,
+            device_code_ttl: Duration::from_secs(600),
+            device_interval: Duration::from_secs(5),
+        }
+    }
 }
 
 /// What the IdP remembers of one access token, to answer `/api/whoami`.
@@ -74,6 +100,10 @@ pub enum Outcome {
     TokenExchange,
     /// A jwt-bearer grant (RFC 7523).
     JwtBearer,
+    /// An authorization code redeemed (RFC 6749 4.1 with PKCE).
+    AuthorizationCode,
+    /// An approved device code redeemed (RFC 8628).
+    DeviceCode,
 }
 
 /// A successful token response, before rendering (RFC 6749 5.1).
@@ -126,6 +156,10 @@ pub struct State {
     stats: Stats,
     /// `jti`s of client and grant assertions already used.
     replay: Replay,
+    /// Authorization codes issued, spent ones included (for reuse detection).
+    codes: HashMap<String, codes::CodeRecord>,
+    /// Device codes issued, with the user codes that name them.
+    devices: device::Devices,
 }
 
 impl State {
@@ -140,6 +174,8 @@ impl State {
             fault: None,
             stats: Stats::default(),
             replay: Replay::default(),
+            codes: HashMap::new(),
+            devices: device::Devices::default(),
         }
     }
 
@@ -254,6 +290,12 @@ impl State {
             Grant::JwtBearer { assertion, scope } => {
                 self.jwt_bearer(expect, &client, assertion, scope.clone())
             }
+            Grant::AuthorizationCode {
+                code,
+                redirect_uri,
+                code_verifier,
+            } => self.authorization_code(now, &client, code, redirect_uri, code_verifier),
+            Grant::DeviceCode { device_code } => self.device_code(now, &client, device_code),
         }
     }
 
@@ -426,6 +468,16 @@ impl State {
 #[path = "exchange.rs"]
 mod exchange;
 
+#[path = "codes.rs"]
+mod codes;
+
+#[path = "device.rs"]
+pub(super) mod device;
+
 #[cfg(test)]
 #[path = "state_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "login_tests.rs"]
+mod login_tests;

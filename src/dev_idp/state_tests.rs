@@ -24,6 +24,7 @@ fn config() -> Config {
         bearer_key: None,
         bearer_issuer: "dev-client".to_owned(),
         subject_tokens: Vec::new(),
+        login: LoginConfig::default(),
     }
 }
 

@@ -25,6 +25,14 @@ pub struct Stats {
     pub token_exchange_grants: u64,
     /// Successful RFC 7523 jwt-bearer grants.
     pub jwt_bearer_grants: u64,
+    /// Authorization codes redeemed for tokens (RFC 6749 4.1 with PKCE).
+    pub authorization_code_grants: u64,
+    /// Approved device codes redeemed for tokens (RFC 8628).
+    pub device_code_grants: u64,
+    /// Authorization codes presented a second time; each revokes what the code issued.
+    pub code_reuses: u64,
+    /// Device-code polls answered `slow_down` for coming too fast.
+    pub slow_downs: u64,
     /// Clients authenticated by a `private_key_jwt` client assertion.
     pub client_assertions: u64,
     /// Client or grant assertions refused because their `jti` was already used.
