@@ -22,6 +22,8 @@
 //!   git credential helper), answered through the same gate as `/token`.
 //! - `metrics`: Prometheus metrics.
 //! - `daemon`: `run` wiring (store, broker, server, signals, drain).
+//! - `preflight`: `check-config`'s checks of the machine that will run the broker
+//!   (secret files and variables, keys, CA files, sink directories, `state.dir`).
 //! - `dev` and `dev_idp`: the try-it-now mode and the strict development IdP.
 //! - `client`: `get` and `status`, clients of a running broker; `helpers`: the kubectl
 //!   credential plugin's answer and the git credential helper, clients too.
@@ -46,6 +48,7 @@ pub mod helpers;
 pub mod idp;
 pub mod limits;
 pub mod metrics;
+pub mod preflight;
 pub mod proxy;
 pub mod secret;
 pub mod server;
