@@ -30,7 +30,7 @@ use axum::routing::{get, post};
 
 pub use api::Api;
 pub use connections::Connections;
-pub use error::ApiError;
+pub use error::{ApiError, ProxyFailure};
 pub use guard::{check_local, host_allowed, host_name};
 pub use listen::{Handler, Listener, Peer, bind};
 pub use watch::Watchers;
