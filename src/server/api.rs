@@ -29,9 +29,9 @@ pub struct Api {
 }
 
 impl Api {
-    pub fn new(app: App) -> Api {
+    pub fn new(app: App, beside: Option<Router<App>>) -> Api {
         Api {
-            router: router(app.clone()),
+            router: router(app.clone(), beside),
             app,
         }
     }
