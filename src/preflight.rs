@@ -95,8 +95,11 @@ fn delivery(config: &Config) -> Vec<Problem> {
         let Some(path) = proxy.ca_file.as_ref() else {
             continue;
         };
-        if let Err(message) = crate::proxy::read_roots(path) {
-            problems.push(problem(format!("proxies.{}.ca_file", proxy.name), message));
+        if let Err(e) = crate::proxy::read_roots(path) {
+            problems.push(problem(
+                format!("proxies.{}.ca_file", proxy.name),
+                e.to_string(),
+            ));
         }
     }
     problems
