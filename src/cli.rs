@@ -233,16 +233,8 @@ fn outcome(result: anyhow::Result<()>) -> ExitCode {
 
 fn check_config(path: &std::path::Path, check_secrets: bool) -> ExitCode {
     let problems = match config::load(path) {
-        Ok(config) => {
-            // What `run` refuses on this machine before it serves: the same checks.
-            let mut problems: Vec<_> = crate::store::check_state_dir(&config.state)
-                .into_iter()
-                .collect();
-            if check_secrets {
-                problems.extend(config::check_sources(&config));
-            }
-            problems
-        }
+        // What `run` refuses on this machine before it serves: the same checks.
+        Ok(config) => crate::preflight::check(&config, check_secrets),
         Err(problems) => problems.0,
     };
     if problems.is_empty() {

@@ -1,10 +1,12 @@
 //! `token-broker get` and `token-broker status`: small HTTP clients of a running broker,
-//! for shell scripts and humans.
+//! for shell scripts and humans; `get --format exec-credential` is the kubectl
+//! credential plugin's answer. `helpers` builds the git credential helper on these.
 
 use std::process::ExitCode;
 use std::time::Duration;
 
 use serde::Deserialize;
+use serde_json::json;
 
 /// Exit code when the broker answered with an error.
 pub const EXIT_BROKER_ERROR: u8 = 1;
@@ -129,9 +131,7 @@ pub async fn get(
     };
     let request = with_key(client.get(&path).query(&query).header("Token-Broker", "1"));
     match fetch(request, base).await {
-        Ok((200, body)) if format == GetFormat::ExecCredential => {
-            crate::helpers::print_exec_credential(&body)
-        }
+        Ok((200, body)) if format == GetFormat::ExecCredential => print_exec_credential(&body),
         Ok((200, token)) => {
             println!("{token}");
             ExitCode::SUCCESS
@@ -139,6 +139,60 @@ pub async fn get(
         Ok((status, body)) => broker_error(status, &body),
         Err(code) => code,
     }
+}
+
+/// The `ExecCredential` versions kubectl and client libraries ask for.
+const EXEC_VERSIONS: [&str; 2] = [
+    "client.authentication.k8s.io/v1",
+    "client.authentication.k8s.io/v1beta1",
+];
+
+#[derive(Deserialize)]
+struct TokenBody {
+    access_token: String,
+    expires_at: String,
+}
+
+/// Prints `body` (the JSON of `GET /token`) as an `ExecCredential` of the version
+/// `KUBERNETES_EXEC_INFO` asks for (v1 when it is absent).
+fn print_exec_credential(body: &str) -> ExitCode {
+    let version = match exec_version(std::env::var("KUBERNETES_EXEC_INFO").ok().as_deref()) {
+        Ok(version) => version,
+        Err(message) => return fail(EXIT_BROKER_ERROR, &message),
+    };
+    let token: TokenBody = match serde_json::from_str(body) {
+        Ok(token) => token,
+        Err(e) => return fail(EXIT_BROKER_ERROR, &format!("unexpected token answer: {e}")),
+    };
+    let credential = json!({
+        "apiVersion": version,
+        "kind": "ExecCredential",
+        "status": {
+            "token": token.access_token,
+            "expirationTimestamp": token.expires_at,
+        },
+    });
+    println!("{credential}");
+    ExitCode::SUCCESS
+}
+
+/// The API version of the `ExecCredential` kubectl passes in `KUBERNETES_EXEC_INFO`.
+fn exec_version(info: Option<&str>) -> Result<&'static str, String> {
+    let Some(info) = info.filter(|i| !i.trim().is_empty()) else {
+        return Ok(EXEC_VERSIONS[0]);
+    };
+    let value: serde_json::Value =
+        serde_json::from_str(info).map_err(|e| format!("KUBERNETES_EXEC_INFO is not JSON: {e}"))?;
+    let asked = value["apiVersion"].as_str().unwrap_or_default();
+    EXEC_VERSIONS
+        .into_iter()
+        .find(|v| *v == asked)
+        .ok_or_else(|| {
+            format!(
+                "KUBERNETES_EXEC_INFO asks for apiVersion `{asked}`; supported: {}",
+                EXEC_VERSIONS.join(", ")
+            )
+        })
 }
 
 /// Adds the client key of `TOKEN_BROKER_KEY`, if set, for credentials with
@@ -297,4 +351,20 @@ fn table(rows: &[Row], colour: bool) -> String {
         out.push_str(&line(row.iter().map(String::as_str).collect()));
     }
     out
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exec_credential_versions_follow_kubernetes_exec_info() {
+        assert_eq!(exec_version(None).unwrap(), EXEC_VERSIONS[0]);
+        let beta = r#"{"apiVersion":"client.authentication.k8s.io/v1beta1","kind":"ExecCredential","spec":{}}"#;
+        assert_eq!(exec_version(Some(beta)).unwrap(), EXEC_VERSIONS[1]);
+        let alpha = r#"{"apiVersion":"client.authentication.k8s.io/v1alpha1"}"#;
+        assert!(exec_version(Some(alpha)).unwrap_err().contains("v1alpha1"));
+        assert!(exec_version(Some("{")).unwrap_err().contains("not JSON"));
+    }
 }

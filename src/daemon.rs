@@ -161,6 +161,7 @@ pub async fn run(
         listeners,
         ops,
         app,
+        crate::emulate::router(&config.emulate),
         connections.clone(),
         stop.clone().cancelled_owned(),
     ));

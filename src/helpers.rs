@@ -1,8 +1,6 @@
-//! The command-line halves of two tool protocols, clients of a running broker:
-//! the kubectl credential plugin's answer (`get --format exec-credential`) and the git
-//! credential helper (`git-credential get|store|erase`). Which host maps to which
-//! credential is the broker's business (`[emulate.git]`), so the helper needs only
-//! the broker's URL.
+//! The command-line half of the git credential helper (`git-credential get|store|erase`),
+//! a client of a running broker on top of `client`. Which host maps to which credential
+//! is the broker's business (`[emulate.git]`), so the helper needs only the broker's URL.
 
 use std::io::Read;
 use std::process::ExitCode;
@@ -12,62 +10,8 @@ use serde_json::json;
 
 use crate::client::{EXIT_BROKER_ERROR, broker_error, fail, fetch, http, with_key};
 
-/// The `ExecCredential` versions kubectl and client libraries ask for.
-const EXEC_VERSIONS: [&str; 2] = [
-    "client.authentication.k8s.io/v1",
-    "client.authentication.k8s.io/v1beta1",
-];
-
 /// Largest git request read from stdin (git sends a few short lines).
 const MAX_GIT_INPUT: u64 = 64 * 1024;
-
-#[derive(Deserialize)]
-struct TokenBody {
-    access_token: String,
-    expires_at: String,
-}
-
-/// Prints `body` (the JSON of `GET /token`) as an `ExecCredential` of the version
-/// `KUBERNETES_EXEC_INFO` asks for (v1 when it is absent).
-pub fn print_exec_credential(body: &str) -> ExitCode {
-    let version = match exec_version(std::env::var("KUBERNETES_EXEC_INFO").ok().as_deref()) {
-        Ok(version) => version,
-        Err(message) => return fail(EXIT_BROKER_ERROR, &message),
-    };
-    let token: TokenBody = match serde_json::from_str(body) {
-        Ok(token) => token,
-        Err(e) => return fail(EXIT_BROKER_ERROR, &format!("unexpected token answer: {e}")),
-    };
-    let credential = json!({
-        "apiVersion": version,
-        "kind": "ExecCredential",
-        "status": {
-            "token": token.access_token,
-            "expirationTimestamp": token.expires_at,
-        },
-    });
-    println!("{credential}");
-    ExitCode::SUCCESS
-}
-
-/// The API version of the `ExecCredential` kubectl passes in `KUBERNETES_EXEC_INFO`.
-fn exec_version(info: Option<&str>) -> Result<&'static str, String> {
-    let Some(info) = info.filter(|i| !i.trim().is_empty()) else {
-        return Ok(EXEC_VERSIONS[0]);
-    };
-    let value: serde_json::Value =
-        serde_json::from_str(info).map_err(|e| format!("KUBERNETES_EXEC_INFO is not JSON: {e}"))?;
-    let asked = value["apiVersion"].as_str().unwrap_or_default();
-    EXEC_VERSIONS
-        .into_iter()
-        .find(|v| *v == asked)
-        .ok_or_else(|| {
-            format!(
-                "KUBERNETES_EXEC_INFO asks for apiVersion `{asked}`; supported: {}",
-                EXEC_VERSIONS.join(", ")
-            )
-        })
-}
 
 /// What git asks a credential helper to do.
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -176,16 +120,6 @@ fn print_git_answer(body: &str) -> ExitCode {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn exec_credential_versions_follow_kubernetes_exec_info() {
-        assert_eq!(exec_version(None).unwrap(), EXEC_VERSIONS[0]);
-        let beta = r#"{"apiVersion":"client.authentication.k8s.io/v1beta1","kind":"ExecCredential","spec":{}}"#;
-        assert_eq!(exec_version(Some(beta)).unwrap(), EXEC_VERSIONS[1]);
-        let alpha = r#"{"apiVersion":"client.authentication.k8s.io/v1alpha1"}"#;
-        assert!(exec_version(Some(alpha)).unwrap_err().contains("v1alpha1"));
-        assert!(exec_version(Some("{")).unwrap_err().contains("not JSON"));
-    }
 
     #[test]
     fn git_attributes_end_at_a_blank_line() {

@@ -22,12 +22,22 @@
 //!   git credential helper), answered through the same gate as `/token`.
 //! - `metrics`: Prometheus metrics.
 //! - `daemon`: `run` wiring (store, broker, server, signals, drain).
+//! - `preflight`: `check-config`'s checks of the machine that will run the broker
+//!   (secret files and variables, keys, CA files, sink directories, `state.dir`).
 //! - `dev` and `dev_idp`: the try-it-now mode and the strict development IdP.
-//! - `client`: `get` and `status`, clients of a running broker; `helpers`: the kubectl
-//!   credential plugin's answer and the git credential helper, clients too.
+//! - `client`: `get` (the kubectl credential plugin's answer included) and `status`,
+//!   clients of a running broker; `helpers`: the git credential helper, on top of `client`.
 //! - `limits`: what the daemon sets on its own process at start (no core dumps, file
 //!   descriptors).
 //! - `signal`, `duration`, `error`: small shared pieces.
+//!
+//! # Floors
+//! Top to bottom: `cli`, `client`, `helpers`, `dev`; `daemon`, `preflight`; `server`,
+//! `emulate`, `proxy`, `sink`; `broker`; `idp`, `exec`, `store`, `dev_idp`; `config`,
+//! `token`; and the leaves, which use no other module (`secret`, `duration`, `error`,
+//! `metrics`, `signal`, `limits`). A module uses modules of its own floor and below,
+//! and no import circle joins two of them: `floors_tests.rs` checks both, and names the
+//! one exception left (the broker writing to its `sink`s).
 
 pub mod broker;
 pub mod cli;
@@ -46,6 +56,7 @@ pub mod helpers;
 pub mod idp;
 pub mod limits;
 pub mod metrics;
+pub mod preflight;
 pub mod proxy;
 pub mod secret;
 pub mod server;
@@ -56,3 +67,6 @@ pub mod token;
 
 #[cfg(test)]
 mod test_keys;
+
+#[cfg(test)]
+mod floors_tests;

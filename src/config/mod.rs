@@ -4,6 +4,10 @@
 //! `TOKEN_BROKER__SECTION__KEY` (`load`). The raw shape lives in `raw`; `validate` checks every key
 //! and returns either a `Config` whose values are all usable, or every problem at once,
 //! each naming its key, so `check-config` can report them together.
+//!
+//! Boundaries: data and its validation, using only `secret` and `duration` of this
+//! crate; what needs the machine that will run the broker (reading secrets, parsing keys
+//! and certificates) is `preflight`'s, through the modules that use those values.
 
 mod delivery;
 mod emulate;
@@ -314,41 +318,4 @@ pub fn listen_hint(table: &toml::Table) -> Option<Vec<Listen>> {
         _ => return None,
     };
     addresses.iter().map(|a| parse_listen(a).ok()).collect()
-}
-
-/// Reads every secret source once, reporting the ones that cannot be read (for
-/// `check-config --check-secrets`, on the machine that will run the broker).
-pub fn check_sources(config: &Config) -> Vec<Problem> {
-    let mut problems = state::check_sources(&config.state);
-    for c in &config.credentials {
-        for (field, source) in c.secret_sources() {
-            if let Err(message) = source.read() {
-                problems.push(Problem {
-                    key: format!("credentials.{}.{field}", c.name),
-                    message,
-                });
-            }
-        }
-        if let Some(Err(message)) = c.private_key.as_ref().map(crate::idp::check_key) {
-            problems.push(Problem {
-                key: format!("credentials.{}.private_key", c.name),
-                message,
-            });
-        }
-    }
-    if let Some(Err(message)) = config.emulate.azure.as_ref().map(|a| a.secret.read()) {
-        problems.push(Problem {
-            key: "emulate.azure.secret".into(),
-            message,
-        });
-    }
-    problems.extend(validate::check_delivery(config));
-    // The client `run` builds reads the CA and client certificate files.
-    if let Err(message) = crate::idp::IdpClient::new(&config.idp) {
-        problems.push(Problem {
-            key: "idp".to_owned(),
-            message,
-        });
-    }
-    problems
 }

@@ -11,7 +11,7 @@ use reqwest::Url;
 
 use super::raw::RawState;
 use super::validate::Check;
-use super::{OnStoreUnavailable, Problem, RedisConfig, StateConfig, StateKeys};
+use super::{OnStoreUnavailable, RedisConfig, StateConfig, StateKeys};
 use crate::secret::SecretSource;
 
 /// Default `state.dir` of the file backend.
@@ -216,44 +216,31 @@ fn without_user(url: &Url) -> String {
     shown.to_string()
 }
 
-/// Reads the `[state]` secret sources once (`check-config --check-secrets`).
-pub(super) fn check_sources(state: &StateConfig) -> Vec<Problem> {
-    let mut sources: Vec<(String, &SecretSource)> = Vec::new();
-    if let Some(redis) = &state.redis {
-        let fields = [
-            ("username", &redis.username),
-            ("password", &redis.password),
-            ("encryption_key", &redis.encryption_key),
-        ];
-        for (field, source) in fields {
-            if let Some(source) = source {
-                sources.push((field.to_owned(), source));
+impl StateConfig {
+    /// Every secret source of `[state]` with its key (below `state.`), for
+    /// `check-config --check-secrets`.
+    pub fn secret_sources(&self) -> Vec<(String, &SecretSource)> {
+        let mut sources: Vec<(String, &SecretSource)> = Vec::new();
+        if let Some(redis) = &self.redis {
+            let fields = [
+                ("username", &redis.username),
+                ("password", &redis.password),
+                ("encryption_key", &redis.encryption_key),
+            ];
+            for (field, source) in fields {
+                if let Some(source) = source {
+                    sources.push((field.to_owned(), source));
+                }
             }
         }
-    }
-    if let Some(keys) = &state.file_keys {
-        sources.push(("encryption_key".to_owned(), &keys.key));
-        for (i, source) in keys.previous.iter().enumerate() {
-            sources.push((format!("previous_encryption_keys[{i}]"), source));
-        }
-    }
-    let mut problems = Vec::new();
-    for (field, source) in sources {
-        let read = source.read().and_then(|value| {
-            if field.contains("encryption_key") {
-                crate::store::Cipher::from_secret(&value).map(|_| ())
-            } else {
-                Ok(())
+        if let Some(keys) = &self.file_keys {
+            sources.push(("encryption_key".to_owned(), &keys.key));
+            for (i, source) in keys.previous.iter().enumerate() {
+                sources.push((format!("previous_encryption_keys[{i}]"), source));
             }
-        });
-        if let Err(message) = read {
-            problems.push(Problem {
-                key: format!("state.{field}"),
-                message,
-            });
         }
+        sources
     }
-    problems
 }
 
 #[cfg(test)]

@@ -15,8 +15,6 @@ mod delivery;
 mod exec;
 mod grant;
 
-pub use delivery::check_delivery;
-
 /// Collects problems while building a value.
 #[derive(Default)]
 pub(super) struct Check {

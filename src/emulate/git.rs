@@ -117,50 +117,21 @@ pub async fn erase(
     }
 }
 
-/// Why a git request names no credential.
-enum NoCredential {
-    /// A guard or the request itself refused.
-    Refused(ApiError),
-    /// No credential is configured for the host.
-    UnknownHost(String),
-}
-
-impl IntoResponse for NoCredential {
-    fn into_response(self) -> Response {
-        match self {
-            NoCredential::Refused(error) => error.into_response(),
-            NoCredential::UnknownHost(host) => {
-                let body = json!({
-                    "error": "unknown_host",
-                    "message": format!("no credential is configured for git host `{host}` (emulate.git.hosts)"),
-                });
-                (StatusCode::NOT_FOUND, axum::Json(body)).into_response()
-            }
-        }
-    }
-}
-
 /// The guards, then the host's credential: 404 `unknown_host` when none is configured
 /// (the helper then answers git nothing, so git asks its next helper).
-fn credential_for(app: &App, headers: &HeaderMap, remote: &Remote) -> Result<String, NoCredential> {
-    check_local(app, headers).map_err(NoCredential::Refused)?;
-    let git = app
-        .emulate
-        .git
-        .as_ref()
-        .ok_or(NoCredential::Refused(ApiError::NotFound))?;
+fn credential_for(app: &App, headers: &HeaderMap, remote: &Remote) -> Result<String, ApiError> {
+    check_local(app, headers)?;
+    let git = app.emulate.git.as_ref().ok_or(ApiError::NotFound)?;
     let host = remote
         .host
         .as_deref()
         .unwrap_or_default()
         .to_ascii_lowercase();
     if host.is_empty() {
-        return Err(NoCredential::Refused(ApiError::bad_request(
-            "host is required",
-        )));
+        return Err(ApiError::bad_request("host is required"));
     }
     let Some(credential) = git.hosts.get(&host) else {
-        return Err(NoCredential::UnknownHost(host));
+        return Err(ApiError::UnknownGitHost(host));
     };
     match remote.protocol.as_deref() {
         Some("https") => {}
@@ -170,7 +141,7 @@ fn credential_for(app: &App, headers: &HeaderMap, remote: &Remote) -> Result<Str
                 "protocol `{}`: a token is sent over https only (plain http only to a loopback host)",
                 other.unwrap_or_default()
             );
-            return Err(NoCredential::Refused(ApiError::bad_request(message)));
+            return Err(ApiError::bad_request(message));
         }
     }
     Ok(credential.clone())

@@ -6,7 +6,7 @@
 //! wants a `Sync` request body; hyper (already in the tree through reqwest and axum)
 //! streams any body both ways and adds nothing but `Host`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,21 +31,42 @@ pub type Client = Legacy<HttpsConnector<HttpConnector>, Outgoing>;
 /// How long an unused upstream connection stays open for reuse.
 const IDLE: Duration = Duration::from_secs(60);
 
+/// Why a proxy's upstream client cannot be had. Each names the file, never its contents.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The CA file cannot be read, or is not PEM.
+    #[error("cannot read PEM certificates from {}: {cause}", path.display())]
+    Unreadable {
+        path: PathBuf,
+        cause: rustls::pki_types::pem::Error,
+    },
+    /// The CA file holds no certificate.
+    #[error("{} holds no PEM certificate", path.display())]
+    NoCertificate { path: PathBuf },
+    /// rustls refuses one of the CA file's certificates.
+    #[error("{}: a certificate is not usable: {cause}", path.display())]
+    Unusable { path: PathBuf, cause: rustls::Error },
+    /// rustls refuses its own settings.
+    #[error("TLS setup: {0}")]
+    Tls(rustls::Error),
+}
+
 /// A client trusting the web roots plus `ca_file`'s certificates.
-pub fn build(ca_file: Option<&Path>, connect_timeout: Duration) -> Result<Client, String> {
+pub fn build(ca_file: Option<&Path>, connect_timeout: Duration) -> Result<Client, ClientError> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     if let Some(path) = ca_file {
         for cert in read_roots(path)? {
-            roots
-                .add(cert)
-                .map_err(|e| format!("{}: a certificate is not usable: {e}", path.display()))?;
+            roots.add(cert).map_err(|cause| ClientError::Unusable {
+                path: path.to_owned(),
+                cause,
+            })?;
         }
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS setup: {e}"))?
+        .map_err(ClientError::Tls)?
         .with_root_certificates(roots)
         .with_no_client_auth();
     let mut tcp = HttpConnector::new();
@@ -66,12 +87,17 @@ pub fn build(ca_file: Option<&Path>, connect_timeout: Duration) -> Result<Client
 }
 
 /// The certificates of a PEM file; an error if it holds none.
-pub fn read_roots(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+pub fn read_roots(path: &Path) -> Result<Vec<CertificateDer<'static>>, ClientError> {
     let certs = CertificateDer::pem_file_iter(path)
         .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| format!("cannot read PEM certificates from {}: {e}", path.display()))?;
+        .map_err(|cause| ClientError::Unreadable {
+            path: path.to_owned(),
+            cause,
+        })?;
     if certs.is_empty() {
-        return Err(format!("{} holds no PEM certificate", path.display()));
+        return Err(ClientError::NoCertificate {
+            path: path.to_owned(),
+        });
     }
     Ok(certs)
 }

@@ -10,7 +10,6 @@ use axum::body::Body;
 use axum::http::{HeaderMap, Method, Request, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use hyper::body::Incoming;
-use serde_json::json;
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
@@ -19,7 +18,7 @@ use super::client::Outgoing;
 use super::headers;
 use super::{Inner, QUIET};
 use crate::broker::{Credential, Token, Want};
-use crate::server::{ApiError, Peer, host_allowed, host_name};
+use crate::server::{ApiError, Peer, ProxyFailure, host_allowed, host_name};
 
 /// Why a request got no upstream answer.
 enum Failure {
@@ -104,10 +103,9 @@ impl Inner {
             return Err(Box::new(("refused", ApiError::BadHost.into_response())));
         }
         if from_web_page(headers, &self.hosts) {
-            let message = "a browser sent this request for a web page (Origin or Sec-Fetch-Site): the proxy does not lend its token to web pages";
             return Err(Box::new((
                 "refused",
-                self.error(StatusCode::FORBIDDEN, "browser_request", message),
+                self.error(ProxyFailure::BrowserRequest).into_response(),
             )));
         }
         let credential = self.broker.credential(&self.spec.credential).map_err(|e| {
@@ -239,42 +237,29 @@ impl Inner {
         }
     }
 
+    /// The proxy's own answer to a failure, and the outcome it is counted as (its code).
     fn failed(&self, failure: Failure) -> (&'static str, Response) {
-        match failure {
+        let failure = match failure {
             Failure::Unreachable(reason) => {
                 warn!(proxy = %self.spec.name, upstream = %self.spec.upstream, error = %reason, "upstream unreachable");
-                let message = format!("cannot reach the upstream {}: {reason}", self.spec.upstream);
-                (
-                    "upstream_unreachable",
-                    self.error(StatusCode::BAD_GATEWAY, "upstream_unreachable", &message),
-                )
+                ProxyFailure::Unreachable {
+                    upstream: self.spec.upstream.to_string(),
+                    reason,
+                }
             }
-            Failure::Timeout(after) => {
-                let message = format!(
-                    "the upstream did not answer within response_timeout ({})",
-                    crate::duration::format(after)
-                );
-                (
-                    "upstream_timeout",
-                    self.error(StatusCode::GATEWAY_TIMEOUT, "upstream_timeout", &message),
-                )
-            }
-            Failure::BadRequest(message) => (
-                "bad_request",
-                self.error(StatusCode::BAD_REQUEST, "bad_request", &message),
-            ),
-        }
+            Failure::Timeout(after) => ProxyFailure::Timeout(after),
+            Failure::BadRequest(message) => ProxyFailure::BadRequest(message),
+        };
+        let error = self.error(failure);
+        (error.code(), error.into_response())
     }
 
     /// An answer of the proxy itself, in the API's error shape plus the proxy's name.
-    fn error(&self, status: StatusCode, code: &str, message: &str) -> Response {
-        let body = json!({"error": code, "message": message, "proxy": self.spec.name});
-        let mut response = (status, axum::Json(body)).into_response();
-        response.headers_mut().insert(
-            header::CACHE_CONTROL,
-            header::HeaderValue::from_static("no-store"),
-        );
-        response
+    fn error(&self, failure: ProxyFailure) -> ApiError {
+        ApiError::Proxy {
+            proxy: self.spec.name.clone(),
+            failure,
+        }
     }
 }
 

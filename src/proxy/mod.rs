@@ -28,7 +28,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-pub use client::read_roots;
+pub use client::{ClientError, read_roots};
 
 use crate::broker::Broker;
 use crate::config::{Config, ProxySpec};
@@ -111,7 +111,6 @@ impl Proxy {
     ) -> anyhow::Result<Proxy> {
         let ca_file = spec.ca_file.as_ref().or(config.idp.ca_file.as_ref());
         let client = client::build(ca_file.map(|p| p.as_path()), config.idp.connect_timeout)
-            .map_err(anyhow::Error::msg)
             .with_context(|| format!("proxies.{}", spec.name))?;
         let url = &spec.upstream;
         let authority = match url.port() {

@@ -11,13 +11,13 @@ use std::panic::AssertUnwindSafe;
 
 use axum::Router;
 use axum::body::{Body, HttpBody};
-use axum::http::{Method, Request, StatusCode};
+use axum::http::{Method, Request};
 use axum::response::{IntoResponse, Response};
 use futures_util::FutureExt;
-use serde_json::json;
 use tower::Service;
 use tracing::error;
 
+use super::error::ApiError;
 use super::listen::Peer;
 use super::{App, guard, router, token, watch};
 
@@ -29,9 +29,9 @@ pub struct Api {
 }
 
 impl Api {
-    pub fn new(app: App) -> Api {
+    pub fn new(app: App, beside: Option<Router<App>>) -> Api {
         Api {
-            router: router(app.clone()),
+            router: router(app.clone(), beside),
             app,
         }
     }
@@ -123,8 +123,7 @@ fn token_path(path: &str) -> Option<Option<&str>> {
 
 fn panicked() -> Response {
     error!("a request handler panicked; answered 500");
-    let body = json!({"error": "internal", "message": "internal error"});
-    (StatusCode::INTERNAL_SERVER_ERROR, axum::Json(body)).into_response()
+    ApiError::Internal.into_response()
 }
 
 #[cfg(test)]

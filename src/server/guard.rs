@@ -6,11 +6,10 @@ use std::collections::HashSet;
 use std::panic::AssertUnwindSafe;
 
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, StatusCode, Uri, header};
+use axum::http::{HeaderMap, Uri, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use futures_util::FutureExt;
-use serde_json::json;
 use tracing::error;
 
 use super::App;
@@ -131,10 +130,7 @@ pub fn host_name(value: &str) -> Option<Cow<'_, str>> {
 pub async fn deadline(State(app): State<App>, request: Request, next: Next) -> Response {
     match tokio::time::timeout(app.request_deadline, next.run(request)).await {
         Ok(response) => response,
-        Err(_) => {
-            let body = json!({"error": "request_timeout", "message": "the request took too long"});
-            (StatusCode::REQUEST_TIMEOUT, axum::Json(body)).into_response()
-        }
+        Err(_) => ApiError::RequestTimeout.into_response(),
     }
 }
 
@@ -152,24 +148,8 @@ pub async fn json_errors(request: Request, next: Next) -> Response {
     }
     let (parts, body) = response.into_parts();
     let text = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
-    let code = match status {
-        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
-        StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
-        StatusCode::NOT_FOUND => "not_found",
-        s if s.is_server_error() => "internal",
-        _ => "bad_request",
-    };
-    let message = String::from_utf8_lossy(&text).trim().to_owned();
-    let message = if message.is_empty() {
-        status.to_string()
-    } else {
-        message
-    };
-    let mut rebuilt = (
-        status,
-        axum::Json(json!({"error": code, "message": message})),
-    )
-        .into_response();
+    let text = String::from_utf8_lossy(&text).trim().to_owned();
+    let mut rebuilt = ApiError::Rejected { status, text }.into_response();
     for (name, value) in parts
         .headers
         .iter()
@@ -186,8 +166,7 @@ pub async fn catch_panic(request: Request, next: Next) -> Response {
         Ok(response) => response,
         Err(_) => {
             error!("a request handler panicked; answered 500");
-            let body = json!({"error": "internal", "message": "internal error"});
-            (StatusCode::INTERNAL_SERVER_ERROR, axum::Json(body)).into_response()
+            ApiError::Internal.into_response()
         }
     }
 }
@@ -198,6 +177,7 @@ mod tests {
     use super::*;
     use axum::Router;
     use axum::body::Body;
+    use axum::http::StatusCode;
     use axum::routing::get;
     use tower::ServiceExt;
 

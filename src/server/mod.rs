@@ -1,10 +1,12 @@
 //! The HTTP layer: routes, request guards, listeners, and the watchers (conditional reads,
 //! long polls, event streams).
 //!
-//! `Api::new(app)` is the whole API as a value (token reads answered directly, everything
-//! else by `router(app)`), so tests can call it without a socket; `serve(listeners, app,
-//! ops, shutdown)` is the one seam `main` and the integration tests share. Handlers parse and
-//! answer; the broker decides.
+//! `Api::new(app, beside)` is the whole API as a value (token reads answered directly,
+//! everything else by `router(app, beside)`), so tests can call it without a socket;
+//! `serve(listeners, ops, app, beside, ...)` is the one seam `main` and the integration
+//! tests share. Handlers parse and answer; the broker decides. `beside` is the routes of
+//! the emulated SDK protocols (`emulate`), handed in by the daemon: they use this module,
+//! so this module does not use them.
 
 mod api;
 mod connections;
@@ -30,7 +32,7 @@ use axum::routing::{get, post};
 
 pub use api::Api;
 pub use connections::Connections;
-pub use error::ApiError;
+pub use error::{ApiError, ProxyFailure};
 pub use guard::{check_local, host_allowed, host_name};
 pub use listen::{Handler, Listener, Peer, bind};
 pub use watch::Watchers;
@@ -75,8 +77,8 @@ impl App {
     }
 }
 
-/// The whole API.
-pub fn router(app: App) -> Router {
+/// The whole API: its own routes, and `beside` (the emulated protocols) next to them.
+pub fn router(app: App, beside: Option<Router<App>>) -> Router {
     let tokens = Router::new()
         .route("/token", get(token::get_default))
         .route("/token/refresh", post(token::refresh_default))
@@ -104,7 +106,7 @@ pub fn router(app: App) -> Router {
         .layer(middleware::from_fn(guard::json_errors))
         .layer(middleware::from_fn(guard::catch_panic));
     // Emulated protocols answer errors their own way, so they skip `json_errors`.
-    let all = match crate::emulate::router(&app.emulate) {
+    let all = match beside {
         None => own,
         Some(emulated) => own.merge(
             emulated
@@ -126,12 +128,13 @@ pub async fn serve(
     listeners: Vec<Listener>,
     ops: Vec<Listener>,
     app: App,
+    beside: Option<Router<App>>,
     connections: Arc<Connections>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let header_timeout = app.header_timeout;
     let ops_handler = ops::Ops(ops::router(app.clone()));
-    let api = Api::new(app);
+    let api = Api::new(app, beside);
     let stop = tokio_util::sync::CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
     for listener in listeners {

@@ -14,6 +14,8 @@ use std::task::{Context, Poll, ready};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use super::error::{ApiError, Unparsable};
+
 /// A connection's stream whose parse-error answers get a JSON body.
 pub struct JsonParseErrors<T> {
     inner: T,
@@ -43,13 +45,10 @@ fn rewrite(head: &[u8]) -> Option<Vec<u8>> {
     let text = text.strip_suffix("\r\n\r\n")?;
     let mut lines = text.split("\r\n");
     let status_line = lines.next()?;
-    let (code, message) = match status_line {
-        "HTTP/1.1 400 Bad Request" => ("bad_request", "the request is not valid HTTP/1.1"),
-        "HTTP/1.1 414 URI Too Long" => ("uri_too_long", "the request target is too long"),
-        "HTTP/1.1 431 Request Header Fields Too Large" => (
-            "headers_too_large",
-            "the request head is over 32 KiB or has over 100 headers",
-        ),
+    let why = match status_line {
+        "HTTP/1.1 400 Bad Request" => Unparsable::BadRequest,
+        "HTTP/1.1 414 URI Too Long" => Unparsable::UriTooLong,
+        "HTTP/1.1 431 Request Header Fields Too Large" => Unparsable::HeadersTooLarge,
         _ => return None,
     };
     let mut date = None;
@@ -64,14 +63,16 @@ fn rewrite(head: &[u8]) -> Option<Vec<u8>> {
     if others != ["connection: close", "content-length: 0"] {
         return None;
     }
-    let body = serde_json::json!({"error": code, "message": message}).to_string();
+    let body = ApiError::Unparsable(why).body_bytes();
     let date = date.map(|d| format!("date: {d}\r\n")).unwrap_or_default();
-    let answer = format!(
+    let mut answer = format!(
         "{status_line}\r\nconnection: close\r\ncontent-type: application/json\r\n\
-         content-length: {}\r\n{date}\r\n{body}",
+         content-length: {}\r\n{date}\r\n",
         body.len()
-    );
-    Some(answer.into_bytes())
+    )
+    .into_bytes();
+    answer.extend(body);
+    Some(answer)
 }
 
 impl<T: AsyncWrite + Unpin> JsonParseErrors<T> {

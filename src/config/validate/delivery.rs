@@ -10,8 +10,7 @@ use std::time::Duration;
 use super::super::raw::{RawProxy, RawSink};
 use super::{Check, checked_url, parse_listen, valid_name};
 use crate::config::{
-    Config, CredentialSpec, Listen, Problem, ProxySpec, ServerConfig, SinkFormat, SinkSpec,
-    StateConfig,
+    CredentialSpec, Listen, ProxySpec, ServerConfig, SinkFormat, SinkSpec, StateConfig,
 };
 
 /// Default upstream `response_timeout` of a proxy.
@@ -236,33 +235,4 @@ fn upstream(check: &mut Check, key: &str, text: Option<&str>) -> Option<reqwest:
         return None;
     }
     Some(url)
-}
-
-/// For `check-config --check-secrets`, on the machine that will run the broker: each
-/// sink's directory exists, and each proxy's CA file holds certificates.
-pub fn check_delivery(config: &Config) -> Vec<Problem> {
-    let mut problems = Vec::new();
-    for c in &config.credentials {
-        for (i, sink) in c.sinks.iter().enumerate() {
-            let dir = sink.path.parent().unwrap_or(Path::new("/"));
-            if !dir.is_dir() {
-                problems.push(Problem {
-                    key: format!("credentials.{}.sinks[{i}].path", c.name),
-                    message: format!("the directory {} does not exist", dir.display()),
-                });
-            }
-        }
-    }
-    for proxy in &config.proxies {
-        let Some(path) = proxy.ca_file.as_ref() else {
-            continue;
-        };
-        if let Err(message) = crate::proxy::read_roots(path) {
-            problems.push(Problem {
-                key: format!("proxies.{}.ca_file", proxy.name),
-                message,
-            });
-        }
-    }
-    problems
 }
