@@ -310,12 +310,14 @@ sleep 3
 PATH_CACHED="/token/stampede?min_ttl=60s"
 PATH_STAMPEDE="/token/stampede?min_ttl=${STAMPEDE_MIN_TTL}s"
 # Three stampedes, each preceded by the same requests against the cached token; the
-# pauses let each new token age past min_ttl again.
+# pauses let each new token age past min_ttl again, and outlast min_refresh_interval
+# (5 s): within it, a min_ttl request the current token cannot meet gets that token
+# without a refresh.
 "${NICE[@]}" taskset -c 1 "$TB" stampede --addr "127.0.0.1:$P_BROKER" --connections "$CONNS" --requests 10000 \
     --header 'Token-Broker: 1' --idp "http://127.0.0.1:$P_IDP" \
     --phase "warm=$PATH_CACHED" --phase "cached=$PATH_CACHED" --phase "stampede=$PATH_STAMPEDE" \
-    --phase sleep=3000 --phase "cached=$PATH_CACHED" --phase "stampede=$PATH_STAMPEDE" \
-    --phase sleep=3000 --phase "cached=$PATH_CACHED" --phase "stampede=$PATH_STAMPEDE" \
+    --phase sleep=6000 --phase "cached=$PATH_CACHED" --phase "stampede=$PATH_STAMPEDE" \
+    --phase sleep=6000 --phase "cached=$PATH_CACHED" --phase "stampede=$PATH_STAMPEDE" \
     >"$WORK/stampede.jsonl" 2>"$WORK/stampede-client.log" || die "stampede client failed: $(tail -3 "$WORK/stampede-client.log")"
 stop "$ST_BROKER" "$ST_IDP"
 CACHED_MS=$(jq -r 'select(.phase == "cached") | .wall_ms' "$WORK/stampede.jsonl" | median)
@@ -386,8 +388,8 @@ PATH_STAMPEDE="/token/fleet?min_ttl=${FLEET_MIN_TTL}s"
 "${NICE[@]}" taskset -c 1 "$TB" stampede --addr "127.0.0.1:$P_B1,127.0.0.1:$P_B2,127.0.0.1:$P_B3" \
     --connections "$FCONNS" --requests 10000 --header 'Token-Broker: 1' --idp "http://127.0.0.1:$P_IDP" \
     --phase "warm=$PATH_CACHED" --phase "cached=$PATH_CACHED" --phase "stampede=$PATH_STAMPEDE" \
-    --phase sleep=3000 --phase "cached=$PATH_CACHED" --phase "stampede=$PATH_STAMPEDE" \
-    --phase sleep=3000 --phase "cached=$PATH_CACHED" --phase "stampede=$PATH_STAMPEDE" \
+    --phase sleep=6000 --phase "cached=$PATH_CACHED" --phase "stampede=$PATH_STAMPEDE" \
+    --phase sleep=6000 --phase "cached=$PATH_CACHED" --phase "stampede=$PATH_STAMPEDE" \
     >"$WORK/fleet.jsonl" 2>"$WORK/fleet-client.log" || die "fleet stampede client failed: $(tail -3 "$WORK/fleet-client.log")"
 stop "${FL_BROKERS[@]}" "$FL_IDP" "$FL_REDIS"
 FL_CACHED_MS=$(jq -r 'select(.phase == "cached") | .wall_ms' "$WORK/fleet.jsonl" | median)
