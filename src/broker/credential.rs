@@ -129,6 +129,9 @@ pub(super) struct Inner {
     pub retry_at: Option<SystemTime>,
     /// Set when the IdP refused the chain; no IdP calls until the bootstrap changes.
     pub reauth: Option<String>,
+    /// The stop in `reauth` could not be written (file store): the timer writes it
+    /// again, so a restart neither repeats the refused call nor serves a withdrawn token.
+    pub stop_unsaved: bool,
     pub last_refresh_at: Option<SystemTime>,
     /// When the last refresh a client asked for (`min_ttl`, report, forced) ended: the
     /// next such refresh waits `min_refresh_interval` (see `state`).

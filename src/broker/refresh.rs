@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use secrecy::SecretString;
-use tracing::warn;
+use tracing::{info, warn};
 
 use super::credential::{Credential, Inner, Outcome, Want};
 use crate::config::{Grant, LostAnswer};
@@ -235,10 +235,32 @@ impl Credential {
     /// Records a stop, best effort: it spares a doomed call after a restart and, with
     /// the shared store, tells the other brokers (so it is written before the lease goes).
     async fn record_stop(&self, (error, saved): (Error, Saved)) -> Error {
-        if let Err(e) = self.write(saved).await {
-            warn!(credential = self.name(), error = %e, "could not record the stop in the state store");
+        let written = self.write(saved).await;
+        if let Err(e) = &written {
+            warn!(credential = self.name(), error = %e, "could not record the stop in the state store; trying again at the next poll");
         }
+        self.lock().stop_unsaved = written.is_err();
         error
+    }
+
+    /// Writes a stop that could not be written when it happened (file store; with the
+    /// shared store a later flight's reconcile settles the record).
+    pub(super) async fn save_stop(&self) {
+        let saved = {
+            let inner = self.lock();
+            let pending = inner.stop_unsaved && inner.reauth.is_some();
+            if !pending || self.shared.store.shared().is_some() {
+                return;
+            }
+            self.saved(&inner, None)
+        };
+        if self.write(saved).await.is_ok() {
+            self.lock().stop_unsaved = false;
+            info!(
+                credential = self.name(),
+                "recorded the stop in the state store"
+            );
+        }
     }
 
     /// Maps an IdP failure; a refusal ends the chain until a new bootstrap arrives.

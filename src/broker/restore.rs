@@ -203,6 +203,7 @@ impl Credential {
                 }
                 inner.unanswered_since = None;
                 inner.reauth = None;
+                inner.stop_unsaved = false;
                 inner.failures = 0;
                 inner.retry_at = None;
                 inner.last_error = None;

@@ -205,6 +205,7 @@ impl Timed for Credential {
         // fingerprint: not on the loop every credential's timer shares, nor on an async
         // thread.
         tokio::spawn(async move {
+            self.save_stop().await;
             let me = self.clone();
             let resume =
                 tokio::task::spawn_blocking(move || me.check_bootstrap() || me.lift_refusal());

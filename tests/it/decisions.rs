@@ -483,3 +483,38 @@ async fn a_stop_after_a_lost_answer_does_not_claim_a_refusal() {
     assert!(!message.contains("refused"), "{message}");
     assert!(message.contains("new bootstrap refresh token"), "{message}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_that_could_not_be_written_is_written_later_so_a_restart_serves_nothing_refused() {
+    let idp = Idp::start(&[]);
+    let dir = tempdir();
+    let extra = "bootstrap_poll = \"200ms\"\n";
+    let mut broker = broker_for(&idp, dir.path(), extra);
+    let token = broker.access_token("x").await;
+
+    // A report's refresh writes the in-flight mark, then, refused, the stop: a directory
+    // where the stop's file goes makes that write fail (even for root).
+    let state = dir.path().join("state");
+    let stop = state.join(format!(
+        "x.{}.state",
+        crate::failures::newest_generation(&state) + 2
+    ));
+    std::fs::create_dir(&stop).unwrap();
+    idp.admin("revoke", json!({})).await;
+    assert_eq!(broker.refresh("x", Some(&token)).await.status(), 503);
+    broker.proc.wait_for("the failed stop write", |line| {
+        line.contains("could not record the stop").then_some(())
+    });
+
+    // The directory goes: the next poll writes the stop.
+    std::fs::remove_dir(&stop).unwrap();
+    eventually("the stop to be written", || async { stop.is_file() }).await;
+    broker.proc.kill9();
+    let broker = broker_for(&idp, dir.path(), extra);
+    let (status, body) = answer(broker.get("/token/x").await).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (503, Some("reauth_required")),
+        "{body}"
+    );
+}

@@ -154,7 +154,7 @@ async fn without_a_reuse_grace_a_lost_answer_stops_the_chain_instead_of_guessing
 }
 
 /// The largest generation number among `x`'s state files.
-fn newest_generation(state: &std::path::Path) -> u64 {
+pub fn newest_generation(state: &std::path::Path) -> u64 {
     std::fs::read_dir(state)
         .unwrap()
         .filter_map(|e| {
