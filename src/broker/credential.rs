@@ -262,10 +262,10 @@ impl Credential {
             }
         }
         let outcome = self.wait_for(&want, now).await;
-        // A report that joined a flight ending with the very token it rejected (the
-        // start-up flight restores the stored token) decides once more: that starts the
-        // refresh it asked for, unless the flight was a refresh that handed out the same
-        // token again (then `state::decide` answers `RefreshTooSoon`).
+        // A report answered with the very token it rejected: if a refresh minted it after
+        // the report arrived, the IdP handed the same token out again; otherwise the
+        // report joined a flight that only restored the stored token, and decides once
+        // more to start the refresh it asked for.
         match (&want, outcome) {
             // The refresh handed out the very token the report rejected (an IdP whose
             // tokens have no `jti`): asking again at once would get it again.

@@ -62,9 +62,9 @@ pub fn which(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// Runs `command` (isolated from the machine's cloud configuration: `home` is its
-/// HOME) with `stdin` as input; returns stdout, panicking with both streams on failure.
-pub fn run(mut command: Command, home: &std::path::Path, stdin: &str) -> String {
+/// Runs `command`, isolated from the machine's cloud configuration (`home` is its
+/// HOME), with `stdin` as input, and waits for it.
+fn output(mut command: Command, home: &std::path::Path, stdin: &str) -> std::process::Output {
     command
         .env("HOME", home)
         .env("CLOUDSDK_CONFIG", home.join("gcloud"))
@@ -80,11 +80,17 @@ pub fn run(mut command: Command, home: &std::path::Path, stdin: &str) -> String 
         .unwrap()
         .write_all(stdin.as_bytes())
         .unwrap();
-    let output = child.wait_with_output().unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// `output`'s stdout, panicking with both streams on failure.
+pub fn run(command: Command, home: &std::path::Path, stdin: &str) -> String {
+    let described = format!("{command:?}");
+    let output = output(command, home, stdin);
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     assert!(
         output.status.success(),
-        "{command:?} failed ({}):\nstdout: {stdout}\nstderr: {}",
+        "{described} failed ({}):\nstdout: {stdout}\nstderr: {}",
         output.status,
         String::from_utf8_lossy(&output.stderr)
     );
@@ -98,21 +104,8 @@ pub fn last_json(stdout: &str) -> serde_json::Value {
 }
 
 /// Like `run`, but returns (success, stdout + stderr) instead of panicking.
-pub fn run_status(mut command: Command, home: &std::path::Path, stdin: &str) -> (bool, String) {
-    command
-        .env("HOME", home)
-        .env_remove("KUBECONFIG")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = command.spawn().unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    let output = child.wait_with_output().unwrap();
+pub fn run_status(command: Command, home: &std::path::Path, stdin: &str) -> (bool, String) {
+    let output = output(command, home, stdin);
     let text = String::from_utf8_lossy(&output.stdout).into_owned()
         + &String::from_utf8_lossy(&output.stderr);
     (output.status.success(), text)
