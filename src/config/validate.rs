@@ -14,6 +14,7 @@ mod client;
 mod delivery;
 mod exec;
 mod grant;
+mod login;
 
 /// Collects problems while building a value.
 #[derive(Default)]
@@ -278,6 +279,8 @@ fn credential(check: &mut Check, name: String, raw: RawCredential) -> Option<Cre
             LostAnswer::RetryWithinGrace
         }
     };
+    let is_refresh_token = matches!(raw.grant.as_deref(), None | Some("refresh_token"));
+    let login = login::login(check, &key, &raw, is_refresh_token);
     let sinks = delivery::sinks(check, &key, raw.sinks);
     if check.problems.len() > before {
         return None;
@@ -310,6 +313,7 @@ fn credential(check: &mut Check, name: String, raw: RawCredential) -> Option<Cre
             keys: raw.client_keys.unwrap_or_default(),
         },
         sinks,
+        login,
         name,
     })
 }

@@ -51,6 +51,20 @@ struct ErrorBody {
 
 /// Classifies and parses an IdP answer.
 pub async fn read(response: reqwest::Response) -> Result<TokenResponse, IdpError> {
+    let body = read_success(response).await?;
+    success(&body).map_err(|reason| IdpError::LostAnswer { reason })
+}
+
+/// Parses a 2xx token response body (read by `read_success`).
+pub(super) fn parse_success(body: &[u8]) -> Result<TokenResponse, IdpError> {
+    success(body).map_err(|reason| IdpError::LostAnswer { reason })
+}
+
+/// The body of a 2xx answer, wiped when dropped (it holds tokens), or the classified
+/// failure.
+pub(super) async fn read_success(
+    response: reqwest::Response,
+) -> Result<zeroize::Zeroizing<Vec<u8>>, IdpError> {
     let status = response.status();
     let retry_after = response
         .headers()
@@ -60,8 +74,9 @@ pub async fn read(response: reqwest::Response) -> Result<TokenResponse, IdpError
     let body = read_capped(response).await;
     if status.is_success() {
         // A 2xx means the IdP acted, so a body we cannot use is a lost answer.
-        let body = body.map_err(|reason| IdpError::LostAnswer { reason })?;
-        return success(&body).map_err(|reason| IdpError::LostAnswer { reason });
+        return body
+            .map(zeroize::Zeroizing::new)
+            .map_err(|reason| IdpError::LostAnswer { reason });
     }
     let body = body.unwrap_or_default();
     Err(failure(status, &body, retry_after))
@@ -157,7 +172,7 @@ pub fn parse_retry_after(value: &str) -> Option<Duration> {
 }
 
 /// Reads at most `MAX_RESPONSE_BYTES`; a larger answer is an error, not a truncation.
-async fn read_capped(mut response: reqwest::Response) -> Result<Vec<u8>, String> {
+pub(super) async fn read_capped(mut response: reqwest::Response) -> Result<Vec<u8>, String> {
     let mut body = Vec::new();
     loop {
         match response.chunk().await {
