@@ -35,6 +35,7 @@ mod grants;
 mod hostile;
 mod in_process;
 mod lifetimes;
+mod login_cli;
 mod login_flows;
 mod operations;
 mod ops_port;
