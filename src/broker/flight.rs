@@ -220,7 +220,7 @@ impl Credential {
 
 /// Waits for a flight's result. A dropped sender (the task panicked) is an error, not
 /// a hang.
-async fn wait(mut rx: watch::Receiver<Option<Outcome>>) -> Outcome {
+pub(super) async fn wait(mut rx: watch::Receiver<Option<Outcome>>) -> Outcome {
     match rx.wait_for(Option::is_some).await {
         Ok(value) => value.clone().unwrap_or_else(|| Err(Error::ShuttingDown)),
         Err(_) => Err(Error::UpstreamUnavailable {

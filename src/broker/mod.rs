@@ -18,6 +18,7 @@
 mod credential;
 mod fleet;
 mod flight;
+pub mod login;
 mod refresh;
 mod refused;
 mod reload;

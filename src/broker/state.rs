@@ -40,6 +40,8 @@ pub(super) enum Situation {
     BackingOff { until: SystemTime },
     /// The IdP refused (or the chain cannot safely go on): no call until the remedy.
     Refused,
+    /// A `refresh_token` credential with no chain at all: no call until a login.
+    LoginRequired,
     /// The broker is draining: no new refresh starts.
     Stopping,
 }
@@ -65,6 +67,9 @@ pub(super) struct Snapshot<'a> {
     /// No new token waits to be stored and no sent refresh token waits for its answer:
     /// otherwise the timer acts now rather than at the refresh point.
     pub settled: bool,
+    /// A `refresh_token` credential whose state is loaded and holds no chain and no
+    /// refusal: only a login can give it one.
+    pub login_required: bool,
 }
 
 impl Snapshot<'_> {
@@ -76,6 +81,8 @@ impl Snapshot<'_> {
             Situation::Refreshing
         } else if self.stopping {
             Situation::Stopping
+        } else if self.login_required {
+            Situation::LoginRequired
         } else if let Some(until) = self.retry_at.filter(|at| now < *at) {
             Situation::BackingOff { until }
         } else if self.valid(now).is_some() && self.restored {
@@ -116,6 +123,7 @@ pub(super) enum Step {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Why {
     Refused,
+    LoginRequired,
     ShuttingDown,
     /// Refreshes are backing off after a failure; the last error says why.
     BackingOff,
@@ -137,6 +145,8 @@ pub(super) fn decide(s: &Snapshot, want: &Want, arrived: SystemTime, now: System
             Want::Rejected(rejected) => !token.is(rejected),
             Want::Forced => s.too_recent(s.last_refresh_at, now).is_some(),
             Want::Timer => now < token.refresh_at && s.settled,
+            // A login is adopted by its own flight, never through this decision.
+            Want::Login => false,
         };
         if answers {
             return Step::Serve;
@@ -145,6 +155,7 @@ pub(super) fn decide(s: &Snapshot, want: &Want, arrived: SystemTime, now: System
     match s.situation(now) {
         Situation::Refreshing => Step::Join,
         Situation::Refused => Step::Fail(Why::Refused),
+        Situation::LoginRequired => Step::Fail(Why::LoginRequired),
         // Never a report's own rejected token, though.
         Situation::Stopping if valid.is_some() && !matches!(want, Want::Rejected(_)) => Step::Serve,
         Situation::Stopping => Step::Fail(Why::ShuttingDown),
@@ -170,7 +181,7 @@ pub(super) fn still_serves(token: &Token, want: &Want, now: SystemTime) -> bool 
     token.is_valid(now)
         && match want {
             Want::Rejected(rejected) => !token.is(rejected),
-            Want::Forced => false,
+            Want::Forced | Want::Login => false,
             Want::Fresh(_) | Want::Timer => true,
         }
 }
@@ -180,6 +191,8 @@ pub(super) fn state_name(s: &Snapshot, now: SystemTime) -> &'static str {
     let valid = s.valid(now).is_some();
     if s.refused {
         "reauth_required"
+    } else if s.login_required && !s.refreshing {
+        "login_required"
     } else if s.refreshing {
         if s.token.is_some() {
             "refreshing"
@@ -233,6 +246,7 @@ mod tests {
             last_demanded_at: None,
             min_refresh_interval: SEC * 5,
             settled: true,
+            login_required: false,
         }
     }
 
