@@ -173,7 +173,11 @@ impl Credential {
         }
         let now = SystemTime::now();
         let saved = record(&response, &self.spec, now);
-        let rotated = self.lock().fleet.as_mut().map(|f| std::mem::replace(&mut f.rotated, true));
+        let rotated = self
+            .lock()
+            .fleet
+            .as_mut()
+            .map(|f| std::mem::replace(&mut f.rotated, true));
         if let Err(error) = self.write(saved.clone()).await {
             if let (Some(was), Some(fleet)) = (rotated, self.lock().fleet.as_mut()) {
                 fleet.rotated = was;
@@ -204,7 +208,10 @@ impl Credential {
             inner.unsaved = None;
             inner.discard_stored_token = false;
         }
-        info!(credential = self.name(), "adopted the chain a login handed in");
+        info!(
+            credential = self.name(),
+            "adopted the chain a login handed in"
+        );
         Ok(token)
     }
 }
@@ -290,7 +297,5 @@ async fn save_shared(
     };
     let written = redis.save(name, saved, &fence).await;
     let _ = redis.release(name, &lease).await;
-    written
-        .map(drop)
-        .map_err(|e| unavailable(e.to_string()))
+    written.map(drop).map_err(|e| unavailable(e.to_string()))
 }

@@ -6,9 +6,7 @@
 
 mod transport;
 
-pub use transport::{
-    Call, ClientError, LoginAnswer, Target, post_login, read_key, send, url_arg,
-};
+pub use transport::{Call, ClientError, LoginAnswer, Target, post_login, read_key, send, url_arg};
 
 use std::process::ExitCode;
 use std::time::Duration;

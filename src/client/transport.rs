@@ -135,7 +135,10 @@ pub async fn send(url: &str, call: Call<'_>) -> Result<(u16, String), ClientErro
             tokio::time::timeout(TIMEOUT, exchange)
                 .await
                 .unwrap_or_else(|_| {
-                    Err(format!("no answer from the broker at {} in time", path.display()))
+                    Err(format!(
+                        "no answer from the broker at {} in time",
+                        path.display()
+                    ))
                 })
                 .map_err(ClientError::Unreachable)
         }
@@ -156,10 +159,15 @@ async fn send_http(base: &str, call: Call<'_>) -> Result<(u16, String), ClientEr
         request = request.header("Token-Broker-Key", key.expose_secret());
     }
     if let Some(body) = call.body {
-        request = request.header("Content-Type", "application/json").body(body);
+        request = request
+            .header("Content-Type", "application/json")
+            .body(body);
     }
     let response = request.send().await.map_err(|e| {
-        ClientError::Unreachable(format!("cannot reach the broker at {base}: {}", super::cause(&e)))
+        ClientError::Unreachable(format!(
+            "cannot reach the broker at {base}: {}",
+            super::cause(&e)
+        ))
     })?;
     let status = response.status().as_u16();
     let text = response.text().await.map_err(|e| {
@@ -236,8 +244,9 @@ pub async fn post_login(
     if status != 200 {
         return Err(ClientError::from_answer(status, &text));
     }
-    serde_json::from_str(&text)
-        .map_err(|_| ClientError::Unreachable("the broker's login answer is not the expected JSON".into()))
+    serde_json::from_str(&text).map_err(|_| {
+        ClientError::Unreachable("the broker's login answer is not the expected JSON".into())
+    })
 }
 
 #[cfg(test)]
@@ -255,7 +264,11 @@ mod tests {
             Target::parse("unix:/run/tb.sock").unwrap(),
             Target::Unix("/run/tb.sock".into())
         );
-        assert!(Target::parse("unix:run/tb.sock").unwrap_err().contains("absolute"));
+        assert!(
+            Target::parse("unix:run/tb.sock")
+                .unwrap_err()
+                .contains("absolute")
+        );
         assert!(Target::parse("ftp://x").is_err());
         assert!(Target::parse("127.0.0.1:8656").is_err());
     }

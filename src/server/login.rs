@@ -52,12 +52,16 @@ pub async fn login(
     if let Err(refused) = guard::check_local(&app, &headers) {
         return refused.into_response();
     }
-    if !app.admins.admits(peer.as_ref(), headers.get("token-broker-key")) {
+    if !app
+        .admins
+        .admits(peer.as_ref(), headers.get("token-broker-key"))
+    {
         warn!("refused a login from a client that is not an admin");
         return ApiError::NotAdmin(NOT_ADMIN).into_response();
     }
     let Ok(Path(name)) = path else {
-        return ApiError::bad_request("the credential name in the path is not valid").into_response();
+        return ApiError::bad_request("the credential name in the path is not valid")
+            .into_response();
     };
     let credential = match app.broker.credential(&name) {
         Ok(credential) => credential,
@@ -65,7 +69,9 @@ pub async fn login(
     };
     let response = match crate::broker::login::parse(&body) {
         Ok(response) => response,
-        Err(why) => return ApiError::about(crate::error::Error::BadRequest(why), &name).into_response(),
+        Err(why) => {
+            return ApiError::about(crate::error::Error::BadRequest(why), &name).into_response();
+        }
     };
     match credential.login(response).await {
         Ok(token) => {

@@ -12,6 +12,7 @@ mod sdk;
 mod test_keys;
 mod upstream;
 
+mod admin_login;
 mod api;
 mod chaos;
 mod client_auth;

@@ -1,0 +1,394 @@
+//! `POST /v1/credentials/NAME/login` and `login_required`: a login's token response
+//! adopted by a running broker (over its unix socket, or with an admin key), refused
+//! to everyone else, resuming a refused chain without a restart; a credential without
+//! a bootstrap waiting for it; and the offline adoption a broker started later uses.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::harness::*;
+
+/// A real token response of the dev IdP: a fresh family minted, then redeemed once.
+async fn token_response(idp: &Idp) -> String {
+    let minted = idp.mint().await;
+    let response = client()
+        .post(format!("{}/token", idp.url))
+        .basic_auth("dev-client", Some("dev-secret"))
+        .form(&[("grant_type", "refresh_token"), ("refresh_token", &minted)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    response.text().await.unwrap()
+}
+
+fn field(body: &str, name: &str) -> String {
+    let value: Value = serde_json::from_str(body).unwrap();
+    value[name].as_str().unwrap().to_owned()
+}
+
+/// A config with a TCP listener and the unix socket `socket`, `server` lines added,
+/// and credential `x` (bootstrap from `bootstrap`, or none).
+fn config(dir: &Path, idp: &Idp, socket: &Path, server: &str, bootstrap: Option<&Path>) -> String {
+    let listen = format!(
+        "listen = [\"127.0.0.1:0\", \"unix:{}\"]\nsocket_mode = \"0600\"\n{server}",
+        socket.display()
+    );
+    let base = base_config(dir).replace("listen = \"127.0.0.1:0\"", &listen);
+    let credential = match bootstrap {
+        Some(file) => refresh_credential("x", idp, file, "min_refresh_interval = \"0s\""),
+        None => format!(
+            "\n[credentials.x]\ntoken_url = \"{}/token\"\nclient_id = \"dev-client\"\n\
+             client_secret = \"dev-secret\"\nmin_refresh_interval = \"0s\"\n",
+            idp.url
+        ),
+    };
+    base + &credential
+}
+
+/// `POST /v1/credentials/{name}/login` over TCP with the given headers.
+async fn login_tcp(
+    broker: &Broker,
+    name: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, Value) {
+    let mut request = client()
+        .post(format!("{}/v1/credentials/{name}/login", broker.url))
+        .header("Token-Broker", "1")
+        .body(body.to_owned());
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+async fn read(broker: &Broker) -> (u16, Value) {
+    let response = broker.get("/token/x").await;
+    (response.status().as_u16(), response.json().await.unwrap())
+}
+
+/// Waits until the broker's logs hold `needle`.
+fn logged(broker: &mut Broker, needle: &str) {
+    broker
+        .proc
+        .wait_for(needle, |line| line.contains(needle).then_some(()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_over_the_socket_resumes_a_refused_chain_without_a_restart() {
+    let idp = Idp::start(&[]);
+    let dir = tempdir();
+    let socket = dir.path().join("broker.sock");
+    let bootstrap = dir.path().join("bootstrap");
+    std::fs::write(&bootstrap, &idp.refresh_token).unwrap();
+    let config = config(dir.path(), &idp, &socket, "", Some(&bootstrap));
+    let mut broker = Broker::start(dir.path(), &config);
+    broker.ready().await;
+    idp.admin("revoke", json!({})).await;
+    let refused = broker.refresh("x", None).await;
+    assert_eq!(refused.status(), 503);
+    let (status, body) = read(&broker).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (503, Some("reauth_required"))
+    );
+
+    let response = token_response(&idp).await;
+    let url = format!("unix:{}", socket.display());
+    let answer = token_broker::client::post_login(&url, None, "x", response.as_bytes())
+        .await
+        .unwrap();
+    assert_eq!(
+        (answer.credential.as_str(), answer.state.as_str()),
+        ("x", "valid")
+    );
+    assert!(answer.expires_in > 0);
+    // Served at once, without a restart: the login's own access token.
+    let access = field(&response, "access_token");
+    assert_eq!(broker.access_token("x").await, access);
+    assert_eq!(broker.status().await["credentials"][0]["state"], "valid");
+    // The chain is the login's: a refresh spends its refresh token at the IdP.
+    let refreshed = broker.refresh("x", None).await;
+    assert_eq!(refreshed.status(), 200);
+    let new: Value = refreshed.json().await.unwrap();
+    assert_ne!(new["access_token"].as_str().unwrap(), access);
+    assert_eq!(idp.whoami(new["access_token"].as_str().unwrap()).await, 200);
+    logged(&mut broker, "adopted the chain a login handed in");
+    let logs = broker.proc.logs();
+    assert!(!logs.contains(&field(&response, "refresh_token")), "{logs}");
+    assert!(!logs.contains(&access));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_admins_may_log_in() {
+    let idp = Idp::start(&[]);
+    let dir = tempdir();
+    let socket = dir.path().join("broker.sock");
+    let bootstrap = dir.path().join("bootstrap");
+    std::fs::write(&bootstrap, &idp.refresh_token).unwrap();
+    let admin_key = dir.path().join("admin.key");
+    std::fs::write(&admin_key, "adm1n-k3y\n").unwrap();
+    let server = format!(
+        "admin_uids = [12345]\nadmin_keys = [{{ file = \"{}\" }}]\n",
+        admin_key.display()
+    );
+    let config = config(dir.path(), &idp, &socket, &server, Some(&bootstrap)).replace(
+        "min_refresh_interval",
+        "client_keys = [\"cl1ent-k3y\"]\nmin_refresh_interval",
+    ) + &format!(
+        "\n[credentials.cc]\ngrant = \"client_credentials\"\ntoken_url = \"{}/token\"\n\
+             client_id = \"dev-client\"\nclient_secret = \"dev-secret\"\n",
+        idp.url
+    );
+    let broker = Broker::start(dir.path(), &config);
+    let response = token_response(&idp).await;
+
+    // Our uid is not in admin_uids: the socket alone does not make us an admin.
+    let url = format!("unix:{}", socket.display());
+    let refused = token_broker::client::post_login(&url, None, "x", response.as_bytes()).await;
+    let Err(token_broker::client::ClientError::Broker {
+        status,
+        error,
+        message,
+    }) = refused
+    else {
+        panic!("a login by a uid outside admin_uids went through: {refused:?}");
+    };
+    assert_eq!((status, error.as_str()), (403, "forbidden"));
+    assert!(message.contains("server.admin_uids") && message.contains("server.admin_keys"));
+
+    let admin = ("Token-Broker-Key", "adm1n-k3y");
+    let cases: [(&[(&str, &str)], u16, &str); 4] = [
+        (&[], 403, "forbidden"),
+        (&[("Token-Broker-Key", "cl1ent-k3y")], 403, "forbidden"),
+        (
+            &[admin, ("X-Forwarded-For", "10.0.0.1")],
+            403,
+            "forwarded_request",
+        ),
+        (&[admin, ("Host", "evil.example")], 403, "bad_host"),
+    ];
+    for (headers, want, code) in cases {
+        let (status, body) = login_tcp(&broker, "x", headers, &response).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (want, Some(code)),
+            "{headers:?}: {body}"
+        );
+        assert!(
+            !body
+                .to_string()
+                .contains(&field(&response, "refresh_token"))
+        );
+    }
+    let (status, body) = login_tcp(&broker, "x", &[admin], "{\"access_token\":\"a\"}").await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("bad_request")),
+        "{body}"
+    );
+    assert!(body["message"].as_str().unwrap().contains("refresh_token"));
+    let (status, _) = login_tcp(&broker, "x", &[admin], "not json").await;
+    assert_eq!(status, 400);
+    let (status, body) = login_tcp(&broker, "nope", &[admin], &response).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (404, Some("unknown_credential"))
+    );
+    let (status, body) = login_tcp(&broker, "cc", &[admin], &response).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (409, Some("not_a_refresh_token_grant"))
+    );
+
+    // Nothing refused changed the credential; the admin key does.
+    let (status, body) = login_tcp(&broker, "x", &[admin], &response).await;
+    assert_eq!(
+        (status, body["state"].as_str()),
+        (200, Some("valid")),
+        "{body}"
+    );
+    let served = client()
+        .get(format!("{}/token/x", broker.url))
+        .header("Token-Broker", "1")
+        .header("Token-Broker-Key", "cl1ent-k3y")
+        .send()
+        .await
+        .unwrap();
+    let served: Value = served.json().await.unwrap();
+    assert_eq!(
+        served["access_token"].as_str().unwrap(),
+        field(&response, "access_token")
+    );
+}
+
+/// Polls `/readyz` until it answers `want`.
+async fn readyz_is(broker: &Broker, want: u16) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let response = client()
+            .get(format!("{}/readyz", broker.url))
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let body: Value = response.json().await.unwrap();
+        if status == want {
+            return body;
+        }
+        assert!(Instant::now() < deadline, "readyz stays {status}: {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_bootstrap_the_credential_waits_for_a_login_and_keeps_it() {
+    let idp = Idp::start(&[]);
+    let dir = tempdir();
+    let socket = dir.path().join("broker.sock");
+    let config = config(dir.path(), &idp, &socket, "", None);
+    let mut broker = Broker::start(dir.path(), &config);
+    let calls = idp.stat("token_requests").await;
+    for _ in 0..3 {
+        let (status, body) = read(&broker).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (503, Some("login_required")),
+            "{body}"
+        );
+        assert!(
+            body["message"]
+                .as_str()
+                .unwrap()
+                .contains("token-broker login x")
+        );
+    }
+    let readyz = readyz_is(&broker, 503).await;
+    assert_eq!(
+        readyz["credentials"][0]["state"], "login_required",
+        "{readyz}"
+    );
+    assert!(
+        readyz["credentials"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("token-broker login x")
+    );
+    assert_eq!(
+        broker.status().await["credentials"][0]["state"],
+        "login_required"
+    );
+    assert_eq!(
+        idp.stat("token_requests").await,
+        calls,
+        "no IdP call while waiting"
+    );
+
+    let response = token_response(&idp).await;
+    let url = format!("unix:{}", socket.display());
+    token_broker::client::post_login(&url, None, "x", response.as_bytes())
+        .await
+        .unwrap();
+    readyz_is(&broker, 200).await;
+    let access = field(&response, "access_token");
+    assert_eq!(broker.access_token("x").await, access);
+
+    // A restart keeps the stored chain: its token is served, and it refreshes.
+    broker.proc.terminate();
+    let broker = Broker::start(dir.path(), &config);
+    assert_eq!(broker.access_token("x").await, access);
+    let refreshed = broker.refresh("x", None).await;
+    assert_eq!(refreshed.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offline_login_is_what_a_broker_started_afterwards_serves() {
+    let idp = Idp::start(&[]);
+    let dir = tempdir();
+    let socket = dir.path().join("broker.sock");
+    let text = config(dir.path(), &idp, &socket, "", None);
+    let parsed = token_broker::config::load_str(&text).unwrap();
+    let response = token_response(&idp).await;
+    let bad = token_broker::broker::login::adopt_offline(&parsed, "x", b"{}").await;
+    assert!(matches!(
+        bad,
+        Err(token_broker::broker::login::LoginError::BadBody(_))
+    ));
+    let unknown =
+        token_broker::broker::login::adopt_offline(&parsed, "y", response.as_bytes()).await;
+    assert!(matches!(
+        unknown,
+        Err(token_broker::broker::login::LoginError::UnknownCredential(
+            _
+        ))
+    ));
+    let adopted = token_broker::broker::login::adopt_offline(&parsed, "x", response.as_bytes())
+        .await
+        .unwrap();
+    assert_eq!(adopted.credential, "x");
+    assert!(adopted.expires_in > 0);
+
+    let mut broker = Broker::start(dir.path(), &text);
+    assert_eq!(
+        broker.access_token("x").await,
+        field(&response, "access_token")
+    );
+    let refreshed = broker.refresh("x", None).await;
+    assert_eq!(refreshed.status(), 200);
+    // While the broker runs, its store is locked: an offline login says so.
+    let locked =
+        token_broker::broker::login::adopt_offline(&parsed, "x", response.as_bytes()).await;
+    assert!(
+        matches!(
+            locked,
+            Err(token_broker::broker::login::LoginError::Store(_))
+        ),
+        "{locked:?}"
+    );
+    broker.proc.terminate();
+    assert!(
+        !broker
+            .proc
+            .logs()
+            .contains(&field(&response, "refresh_token"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_into_one_broker_of_a_fleet_is_served_by_the_other() {
+    let idp = Idp::start(&[]);
+    let redis = crate::redis_server::RedisServer::start();
+    let mut brokers = Vec::new();
+    let mut dirs = Vec::new();
+    for _ in 0..2 {
+        let dir = tempdir();
+        let config = crate::fleet::fleet_config(dir.path(), &redis.url(), "", &idp, "")
+            .replace("[server]\n", "[server]\nadmin_keys = [\"adm1n\"]\n");
+        brokers.push(Broker::start(dir.path(), &config));
+        dirs.push(dir);
+    }
+    let before = crate::fleet::converged(&brokers.iter().collect::<Vec<_>>()).await;
+    let response = token_response(&idp).await;
+    let access = field(&response, "access_token");
+    assert_ne!(before, access);
+    let key = secrecy::SecretString::from("adm1n".to_owned());
+    let answer =
+        token_broker::client::post_login(&brokers[0].url, Some(&key), "x", response.as_bytes())
+            .await
+            .unwrap();
+    assert_eq!(answer.state, "valid");
+    let served = crate::fleet::converged(&brokers.iter().collect::<Vec<_>>()).await;
+    assert_eq!(served, access, "broker B never took the login's token");
+    // B refreshes on the login's chain: the family the IdP knows it by.
+    let refreshed = brokers[1].refresh("x", None).await;
+    assert_eq!(refreshed.status(), 200, "{}", brokers[1].proc.logs());
+    let rotated = field(&response, "refresh_token");
+    for broker in &brokers {
+        assert!(!broker.proc.logs().contains(&rotated));
+    }
+}
