@@ -439,4 +439,49 @@ mod tests {
         assert!(!still_serves(&t, &Want::Rejected("t".into()), at(1)));
         assert!(!still_serves(&t, &Want::Fresh(Duration::ZERO), at(101)));
     }
+
+    #[test]
+    fn a_credential_waiting_for_a_login_fails_every_want_and_calls_nobody() {
+        let mut s = snapshot(None);
+        s.login_required = true;
+        let wants = [
+            Want::Fresh(Duration::ZERO),
+            Want::Fresh(SEC * 60),
+            Want::Forced,
+            Want::Timer,
+            Want::Rejected("old".into()),
+        ];
+        for want in &wants {
+            assert_eq!(
+                decide(&s, want, at(1), at(1)),
+                Step::Fail(Why::LoginRequired),
+                "{want:?}"
+            );
+        }
+        assert_eq!(state_name(&s, at(1)), "login_required");
+        // A login's own flight running: reads wait for it, and it is what they see.
+        s.refreshing = true;
+        assert_eq!(
+            decide(&s, &Want::Fresh(Duration::ZERO), at(1), at(1)),
+            Step::Join
+        );
+        assert_eq!(state_name(&s, at(1)), "starting");
+        // A refusal on record says more than "no chain": it is what operators see.
+        s.refreshing = false;
+        s.refused = true;
+        assert_eq!(
+            decide(&s, &Want::Timer, at(1), at(1)),
+            Step::Fail(Why::Refused)
+        );
+        assert_eq!(state_name(&s, at(1)), "reauth_required");
+    }
+
+    #[test]
+    fn a_login_is_never_answered_by_the_token_it_replaces() {
+        let t = token("old", 0, 100);
+        let s = snapshot(Some(&t));
+        assert_eq!(decide(&s, &Want::Login, at(1), at(1)), Step::Start);
+        assert!(!still_serves(&t, &Want::Login, at(1)));
+        assert!(!Want::Login.satisfied_by(&t, at(1)));
+    }
 }

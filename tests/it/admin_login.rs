@@ -48,6 +48,9 @@ fn config(dir: &Path, idp: &Idp, socket: &Path, server: &str, bootstrap: Option<
     base + &credential
 }
 
+/// Extra request headers.
+type Headers<'a> = &'a [(&'a str, &'a str)];
+
 /// `POST /v1/credentials/{name}/login` over TCP with the given headers.
 async fn login_tcp(
     broker: &Broker,
@@ -163,7 +166,7 @@ async fn only_admins_may_log_in() {
     assert!(message.contains("server.admin_uids") && message.contains("server.admin_keys"));
 
     let admin = ("Token-Broker-Key", "adm1n-k3y");
-    let cases: [(&[(&str, &str)], u16, &str); 4] = [
+    let cases: [(Headers, u16, &str); 4] = [
         (&[], 403, "forbidden"),
         (&[("Token-Broker-Key", "cl1ent-k3y")], 403, "forbidden"),
         (
