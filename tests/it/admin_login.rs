@@ -395,3 +395,63 @@ async fn a_login_into_one_broker_of_a_fleet_is_served_by_the_other() {
         assert!(!broker.proc.logs().contains(&rotated));
     }
 }
+
+/// Runs the binary; (exit code, stdout, stderr).
+fn run(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let mut command = std::process::Command::new(bin());
+    command
+        .args(args)
+        .env_remove("TOKEN_BROKER_KEY")
+        .env_remove("TOKEN_BROKER_URL");
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let output = command.output().unwrap();
+    let text = |b: Vec<u8>| String::from_utf8(b).unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        text(output.stdout),
+        text(output.stderr),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_and_status_reach_the_socket_and_send_a_key_file_or_the_variable() {
+    let idp = Idp::start(&[]);
+    let dir = tempdir();
+    let socket = dir.path().join("broker.sock");
+    let bootstrap = dir.path().join("bootstrap");
+    std::fs::write(&bootstrap, &idp.refresh_token).unwrap();
+    let config = config(dir.path(), &idp, &socket, "", Some(&bootstrap)).replace(
+        "min_refresh_interval",
+        "client_keys = [\"cl1ent\"]\nmin_refresh_interval",
+    );
+    let broker = Broker::start(dir.path(), &config);
+    broker.ready().await;
+    let unix = format!("unix:{}", socket.display());
+    let key_file = dir.path().join("key");
+    std::fs::write(&key_file, "cl1ent\n").unwrap();
+    let key = key_file.to_str().unwrap();
+
+    // The key file goes over the socket as over TCP.
+    let (code, token, stderr) = run(&["get", "x", "--url", &unix, "--key-file", key], &[]);
+    assert_eq!(code, 0, "{stderr}");
+    let (code, by_tcp, stderr) = run(&["get", "x", "--url", &broker.url, "--key-file", key], &[]);
+    assert_eq!((code, &by_tcp), (0, &token), "{stderr}");
+    let (code, by_env, stderr) = run(
+        &["get", "x", "--url", &broker.url],
+        &[("TOKEN_BROKER_KEY", "cl1ent")],
+    );
+    assert_eq!((code, &by_env), (0, &token), "{stderr}");
+    let (code, _, stderr) = run(&["get", "x", "--url", &broker.url], &[]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("forbidden"), "{stderr}");
+    let (code, out, stderr) = run(&["status", "--url", &unix, "--json"], &[]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(out.contains("\"state\":\"valid\""), "{out}");
+    let (code, _, stderr) = run(&["get", "x", "--url", "unix:relative.sock"], &[]);
+    assert_eq!(code, 2, "{stderr}");
+    let missing = format!("unix:{}", dir.path().join("none.sock").display());
+    let (code, _, stderr) = run(&["get", "x", "--url", &missing], &[]);
+    assert_eq!(code, 3, "{stderr}");
+}
