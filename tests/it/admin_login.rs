@@ -305,8 +305,12 @@ async fn without_a_bootstrap_the_credential_waits_for_a_login_and_keeps_it() {
     broker.proc.terminate();
     let broker = Broker::start(dir.path(), &config);
     assert_eq!(broker.access_token("x").await, access);
-    let refreshed = broker.refresh("x", None).await;
-    assert_eq!(refreshed.status(), 200);
+    let refreshed: Value = broker.refresh("x", None).await.json().await.unwrap();
+    assert_ne!(
+        refreshed["access_token"].as_str().unwrap(),
+        access,
+        "{refreshed}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -337,12 +341,14 @@ async fn an_offline_login_is_what_a_broker_started_afterwards_serves() {
     assert!(adopted.expires_in > 0);
 
     let mut broker = Broker::start(dir.path(), &text);
-    assert_eq!(
-        broker.access_token("x").await,
-        field(&response, "access_token")
+    let access = field(&response, "access_token");
+    assert_eq!(broker.access_token("x").await, access);
+    let refreshed: Value = broker.refresh("x", None).await.json().await.unwrap();
+    assert_ne!(
+        refreshed["access_token"].as_str().unwrap(),
+        access,
+        "{refreshed}"
     );
-    let refreshed = broker.refresh("x", None).await;
-    assert_eq!(refreshed.status(), 200);
     // While the broker runs, its store is locked: an offline login says so.
     let locked =
         token_broker::broker::login::adopt_offline(&parsed, "x", response.as_bytes()).await;
@@ -370,7 +376,8 @@ async fn a_login_into_one_broker_of_a_fleet_is_served_by_the_other() {
     let mut dirs = Vec::new();
     for _ in 0..2 {
         let dir = tempdir();
-        let config = crate::fleet::fleet_config(dir.path(), &redis.url(), "", &idp, "")
+        let zero = "min_refresh_interval = \"0s\"";
+        let config = crate::fleet::fleet_config(dir.path(), &redis.url(), "", &idp, zero)
             .replace("[server]\n", "[server]\nadmin_keys = [\"adm1n\"]\n");
         brokers.push(Broker::start(dir.path(), &config));
         dirs.push(dir);
@@ -388,8 +395,16 @@ async fn a_login_into_one_broker_of_a_fleet_is_served_by_the_other() {
     let served = crate::fleet::converged(&brokers.iter().collect::<Vec<_>>()).await;
     assert_eq!(served, access, "broker B never took the login's token");
     // B refreshes on the login's chain: the family the IdP knows it by.
-    let refreshed = brokers[1].refresh("x", None).await;
-    assert_eq!(refreshed.status(), 200, "{}", brokers[1].proc.logs());
+    let refreshed: Value = brokers[1].refresh("x", None).await.json().await.unwrap();
+    let next = refreshed["access_token"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(!next.is_empty() && next != access, "{refreshed}");
+    assert_eq!(
+        crate::fleet::converged(&brokers.iter().collect::<Vec<_>>()).await,
+        next
+    );
     let rotated = field(&response, "refresh_token");
     for broker in &brokers {
         assert!(!broker.proc.logs().contains(&rotated));
@@ -454,4 +469,33 @@ async fn get_and_status_reach_the_socket_and_send_a_key_file_or_the_variable() {
     let missing = format!("unix:{}", dir.path().join("none.sock").display());
     let (code, _, stderr) = run(&["get", "x", "--url", &missing], &[]);
     assert_eq!(code, 3, "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offline_login_into_redis_is_what_a_broker_started_afterwards_serves() {
+    let idp = Idp::start(&[]);
+    let redis = crate::redis_server::RedisServer::start();
+    let dir = tempdir();
+    let zero = "min_refresh_interval = \"0s\"";
+    let text = crate::fleet::fleet_config(dir.path(), &redis.url(), "", &idp, zero);
+    let parsed = token_broker::config::load_str(&text).unwrap();
+    let response = token_response(&idp).await;
+    let adopted = token_broker::broker::login::adopt_offline(&parsed, "x", response.as_bytes())
+        .await
+        .unwrap();
+    assert_eq!(adopted.credential, "x");
+    // The configured bootstrap is older than the login: the login's chain wins.
+    let broker = Broker::start(dir.path(), &text);
+    let access = field(&response, "access_token");
+    assert_eq!(broker.access_token("x").await, access);
+    let refreshed = broker.refresh("x", None).await;
+    assert_eq!(refreshed.status(), 200, "{}", broker.proc.logs());
+    let new: Value = refreshed.json().await.unwrap();
+    assert_ne!(new["access_token"].as_str().unwrap(), access);
+    assert!(
+        !broker
+            .proc
+            .logs()
+            .contains(&field(&response, "refresh_token"))
+    );
 }
