@@ -184,20 +184,7 @@ impl Credential {
             }
             return Err(error);
         }
-        let refresh_at = self.shared.spread.refresh_at(
-            now,
-            saved.expires_at,
-            self.spec.refresh_ratio,
-            self.spec.refresh_jitter,
-        );
-        let token = Arc::new(Token::new(
-            response.access_token.expose_secret(),
-            saved.token_type,
-            saved.scope,
-            now,
-            saved.expires_at,
-            refresh_at,
-        ));
+        let token = self.login_token(&response, &saved, now);
         {
             let mut inner = self.lock();
             inner.refresh_token = saved.refresh_token;
@@ -213,6 +200,24 @@ impl Credential {
             "adopted the chain a login handed in"
         );
         Ok(token)
+    }
+
+    /// The token version a login's access token becomes, scheduled like any other.
+    fn login_token(&self, response: &TokenResponse, saved: &Saved, now: SystemTime) -> Arc<Token> {
+        let refresh_at = self.shared.spread.refresh_at(
+            now,
+            saved.expires_at,
+            self.spec.refresh_ratio,
+            self.spec.refresh_jitter,
+        );
+        Arc::new(Token::new(
+            response.access_token.expose_secret(),
+            saved.token_type.clone(),
+            saved.scope.clone(),
+            now,
+            saved.expires_at,
+            refresh_at,
+        ))
     }
 }
 

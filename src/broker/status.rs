@@ -116,6 +116,8 @@ impl Credential {
         let state = state_name(&self.snapshot(&inner, token.as_deref()), now);
         let next = match (inner.retry_at, &token) {
             _ if inner.reauth.is_some() => self.refusal_retry_at(&inner),
+            // Nothing is scheduled: only a login moves it.
+            _ if self.awaits_login(&inner) => None,
             (Some(at), _) if at > now => Some(at),
             (_, Some(t)) => Some(t.refresh_at.max(now)),
             _ => None,

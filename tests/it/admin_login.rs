@@ -282,9 +282,19 @@ async fn without_a_bootstrap_the_credential_waits_for_a_login_and_keeps_it() {
             .unwrap()
             .contains("token-broker login x")
     );
+    let status = broker.status().await;
     assert_eq!(
-        broker.status().await["credentials"][0]["state"],
-        "login_required"
+        status["credentials"][0]["state"], "login_required",
+        "{status}"
+    );
+    assert!(
+        status["credentials"][0]["next_refresh_at"].is_null(),
+        "{status}"
+    );
+    let last_error = status["credentials"][0]["last_error"]["message"].as_str();
+    assert!(
+        last_error.unwrap().contains("token-broker login x"),
+        "{status}"
     );
     assert_eq!(
         idp.stat("token_requests").await,
