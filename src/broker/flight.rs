@@ -88,7 +88,12 @@ impl Credential {
                         retry_after: Duration::from_secs(1),
                     })
                 });
-            me.finish(outcome, tx, trigger, demanded, started.elapsed());
+            match outcome {
+                // A login that could not be adopted left the chain as it was: it is
+                // no refresh failure, and starts no backoff.
+                Err(error) if want == Want::Login => me.login_failed(error, tx),
+                outcome => me.finish(outcome, tx, trigger, demanded, started.elapsed()),
+            }
             drop(slot);
         });
         rx

@@ -12,7 +12,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use tracing::info;
+use tracing::{info, warn};
 
 use super::credential::{Credential, Outcome, Want};
 use super::fleet::{fleet_of, next_version};
@@ -158,6 +158,23 @@ impl Credential {
             Err(error) => error,
             Ok(_) => Error::Store("the shared store's lease could not be had for the login".into()),
         })
+    }
+
+    /// Ends a login's flight that adopted nothing: the credential is as it was, so
+    /// only the login's caller hears of it.
+    pub(super) fn login_failed(
+        &self,
+        error: Error,
+        tx: tokio::sync::watch::Sender<Option<Outcome>>,
+    ) {
+        warn!(credential = self.name(), error = %error, "a login could not be adopted; nothing changed");
+        let mut inner = self.lock();
+        inner.login = None;
+        inner.flight = None;
+        self.metrics.in_flight.set(0);
+        drop(inner);
+        let _ = tx.send(Some(Err(error)));
+        self.schedule_changed();
     }
 
     /// Stores a login's chain, then makes it this credential's (called by `fetch`,

@@ -509,3 +509,27 @@ async fn an_offline_login_into_redis_is_what_a_broker_started_afterwards_serves(
             .contains(&field(&response, "refresh_token"))
     );
 }
+
+/// A login the store cannot take changes nothing, even where refreshes may run without
+/// the store (`refresh_locally`): one broker's memory is no place for a new chain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_the_shared_store_cannot_take_changes_nothing() {
+    let idp = Idp::start(&[]);
+    let mut redis = crate::redis_server::RedisServer::start();
+    let dir = tempdir();
+    let state = "on_store_unavailable = \"refresh_locally\"";
+    let config = crate::fleet::fleet_config(dir.path(), &redis.url(), state, &idp, "")
+        .replace("[server]\n", "[server]\nadmin_keys = [\"adm1n\"]\n");
+    let broker = Broker::start(dir.path(), &config);
+    let old = broker.access_token("x").await;
+    let response = token_response(&idp).await;
+    redis.kill();
+    let (status, body) = login_tcp(&broker, "x", &[("Token-Broker-Key", "adm1n")], &response).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (503, Some("store_unavailable")),
+        "{body}"
+    );
+    assert_eq!(broker.access_token("x").await, old);
+    assert_eq!(broker.status().await["credentials"][0]["state"], "valid");
+}
