@@ -1,7 +1,8 @@
 //! `POST /v1/credentials/NAME/login` and `login_required`: a login's token response
 //! adopted by a running broker (over its unix socket, or with an admin key), refused
 //! to everyone else, resuming a refused chain without a restart; a credential without
-//! a bootstrap waiting for it; and the offline adoption a broker started later uses.
+//! a bootstrap waiting for it; `get` and `status` over the socket with a key. Offline
+//! adoption is `offline_login.rs`.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -11,7 +12,7 @@ use serde_json::{Value, json};
 use crate::harness::*;
 
 /// A real token response of the dev IdP: a fresh family minted, then redeemed once.
-async fn token_response(idp: &Idp) -> String {
+pub(crate) async fn token_response(idp: &Idp) -> String {
     let minted = idp.mint().await;
     let response = client()
         .post(format!("{}/token", idp.url))
@@ -24,14 +25,20 @@ async fn token_response(idp: &Idp) -> String {
     response.text().await.unwrap()
 }
 
-fn field(body: &str, name: &str) -> String {
+pub(crate) fn field(body: &str, name: &str) -> String {
     let value: Value = serde_json::from_str(body).unwrap();
     value[name].as_str().unwrap().to_owned()
 }
 
 /// A config with a TCP listener and the unix socket `socket`, `server` lines added,
 /// and credential `x` (bootstrap from `bootstrap`, or none).
-fn config(dir: &Path, idp: &Idp, socket: &Path, server: &str, bootstrap: Option<&Path>) -> String {
+pub(crate) fn config(
+    dir: &Path,
+    idp: &Idp,
+    socket: &Path,
+    server: &str,
+    bootstrap: Option<&Path>,
+) -> String {
     let listen = format!(
         "listen = [\"127.0.0.1:0\", \"unix:{}\"]\nsocket_mode = \"0600\"\n{server}",
         socket.display()
@@ -198,6 +205,18 @@ async fn only_admins_may_log_in() {
     assert!(body["message"].as_str().unwrap().contains("refresh_token"));
     let (status, _) = login_tcp(&broker, "x", &[admin], "not json").await;
     assert_eq!(status, 400);
+    // A malformed body is described, never quoted.
+    let wrong = r#"{"access_token": 7, "refresh_token": "s3cr3t-in-a-bad-body"}"#;
+    let (status, body) = login_tcp(&broker, "x", &[admin], wrong).await;
+    assert_eq!(status, 400);
+    assert!(!body.to_string().contains("s3cr3t"), "{body}");
+    let huge = format!("{{\"pad\": \"{}\"}}", "x".repeat(70 * 1024));
+    let (status, body) = login_tcp(&broker, "x", &[admin], &huge).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (413, Some("payload_too_large")),
+        "{body}"
+    );
     let (status, body) = login_tcp(&broker, "nope", &[admin], &response).await;
     assert_eq!(
         (status, body["error"].as_str()),
@@ -324,61 +343,6 @@ async fn without_a_bootstrap_the_credential_waits_for_a_login_and_keeps_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_offline_login_is_what_a_broker_started_afterwards_serves() {
-    let idp = Idp::start(&[]);
-    let dir = tempdir();
-    let socket = dir.path().join("broker.sock");
-    let text = config(dir.path(), &idp, &socket, "", None);
-    let parsed = token_broker::config::load_str(&text).unwrap();
-    let response = token_response(&idp).await;
-    let bad = token_broker::broker::login::adopt_offline(&parsed, "x", b"{}").await;
-    assert!(matches!(
-        bad,
-        Err(token_broker::broker::login::LoginError::BadBody(_))
-    ));
-    let unknown =
-        token_broker::broker::login::adopt_offline(&parsed, "y", response.as_bytes()).await;
-    assert!(matches!(
-        unknown,
-        Err(token_broker::broker::login::LoginError::UnknownCredential(
-            _
-        ))
-    ));
-    let adopted = token_broker::broker::login::adopt_offline(&parsed, "x", response.as_bytes())
-        .await
-        .unwrap();
-    assert_eq!(adopted.credential, "x");
-    assert!(adopted.expires_in > 0);
-
-    let mut broker = Broker::start(dir.path(), &text);
-    let access = field(&response, "access_token");
-    assert_eq!(broker.access_token("x").await, access);
-    let refreshed: Value = broker.refresh("x", None).await.json().await.unwrap();
-    assert_ne!(
-        refreshed["access_token"].as_str().unwrap(),
-        access,
-        "{refreshed}"
-    );
-    // While the broker runs, its store is locked: an offline login says so.
-    let locked =
-        token_broker::broker::login::adopt_offline(&parsed, "x", response.as_bytes()).await;
-    assert!(
-        matches!(
-            locked,
-            Err(token_broker::broker::login::LoginError::Store(_))
-        ),
-        "{locked:?}"
-    );
-    broker.proc.terminate();
-    assert!(
-        !broker
-            .proc
-            .logs()
-            .contains(&field(&response, "refresh_token"))
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_login_into_one_broker_of_a_fleet_is_served_by_the_other() {
     let idp = Idp::start(&[]);
     let redis = crate::redis_server::RedisServer::start();
@@ -479,35 +443,6 @@ async fn get_and_status_reach_the_socket_and_send_a_key_file_or_the_variable() {
     let missing = format!("unix:{}", dir.path().join("none.sock").display());
     let (code, _, stderr) = run(&["get", "x", "--url", &missing], &[]);
     assert_eq!(code, 3, "{stderr}");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_offline_login_into_redis_is_what_a_broker_started_afterwards_serves() {
-    let idp = Idp::start(&[]);
-    let redis = crate::redis_server::RedisServer::start();
-    let dir = tempdir();
-    let zero = "min_refresh_interval = \"0s\"";
-    let text = crate::fleet::fleet_config(dir.path(), &redis.url(), "", &idp, zero);
-    let parsed = token_broker::config::load_str(&text).unwrap();
-    let response = token_response(&idp).await;
-    let adopted = token_broker::broker::login::adopt_offline(&parsed, "x", response.as_bytes())
-        .await
-        .unwrap();
-    assert_eq!(adopted.credential, "x");
-    // The configured bootstrap is older than the login: the login's chain wins.
-    let broker = Broker::start(dir.path(), &text);
-    let access = field(&response, "access_token");
-    assert_eq!(broker.access_token("x").await, access);
-    let refreshed = broker.refresh("x", None).await;
-    assert_eq!(refreshed.status(), 200, "{}", broker.proc.logs());
-    let new: Value = refreshed.json().await.unwrap();
-    assert_ne!(new["access_token"].as_str().unwrap(), access);
-    assert!(
-        !broker
-            .proc
-            .logs()
-            .contains(&field(&response, "refresh_token"))
-    );
 }
 
 /// A login the store cannot take changes nothing, even where refreshes may run without

@@ -37,6 +37,7 @@ mod hostile;
 mod in_process;
 mod lifetimes;
 mod login_flows;
+mod offline_login;
 mod operations;
 mod ops_port;
 mod persistence;
