@@ -190,11 +190,13 @@ impl Credential {
         }
         let now = SystemTime::now();
         let saved = record(&response, &self.spec, now);
-        let rotated = self
-            .lock()
-            .fleet
-            .as_mut()
-            .map(|f| std::mem::replace(&mut f.rotated, true));
+        // With the shared store the login is written as a new token: newer than every
+        // state before it, whichever broker wrote that.
+        let shared = self.shared.store.shared().is_some();
+        let rotated = shared.then(|| {
+            let mut inner = self.lock();
+            std::mem::replace(&mut fleet_of(&mut inner.fleet).rotated, true)
+        });
         if let Err(error) = self.write(saved.clone()).await {
             if let (Some(was), Some(fleet)) = (rotated, self.lock().fleet.as_mut()) {
                 fleet.rotated = was;

@@ -468,3 +468,45 @@ async fn a_login_the_shared_store_cannot_take_changes_nothing() {
     assert_eq!(broker.access_token("x").await, old);
     assert_eq!(broker.status().await["credentials"][0]["state"], "valid");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_waiting_for_a_login_takes_it_from_either_broker() {
+    let idp = Idp::start(&[]);
+    let redis = crate::redis_server::RedisServer::start();
+    let mut brokers = Vec::new();
+    let mut dirs = Vec::new();
+    for _ in 0..2 {
+        let dir = tempdir();
+        let config: String = crate::fleet::fleet_config(dir.path(), &redis.url(), "", &idp, "")
+            .replace("[server]\n", "[server]\nadmin_keys = [\"adm1n\"]\n")
+            .lines()
+            .filter(|line| !line.starts_with("refresh_token = {"))
+            .map(|line| format!("{line}\n"))
+            .collect();
+        brokers.push(Broker::start(dir.path(), &config));
+        dirs.push(dir);
+    }
+    for broker in &brokers {
+        let (status, body) = read(broker).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (503, Some("login_required")),
+            "{body}"
+        );
+    }
+    let response = token_response(&idp).await;
+    let (status, body) = login_tcp(
+        &brokers[0],
+        "x",
+        &[("Token-Broker-Key", "adm1n")],
+        &response,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let served = crate::fleet::converged(&brokers.iter().collect::<Vec<_>>()).await;
+    assert_eq!(served, field(&response, "access_token"));
+    assert_eq!(
+        brokers[1].status().await["credentials"][0]["state"],
+        "valid"
+    );
+}
