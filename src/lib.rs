@@ -28,7 +28,8 @@
 //! - `login`: `token-broker login`, a person's login (PKCE on a loopback redirect, or
 //!   the device flow) whose new refresh token goes to the broker or its store.
 //! - `client`: `get` (the kubectl credential plugin's answer included) and `status`,
-//!   clients of a running broker; `helpers`: the git credential helper, on top of `client`.
+//!   clients of a running broker over http(s) or a unix socket, and the hand-over of a
+//!   login (`post_login`); `helpers`: the git credential helper, on top of `client`.
 //! - `limits`: what the daemon sets on its own process at start (no core dumps, file
 //!   descriptors).
 //! - `signal`, `duration`, `error`: small shared pieces.

@@ -34,7 +34,7 @@ use crate::secret::ExposeSecret;
 pub use assertion::{CLIENT_ASSERTION_TYPE, SigningKey, claims as assertion_claims};
 pub use grant::{DEVICE_CODE, Inputs, JWT_BEARER, LoginRequest, TOKEN_EXCHANGE};
 pub use login::{DEFAULT_DEVICE_INTERVAL, DeviceAuthorization, Discovery, LoginTokens};
-pub use response::{TokenResponse, jwt_exp, parse_retry_after};
+pub use response::{TokenResponse, jwt_exp, parse_retry_after, success as parse_token_response};
 
 /// Largest answer read from an IdP; a token response is a few KiB at most.
 pub const MAX_RESPONSE_BYTES: usize = 1 << 20;

@@ -11,7 +11,7 @@ use std::path::Path;
 
 use secrecy::SecretString;
 
-use super::interim::client::{self, ClientError};
+use crate::client::{self, ClientError};
 use crate::config::{Config, Listen};
 
 use super::LoginError;
@@ -120,13 +120,13 @@ impl Target {
 }
 
 async fn offline(config: &Config, name: &str, body: &[u8]) -> Result<Delivered, LoginError> {
-    use super::interim::login::{LoginError as Adopt, adopt_offline};
+    use crate::broker::login::{LoginError as Adopt, adopt_offline};
     match adopt_offline(config, name, body).await {
         Ok(adopted) => Ok(Delivered {
             expires_in: adopted.expires_in,
             into: "the store".to_owned(),
         }),
-        Err(e @ (Adopt::UnknownCredential(_) | Adopt::NotRefreshGrant(_))) => {
+        Err(e @ (Adopt::UnknownCredential(_) | Adopt::NotRefreshGrant { .. })) => {
             Err(LoginError::Usage(e.to_string()))
         }
         Err(e) => Err(LoginError::Refused(format!(

@@ -16,8 +16,6 @@ mod code;
 mod deliver;
 mod device;
 mod discovery;
-#[allow(dead_code)]
-mod interim;
 mod loopback;
 mod pkce;
 mod qr;
