@@ -79,33 +79,24 @@ pub async fn login(
     let state = pkce::random_value();
     let scope = endpoints.scope.as_deref();
     let nonce = is_oidc(scope).then(pkce::random_value);
-    let url = authorization_url(
-        endpoint,
-        &Request {
-            client_id: &spec.client_id,
-            redirect_uri: &redirect_uri,
-            scope,
-            state: &state,
-            challenge: &pkce.challenge,
-            nonce: nonce.as_deref(),
-            audience: spec.audience.as_deref(),
-        },
-    );
+    let request = Request {
+        client_id: &spec.client_id,
+        redirect_uri: &redirect_uri,
+        scope,
+        state: &state,
+        challenge: &pkce.challenge,
+        nonce: nonce.as_deref(),
+        audience: spec.audience.as_deref(),
+    };
+    let url = authorization_url(endpoint, &request);
     show(url.as_str(), &redirect_uri, options.open_browser).await;
     let (code, reply) = loopback.wait(&state, options.timeout).await?;
-    let request = LoginRequest::AuthorizationCode {
+    let redeem = LoginRequest::AuthorizationCode {
         code: &code,
         redirect_uri: &redirect_uri,
         code_verifier: &pkce.verifier,
     };
-    let redeemed = idp
-        .login_token(spec, inputs, &endpoints.token, &request)
-        .await
-        .map_err(|e| LoginError::Idp(format!("redeeming the authorization code failed: {e}")))
-        .and_then(|tokens| match &nonce {
-            Some(nonce) => check_nonce(&tokens.body, nonce).map(|()| tokens),
-            None => Ok(tokens),
-        });
+    let redeemed = redeem_checked(idp, spec, inputs, &endpoints.token, &redeem, nonce).await;
     match redeemed {
         Ok(tokens) => Ok((tokens, reply)),
         Err(e) => {
@@ -113,6 +104,25 @@ pub async fn login(
             Err(e)
         }
     }
+}
+
+/// Redeems the code; with a `nonce`, an ID token in the answer must carry it.
+async fn redeem_checked(
+    idp: &IdpClient,
+    spec: &CredentialSpec,
+    inputs: &Inputs,
+    token_url: &EndpointUrl,
+    request: &LoginRequest<'_>,
+    nonce: Option<String>,
+) -> Result<LoginTokens, LoginError> {
+    let tokens = idp
+        .login_token(spec, inputs, token_url, request)
+        .await
+        .map_err(|e| LoginError::Idp(format!("redeeming the authorization code failed: {e}")))?;
+    if let Some(nonce) = nonce {
+        check_nonce(&tokens.body, &nonce)?;
+    }
+    Ok(tokens)
 }
 
 /// Prints the URL (always: the browser may open elsewhere, or not at all) and opens it.

@@ -14,6 +14,7 @@ use axum::http::{StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use secrecy::SecretString;
 use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::{LoginError, pkce};
@@ -35,7 +36,7 @@ type Arrival = (HashMap<String, String>, oneshot::Sender<Page>);
 pub struct Reply {
     page: oneshot::Sender<Page>,
     stop: CancellationToken,
-    server: tokio::task::JoinHandle<()>,
+    server: JoinHandle<()>,
 }
 
 /// A page for the browser.
@@ -74,17 +75,8 @@ impl Loopback {
         state: &str,
         timeout: Duration,
     ) -> Result<(SecretString, Reply), LoginError> {
-        let (arrivals, mut received) = mpsc::channel::<Arrival>(4);
-        let stop = CancellationToken::new();
-        let router = axum::Router::new()
-            .fallback(callback)
-            .with_state((self.path.clone(), arrivals));
-        let shutdown = stop.clone().cancelled_owned();
-        let server = tokio::spawn(async move {
-            let _ = axum::serve(self.listener, router)
-                .with_graceful_shutdown(shutdown)
-                .await;
-        });
+        let redirect_uri = self.redirect_uri.clone();
+        let (mut received, stop, server) = self.serve();
         let deadline = tokio::time::sleep(timeout);
         tokio::pin!(deadline);
         loop {
@@ -92,8 +84,8 @@ impl Loopback {
                 _ = &mut deadline => {
                     close(stop, server).await;
                     return Err(LoginError::TimedOut(format!(
-                        "no answer came to {} within {}; run the command again",
-                        self.redirect_uri, super::human(timeout)
+                        "no answer came to {redirect_uri} within {}; run the command again",
+                        super::human(timeout)
                     )));
                 }
                 arrival = received.recv() => match arrival {
@@ -116,6 +108,25 @@ impl Loopback {
     }
 }
 
+impl Loopback {
+    /// Starts serving; what comes to the redirect path comes out of the receiver.
+    fn serve(self) -> (mpsc::Receiver<Arrival>, CancellationToken, JoinHandle<()>) {
+        let (arrivals, received) = mpsc::channel::<Arrival>(4);
+        let stop = CancellationToken::new();
+        let router = axum::Router::new()
+            .fallback(callback)
+            .with_state((self.path, arrivals));
+        let shutdown = stop.clone().cancelled_owned();
+        let listener = self.listener;
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, router)
+                .with_graceful_shutdown(shutdown)
+                .await;
+        });
+        (received, stop, server)
+    }
+}
+
 impl Reply {
     /// Answers the browser with how the login ended, then closes the listener.
     pub async fn finish(self, outcome: Result<String, &LoginError>) {
@@ -133,7 +144,7 @@ impl Reply {
 }
 
 /// Stops accepting and gives the last page a moment to be sent.
-async fn close(stop: CancellationToken, server: tokio::task::JoinHandle<()>) {
+async fn close(stop: CancellationToken, server: JoinHandle<()>) {
     stop.cancel();
     let abort = server.abort_handle();
     if tokio::time::timeout(DRAIN, server).await.is_err() {

@@ -117,22 +117,8 @@ async fn login(args: &Args) -> Result<String, LoginError> {
     let inputs = Inputs::read(spec).map_err(LoginError::Usage)?;
     let idp = IdpClient::new(&config.idp).map_err(LoginError::Usage)?;
     let endpoints = discovery::endpoints(&idp, spec).await?;
-    let deliver = async |tokens: &LoginTokens| {
-        if tokens.response.refresh_token.is_none() {
-            return Err(LoginError::Idp(
-                "the IdP answered without a refresh token; ask for one with login.scope \
-                 (many IdPs need `offline_access`)"
-                    .to_owned(),
-            ));
-        }
-        let delivered = target.deliver(&config, &spec.name, &tokens.body).await?;
-        Ok(format!(
-            "logged in, credential {} now valid, expires in {} (held by {})",
-            spec.name,
-            human(Duration::from_secs(delivered.expires_in)),
-            delivered.into
-        ))
-    };
+    let deliver =
+        async |tokens: &LoginTokens| hand_over(&target, &config, &spec.name, tokens).await;
     if args.device {
         let endpoint = endpoints.device_authorization(&spec.name)?;
         let scope = endpoints.scope.as_deref();
@@ -151,6 +137,28 @@ async fn login(args: &Args) -> Result<String, LoginError> {
     };
     reply.finish(page).await;
     outcome
+}
+
+/// Delivers a login's tokens; the message to print once the chain is held.
+async fn hand_over(
+    target: &deliver::Target,
+    config: &Config,
+    name: &str,
+    tokens: &LoginTokens,
+) -> Result<String, LoginError> {
+    if tokens.response.refresh_token.is_none() {
+        return Err(LoginError::Idp(
+            "the IdP answered without a refresh token; ask for one with login.scope \
+             (many IdPs need `offline_access`)"
+                .to_owned(),
+        ));
+    }
+    let delivered = target.deliver(config, name, &tokens.body).await?;
+    Ok(format!(
+        "logged in, credential {name} now valid, expires in {} (held by {})",
+        human(Duration::from_secs(delivered.expires_in)),
+        delivered.into
+    ))
 }
 
 /// The credential, if it is one a login can start.

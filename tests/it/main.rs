@@ -38,6 +38,7 @@ mod in_process;
 mod lifetimes;
 mod login_cli;
 mod login_flows;
+mod login_setups;
 mod offline_login;
 mod operations;
 mod ops_port;
