@@ -96,46 +96,55 @@ async fn the_login_line_of_the_dev_banner_works_as_printed() {
     assert!(dev.terminate().success());
 }
 
-/// Without `--no-browser`, `login` opens the URL with `xdg-open`; here one that plays
-/// the browser: a real headless Chromium when the machine has one, else curl following
-/// the redirects. Either way the browser ends on the login's page.
+/// Without `--no-browser`, `login` opens the URL with `xdg-open`. Here that is a real
+/// headless browser driven over its DevTools pipe (`browser_approve.py`): it approves
+/// on the dev IdP's consent page, follows the redirect to the loopback listener and
+/// ends on the login's page. With no browser on the machine, curl follows the
+/// redirects of an auto-approving IdP instead, and the consent page is left out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn login_opens_the_browser_and_the_browser_ends_on_its_page() {
-    let idp = idp(&["--auto-approve"]);
+async fn login_opens_the_browser_which_approves_and_ends_on_the_login_page() {
+    let program = ["chromium", "chromium-browser"]
+        .into_iter()
+        .find(|name| which(name) && which("python3"));
+    let idp = idp(if program.is_some() {
+        &[]
+    } else {
+        &["--auto-approve"]
+    });
     let dir = tempdir();
     let path = write_config(dir.path(), &config(dir.path(), &idp, None));
-    let bin_dir = dir.path().join("bin");
-    std::fs::create_dir(&bin_dir).unwrap();
-    let page = dir.path().join("page.html");
-    let chromium = ["chromium", "chromium-browser", "google-chrome"]
-        .into_iter()
-        .find(|name| which(name));
-    let open = match chromium {
-        Some(name) => format!("{name} --headless --no-sandbox --disable-gpu --dump-dom \"$1\""),
+    let page = dir.path().join("page.txt");
+    let open = match program {
+        Some(_) => {
+            let driver = dir.path().join("browser_approve.py");
+            std::fs::write(&driver, include_str!("browser_approve.py")).unwrap();
+            format!("python3 '{}' \"$1\" '{}'", driver.display(), page.display())
+        }
         None => {
-            eprintln!("no headless browser (chromium) on this machine: xdg-open is played by curl");
-            "curl -sL \"$1\"".to_owned()
+            eprintln!(
+                "SKIPPED the consent page in a real browser: no chromium on this machine; curl follows an auto-approved login instead"
+            );
+            format!("curl -sL \"$1\" > '{}'", page.display())
         }
     };
-    let script = format!(
-        "#!/bin/sh\n({open} > '{page}' 2>/dev/null &)\n",
-        page = page.display()
-    );
+    let bin_dir = dir.path().join("bin");
+    std::fs::create_dir(&bin_dir).unwrap();
     let opener = bin_dir.join("xdg-open");
-    std::fs::write(&opener, script).unwrap();
+    std::fs::write(&opener, format!("#!/bin/sh\n({open} >/dev/null 2>&1 &)\n")).unwrap();
     std::fs::set_permissions(&opener, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let search = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap());
-    let mut login = Proc::spawn(
-        &["login", "x", "--config", &path, "--offline"],
-        &[("PATH", &search)],
-    );
+    let env = [
+        ("PATH", search.as_str()),
+        ("BROWSER_PROGRAM", program.unwrap_or("")),
+    ];
+    let mut login = Proc::spawn(&["login", "x", "--config", &path, "--offline"], &env);
     assert_eq!(exit_code(&mut login), 0, "{}", login.logs());
     assert!(
         login.logs().contains("Opening a browser"),
         "{}",
         login.logs()
     );
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let shown = std::fs::read_to_string(&page).unwrap_or_default();
         if shown.contains("Logged in") {
@@ -148,6 +157,7 @@ async fn login_opens_the_browser_and_the_browser_ends_on_its_page() {
         assert!(Instant::now() < deadline, "the browser showed: {shown}");
         std::thread::sleep(Duration::from_millis(50));
     }
+    assert_eq!(idp.stat("authorization_code_grants").await, 1);
 }
 
 fn which(program: &str) -> bool {
