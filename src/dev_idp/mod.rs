@@ -30,7 +30,9 @@ mod http;
 mod jwt;
 mod options;
 mod pages;
+mod proofs;
 mod protocol;
+mod resource;
 mod state;
 mod stats;
 mod tls;
@@ -69,6 +71,7 @@ impl DevIdp {
     /// a random one.
     pub fn new(options: DevIdpOptions) -> DevIdp {
         let mut state = State::new(options.config(), options.latency);
+        state.set_dpop_policy(options.dpop_policy());
         let initial_refresh_token = state.mint_family(None, options.initial_refresh_token);
         DevIdp {
             shared: Arc::new(Shared {
@@ -198,6 +201,8 @@ async fn shutdown_signal() {
 
 #[cfg(test)]
 mod admin_tests;
+#[cfg(test)]
+mod dpop_tests;
 #[cfg(test)]
 mod http_tests;
 

@@ -10,6 +10,7 @@ use super::clients::{Caller, Clients, Presented};
 use super::families::{Families, FamilyId, Policy, RefreshKind, Refusal};
 use super::faults::{Fault, PendingFault};
 use super::jwt::{Expect, PublicKey, Replay};
+use super::proofs::Proofs;
 use super::protocol::{Grant, Params, TokenError};
 use super::stats::Stats;
 use super::tokens::Claims;
@@ -83,6 +84,9 @@ struct AccessRecord {
     client_id: String,
     /// Exact expiry; the JWT's `exp` is this rounded down to seconds.
     expires: SystemTime,
+    /// The DPoP key thumbprint the token is bound to; a bound token is refused as a
+    /// bearer token.
+    jkt: Option<String>,
 }
 
 /// Why a successful grant succeeded, for logs.
@@ -121,6 +125,8 @@ pub struct Issued {
     pub outcome: Outcome,
     /// RFC 8693's `issued_token_type`, for token exchanges.
     pub issued_token_type: Option<&'static str>,
+    /// Bound to a DPoP key: answered with `token_type: DPoP`.
+    pub dpop: bool,
 }
 
 /// The answer of `/api/whoami` for a valid access token.
@@ -160,6 +166,11 @@ pub struct State {
     codes: HashMap<String, codes::CodeRecord>,
     /// Device codes issued, with the user codes that name them.
     devices: device::Devices,
+    /// DPoP proofs seen and server nonces.
+    proofs: Proofs,
+    /// The DPoP key the token request in progress proved possession of: what it
+    /// issues is bound to it. Set only for the length of one `token_bound` call.
+    binding: Option<String>,
 }
 
 impl State {
@@ -176,6 +187,8 @@ impl State {
             replay: Replay::default(),
             codes: HashMap::new(),
             devices: device::Devices::default(),
+            proofs: Proofs::default(),
+            binding: None,
         }
     }
 
@@ -213,10 +226,38 @@ impl State {
         Some(fault)
     }
 
+    /// `token_bound` for a request without a DPoP proof (the unit tests' shorthand).
+    #[cfg(test)]
+    pub fn token(
+        &mut self,
+        now: SystemTime,
+        client: &Presented,
+        params: &Params,
+        audiences: &[String],
+    ) -> Result<Issued, TokenError> {
+        self.token_bound(now, client, params, audiences, None)
+    }
+
     /// Handles a parsed token request. Client authentication comes first, so a wrong
     /// secret never touches (or uses up) the refresh token it came with. `audiences`
-    /// are the URLs of this token endpoint, which signed assertions must name.
-    pub fn token(
+    /// are the URLs of this token endpoint, which signed assertions must name. `jkt`
+    /// is the DPoP key the request proved possession of: the tokens it issues are
+    /// bound to that key, and a bound refresh token needs it.
+    pub fn token_bound(
+        &mut self,
+        now: SystemTime,
+        client: &Presented,
+        params: &Params,
+        audiences: &[String],
+        jkt: Option<String>,
+    ) -> Result<Issued, TokenError> {
+        self.binding = jkt;
+        let result = self.authenticate_and_grant(now, client, params, audiences);
+        self.binding = None;
+        result
+    }
+
+    fn authenticate_and_grant(
         &mut self,
         now: SystemTime,
         client: &Presented,
@@ -307,6 +348,14 @@ impl State {
         presented: &str,
         scope: Option<&str>,
     ) -> Result<Issued, TokenError> {
+        // Checked before the families judge the token, so a refusal uses nothing up.
+        if let Some(bound) = self.families.binding(presented)
+            && self.binding.as_deref() != Some(bound)
+        {
+            return Err(TokenError::InvalidGrant(
+                "the refresh token is bound to a DPoP key; send a DPoP proof made with that key",
+            ));
+        }
         let policy = Policy {
             rotation: self.config.rotation,
             reuse_grace: self.config.reuse_grace,
@@ -370,6 +419,11 @@ impl State {
         if self.config.no_jti {
             claims.jti.clear();
         }
+        let jkt = self.binding.clone();
+        if let (Some(family), Some(jkt)) = (family, &jkt) {
+            self.families.bind(family, jkt);
+        }
+        claims.cnf_jkt.clone_from(&jkt);
         let access_token = claims.encode(self.config.exp_in_millis);
         if self.access_tokens.len() >= ACCESS_TOKEN_PRUNE_AT {
             self.access_tokens.retain(|_, record| record.expires > now);
@@ -381,6 +435,7 @@ impl State {
                 sub: claims.sub,
                 client_id: claims.client_id,
                 expires: now + ttl,
+                jkt: jkt.clone(),
             },
         );
         Issued {
@@ -390,6 +445,7 @@ impl State {
             scope,
             outcome,
             issued_token_type: None,
+            dpop: jkt.is_some(),
         }
     }
 
@@ -467,6 +523,9 @@ impl State {
 
 #[path = "exchange.rs"]
 mod exchange;
+
+#[path = "dpop_state.rs"]
+pub(super) mod dpop_state;
 
 #[path = "codes.rs"]
 mod codes;
