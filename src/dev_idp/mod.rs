@@ -17,9 +17,10 @@
 //! and redirect URIs; `clients` authenticates callers (secrets, `private_key_jwt`,
 //! public clients) and `jwt` verifies signed assertions; `protocol` parses RFC 6749
 //! requests; `tokens` mints token strings; `faults` describes and renders injected
-//! faults; `http`, `admin` and `pages` are the axum handlers; `options` is the command
-//! line. This file ties them together and runs the
-//! server.
+//! faults; `proofs` keeps the DPoP proofs seen and the server nonces, and the state's
+//! `dpop_state` checks a request's proof under the lock; `http`, `admin`, `pages` and
+//! `resource` (`/api/whoami`) are the axum handlers; `options` is the command line.
+//! This file ties them together and runs the server.
 
 mod admin;
 mod authorize;
