@@ -7,7 +7,7 @@
 //! and the sleeping; this file never waits.
 
 use super::clients::{Caller, Clients, Presented};
-use super::families::{Families, FamilyId, Policy, RefreshKind, Refusal};
+use super::families::{Families, FamilyId};
 use super::faults::{Fault, PendingFault};
 use super::jwt::{Expect, PublicKey, Replay};
 use super::proofs::Proofs;
@@ -340,68 +340,6 @@ impl State {
         }
     }
 
-    /// The refresh grant: the families judge the token, this counts and issues.
-    fn refresh(
-        &mut self,
-        now: SystemTime,
-        client: &str,
-        presented: &str,
-        scope: Option<&str>,
-    ) -> Result<Issued, TokenError> {
-        // Checked before the families judge the token, so a refusal uses nothing up.
-        if let Some(bound) = self.families.binding(presented)
-            && self.binding.as_deref() != Some(bound)
-        {
-            return Err(TokenError::InvalidGrant(
-                "the refresh token is bound to a DPoP key; send a DPoP proof made with that key",
-            ));
-        }
-        let policy = Policy {
-            rotation: self.config.rotation,
-            reuse_grace: self.config.reuse_grace,
-        };
-        let refreshed = match self.families.refresh(now, presented, scope, policy) {
-            Ok(refreshed) => refreshed,
-            Err(refusal) => return Err(self.refused(refusal)),
-        };
-        let outcome = match refreshed.kind {
-            RefreshKind::Rotated => Outcome::Rotated,
-            RefreshKind::GraceReplay => Outcome::GraceReplay,
-            RefreshKind::NotRotated => Outcome::NotRotated,
-        };
-        if outcome == Outcome::GraceReplay {
-            self.stats.reuse_grace_hits += 1;
-        } else {
-            self.stats.refresh_grants += 1;
-        }
-        let (family, successor) = (Some(refreshed.family), refreshed.successor);
-        Ok(self.issue(
-            now,
-            family,
-            DEV_USER,
-            client,
-            refreshed.scope,
-            successor,
-            outcome,
-        ))
-    }
-
-    /// Counts a refused refresh and turns it into the protocol error.
-    fn refused(&mut self, refusal: Refusal) -> TokenError {
-        match refusal {
-            Refusal::Unknown => TokenError::InvalidGrant("unknown refresh token"),
-            Refusal::Revoked => TokenError::InvalidGrant("refresh token revoked"),
-            Refusal::Reused => {
-                self.stats.reuse_detected += 1;
-                self.stats.families_revoked += 1;
-                TokenError::InvalidGrant("refresh token reused; its family is revoked")
-            }
-            Refusal::ScopeExceeded => {
-                TokenError::InvalidScope("requested scope exceeds the original grant")
-            }
-        }
-    }
-
     /// Mints and remembers an access token for `client`.
     #[allow(clippy::too_many_arguments)]
     fn issue(
@@ -523,6 +461,9 @@ impl State {
 
 #[path = "exchange.rs"]
 mod exchange;
+
+#[path = "refresh.rs"]
+mod refresh;
 
 #[path = "dpop_state.rs"]
 pub(super) mod dpop_state;
