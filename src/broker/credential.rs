@@ -392,7 +392,7 @@ impl Credential {
     /// configured, else a login.
     pub(super) fn remedy(&self) -> Remedy {
         match (&self.spec.grant, &self.spec.refresh_token) {
-            (Grant::RefreshToken, Some(_)) => Remedy::NewBootstrap,
+            (Grant::RefreshToken, Some(_)) => Remedy::NewBootstrap(self.name().to_owned()),
             (Grant::RefreshToken, None) => Remedy::Login(self.name().to_owned()),
             _ => Remedy::FixInputs,
         }

@@ -486,6 +486,7 @@ async fn a_stop_after_a_lost_answer_does_not_claim_a_refusal() {
     assert!(message.contains("got no answer"), "{message}");
     assert!(!message.contains("refused"), "{message}");
     assert!(message.contains("new bootstrap refresh token"), "{message}");
+    assert!(message.contains("token-broker login x"), "{message}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
