@@ -93,6 +93,8 @@ impl Credential {
             reason,
             retry_after: Duration::from_secs(1),
         })?;
+        // Before the refresh token is marked as sent: without a key nothing goes out.
+        let dpop_key = self.dpop_key().await?;
         if self.spec.grant == Grant::RefreshToken {
             self.mark_sending().await?;
         } else {
@@ -114,6 +116,12 @@ impl Credential {
             inputs: &inputs,
             refresh_token,
             before_send: Some(&still_ours),
+            dpop: dpop_key.as_deref().zip(self.dpop.as_ref()).map(|(key, d)| {
+                crate::idp::dpop::Dpop {
+                    key,
+                    nonce: &d.idp_nonce,
+                }
+            }),
         };
         let started = Instant::now();
         let answer = self.shared.idp.request_token(&request).await;
@@ -140,6 +148,11 @@ impl Credential {
                 fleet.rotated = true;
             }
         }
+        // A token the IdP did not bind is not served; the rotated chain is kept.
+        let token_type = match self.dpop_token_type(response.token_type) {
+            Ok(token_type) => token_type,
+            Err(error) => return Err(self.unbound(error).await),
+        };
         let now = SystemTime::now();
         // Bounded, so every expiry can be served as RFC 3339 and stored.
         let latest = crate::duration::latest();
@@ -155,7 +168,7 @@ impl Credential {
         );
         let token = Arc::new(Token::new(
             response.access_token.expose_secret(),
-            response.token_type,
+            token_type,
             response.scope.or_else(|| self.spec.scope.clone()),
             now,
             expires_at,
@@ -359,7 +372,7 @@ impl Credential {
     }
 
     /// Writes durably (with the shared store: fenced by this flight's lease).
-    async fn write(&self, saved: Saved) -> Result<(), Error> {
+    pub(super) async fn write(&self, saved: Saved) -> Result<(), Error> {
         self.write_as(saved, false).await
     }
 

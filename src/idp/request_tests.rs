@@ -74,6 +74,7 @@ async fn assertions_name_the_endpoint_as_written_and_are_signed_after_the_permit
                 inputs: &inputs,
                 refresh_token: None,
                 before_send: None,
+                dpop: None,
             };
             client.request_token(&request).await
         })
