@@ -138,6 +138,13 @@ impl Credential {
         }
     }
 
+    /// Whether a stored token's type fits the settings: a bearer token stored before
+    /// `dpop = true` was set is not bound to the key, and a bound one is of no use to
+    /// apps that now send it as a bearer token; either way a new one is fetched.
+    pub(super) fn stored_type_fits(&self, token_type: &str) -> bool {
+        self.dpop.is_some() == token_type.eq_ignore_ascii_case("DPoP")
+    }
+
     /// The answer's `token_type` for a DPoP credential: `DPoP` in any case, written as
     /// the RFC does; anything else means the IdP did not bind the token.
     pub(super) fn dpop_token_type(&self, token_type: String) -> Result<String, Error> {

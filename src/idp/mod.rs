@@ -121,7 +121,8 @@ impl IdpClient {
         })
     }
 
-    /// Performs one token request.
+    /// Performs one token request: one HTTP request, or with DPoP two when the IdP
+    /// answers the first with a nonce challenge.
     pub async fn request_token(&self, req: &TokenRequest<'_>) -> Result<TokenResponse, IdpError> {
         let endpoint = req.spec.endpoint.as_ref().ok_or(IdpError::Unavailable {
             reason: "this credential has no token endpoint".into(),
