@@ -19,6 +19,7 @@ mod client_keys;
 mod commands;
 mod decisions;
 mod descriptors;
+mod dpop_idp;
 mod emulate_azure;
 mod emulate_gce;
 mod emulate_tools;
