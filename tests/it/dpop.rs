@@ -81,8 +81,18 @@ async fn token_requests_carry_proofs_answer_the_nonce_challenge_and_tokens_say_d
     assert_eq!(body["token_type"], "DPoP", "{body}");
     let first = body["access_token"].as_str().unwrap().to_owned();
     let key = jkt(&first);
-    // The first request had no nonce: the IdP challenged it, the broker sent it again.
+    // The first request had no nonce: the IdP challenged it, the broker sent it again,
+    // and that one refresh (two HTTP requests) spent the bootstrap token once.
     assert!(idp.stat("dpop_nonce_challenges").await >= 1);
+    assert_eq!(idp.stat("refresh_grants").await, 1);
+    assert_eq!(idp.stat("dpop_token_requests").await, 1);
+    let metrics = broker.metrics_text().await;
+    let refreshes: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("token_broker_refreshes_total{") && l.contains("result=\"ok\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(refreshes, 1.0, "{metrics}");
     // A refresh spends the refresh token bound to the key: the same key signs again,
     // with the nonce it remembered (no second challenge needed for it).
     let challenges = idp.stat("dpop_nonce_challenges").await;
@@ -407,8 +417,12 @@ async fn the_proxy_reaches_whoami_with_dpop_answering_its_nonce_challenge() {
     let mut broker = crate::proxy::start_with(&idp, dir.path(), "dpop = true", &proxies, &[]);
     let addr = crate::proxy::proxy_addr(&mut broker, "idp");
     let whoami = format!("http://{addr}/api/whoami");
+    broker.token("x").await;
+    let grants = idp.stat("refresh_grants").await;
     let response = client().get(&whoami).send().await.unwrap();
     assert_eq!(response.status(), 200, "{}", broker.proc.logs());
+    // Answered by the nonce retry with the same token, not by a refresh.
+    assert_eq!(idp.stat("refresh_grants").await, grants);
     let challenges = idp.stat("dpop_nonce_challenges").await;
     // The token endpoint's challenge and the resource server's.
     assert!(challenges >= 2, "{challenges}");
