@@ -7,6 +7,7 @@ use std::time::SystemTime;
 
 use super::State;
 use crate::dev_idp::proofs::{DpopPolicy, ProofRefusal, Proofs};
+use crate::dev_idp::protocol::TokenError;
 use crate::dpop::Verified;
 
 /// A request about to be checked for a DPoP proof.
@@ -26,11 +27,6 @@ impl State {
     /// Sets the DPoP rules (the IdP's options), forgetting seen proofs and nonces.
     pub fn set_dpop_policy(&mut self, policy: DpopPolicy) {
         self.proofs = Proofs::new(policy);
-    }
-
-    /// The DPoP rules in force.
-    pub fn dpop_policy(&self) -> DpopPolicy {
-        self.proofs.policy()
     }
 
     /// The nonce to send in `DPoP-Nonce`, if nonces are demanded.
@@ -62,9 +58,26 @@ impl State {
         result.map(Some)
     }
 
-    /// Counts a token request that carried a valid proof.
-    pub fn count_dpop_token_request(&mut self) {
-        self.stats.dpop_token_requests += 1;
+    /// Checks a token request's proof (`htm` POST, `htus` this token endpoint's URLs)
+    /// and gives the key thumbprint what it issues is bound to.
+    pub fn token_proof(
+        &mut self,
+        now: SystemTime,
+        proofs: &[&str],
+        htus: &[String],
+    ) -> Result<Option<String>, TokenError> {
+        let request = ProofRequest {
+            proofs,
+            htm: "POST",
+            htus,
+            access_token: None,
+            required: self.proofs.policy().required,
+        };
+        let verified = self.check_proof(now, &request).map_err(TokenError::Dpop)?;
+        if verified.is_some() {
+            self.stats.dpop_token_requests += 1;
+        }
+        Ok(verified.map(|v| v.jkt))
     }
 
     /// The DPoP key thumbprint `access_token` is bound to, if it is a known bound token.

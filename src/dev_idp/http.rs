@@ -12,7 +12,6 @@ use super::faults::{self, Fault};
 use super::pages;
 use super::protocol::{self, Params, TokenError};
 use super::resource;
-use super::state::dpop_state::ProofRequest;
 use super::state::{Arrival, Issued};
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -146,20 +145,7 @@ fn handle_token(
         let now = SystemTime::now();
         let audiences = token_endpoints(headers, state.listen_addr());
         // The proof first: a refused or challenged request must use nothing up.
-        let request = ProofRequest {
-            proofs: &proofs,
-            htm: "POST",
-            htus: &audiences,
-            access_token: None,
-            required: state.dpop_policy().required,
-        };
-        let jkt = state
-            .check_proof(now, &request)
-            .map_err(TokenError::Dpop)?
-            .map(|verified| verified.jkt);
-        if jkt.is_some() {
-            state.count_dpop_token_request();
-        }
+        let jkt = state.token_proof(now, &proofs, &audiences)?;
         match client {
             Ok(client) => state.token_bound(now, &client, &params, &audiences, jkt),
             Err(err) => {

@@ -134,3 +134,32 @@ fn a_proof_has_the_rfc_header_and_claims() {
     assert!(claims.get("ath").is_none() && claims.get("nonce").is_none());
     assert_ne!(claims["jti"], part(1)["jti"]);
 }
+
+#[test]
+fn openssl_verifies_a_proof_with_the_key_it_made_and_the_jwk_is_its_public_key() {
+    let keys = test_keys::generate(Kind::EcPkcs8);
+    let key = Key::from_pem(keys.private_pem().as_bytes()).unwrap();
+    let proof = key
+        .proof("GET", "https://api.example/x", None, None)
+        .unwrap();
+    let (input, sig) = proof.rsplit_once('.').unwrap();
+    let sig = URL_SAFE_NO_PAD.decode(sig).unwrap();
+    assert_eq!(sig.len(), 64, "JWS ES256 is r || s, not DER");
+    let der = test_keys::es256_to_der(&sig);
+    assert!(test_keys::openssl_verifies(
+        &keys.public,
+        input.as_bytes(),
+        &der
+    ));
+    assert!(!test_keys::openssl_verifies(&keys.public, b"other", &der));
+    // The SubjectPublicKeyInfo ends with the uncompressed point 04 || x || y.
+    let pem = String::from_utf8(keys.public_pem()).unwrap();
+    let b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    let spki = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .unwrap();
+    let point = &spki[spki.len() - 64..];
+    let jwk = key.public_jwk();
+    let decode = |name: &str| URL_SAFE_NO_PAD.decode(jwk[name].as_str().unwrap()).unwrap();
+    assert_eq!([decode("x"), decode("y")].concat(), point);
+}
