@@ -58,9 +58,12 @@ enum Command {
         /// The credential (default: the broker's default credential).
         #[arg(value_parser = name_arg)]
         name: Option<String>,
-        /// The broker's URL.
-        #[arg(long, env = "TOKEN_BROKER_URL", default_value = DEFAULT_URL, value_parser = url_arg)]
+        /// The broker's URL: http(s)://HOST:PORT or unix:/path/to.sock.
+        #[arg(long, env = "TOKEN_BROKER_URL", default_value = DEFAULT_URL, value_parser = crate::client::url_arg)]
         url: String,
+        /// A file holding the key to send in Token-Broker-Key (else TOKEN_BROKER_KEY).
+        #[arg(long)]
+        key_file: Option<PathBuf>,
         /// Demand at least this much lifetime left (e.g. 5m).
         #[arg(long, value_parser = duration_arg)]
         min_ttl: Option<String>,
@@ -81,9 +84,12 @@ enum Command {
     },
     /// Show every credential's state, expiry, last refresh and last error.
     Status {
-        /// The broker's URL.
-        #[arg(long, env = "TOKEN_BROKER_URL", default_value = DEFAULT_URL, value_parser = url_arg)]
+        /// The broker's URL: http(s)://HOST:PORT or unix:/path/to.sock.
+        #[arg(long, env = "TOKEN_BROKER_URL", default_value = DEFAULT_URL, value_parser = crate::client::url_arg)]
         url: String,
+        /// A file holding the key to send in Token-Broker-Key (else TOKEN_BROKER_KEY).
+        #[arg(long)]
+        key_file: Option<PathBuf>,
         /// Print the raw JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -164,13 +170,27 @@ async fn dispatch(cli: Cli) -> ExitCode {
         Command::Get {
             name,
             url,
+            key_file,
             min_ttl,
             format,
-        } => crate::client::get(&url, name.as_deref(), min_ttl.as_deref(), format).await,
+        } => match crate::client::read_key(key_file.as_deref()) {
+            Ok(key) => {
+                let (name, ttl) = (name.as_deref(), min_ttl.as_deref());
+                crate::client::get(&url, key.as_ref(), name, ttl, format).await
+            }
+            Err(why) => crate::client::fail(crate::client::EXIT_BROKER_ERROR, &why),
+        },
         Command::GitCredential { operation, url } => {
             crate::helpers::git_credential(&url, operation).await
         }
-        Command::Status { url, json } => crate::client::status(&url, json).await,
+        Command::Status {
+            url,
+            key_file,
+            json,
+        } => match crate::client::read_key(key_file.as_deref()) {
+            Ok(key) => crate::client::status(&url, key.as_ref(), json).await,
+            Err(why) => crate::client::fail(crate::client::EXIT_BROKER_ERROR, &why),
+        },
         Command::Probe { url, path } => crate::client::probe(&url, &path).await,
         Command::CheckConfig {
             config,

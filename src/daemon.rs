@@ -154,6 +154,11 @@ pub async fn run(
         allowed_hosts: App::hosts(&config.server, &listeners),
         watchers: server::Watchers::new(config.server.max_watchers, broker.metrics().watchers()),
         emulate: Arc::new(config.emulate.clone()),
+        admins: Arc::new(server::Admins {
+            uids: config.server.admin_uids.clone(),
+            keys: crate::secret::KeyRing::load_as("server.admin_keys", &config.server.admin_keys)
+                .map_err(anyhow::Error::msg)?,
+        }),
     };
     let connections = server::Connections::new(max_connections(&config));
     let stop = CancellationToken::new();

@@ -37,6 +37,22 @@ pub enum Error {
         remedy: Remedy,
     },
 
+    /// A `refresh_token` credential with no chain yet (no bootstrap configured, none
+    /// stored): it waits for `token-broker login`, and calls no IdP meanwhile.
+    #[error(
+        "credential `{credential}` has no refresh token yet; run `token-broker login {credential}` to supply one"
+    )]
+    LoginRequired { credential: String },
+
+    /// A login offered a chain to a credential whose grant has none.
+    #[error(
+        "credential `{credential}` uses grant `{grant}`; only a `refresh_token` credential takes a login"
+    )]
+    NotRefreshGrant {
+        credential: String,
+        grant: &'static str,
+    },
+
     /// A rejected-token report of the current token, within `min_refresh_interval` of
     /// the last refresh: another refresh now could loop (an API that refuses every
     /// token) or storm the IdP (one that hands out the same token again).
@@ -93,8 +109,10 @@ impl Error {
 }
 
 /// What resumes a credential in `reauth_required`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Remedy {
+    /// A refresh-token chain with no bootstrap source configured: a login resumes it.
+    Login(String),
     /// A refresh-token chain: only a new bootstrap token resumes it (fixing a secret
     /// does not: the refused refresh token may be spent).
     NewBootstrap,
@@ -105,7 +123,11 @@ pub enum Remedy {
 
 impl std::fmt::Display for Remedy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Remedy::Login(name) = self {
+            return write!(f, "log in again with `token-broker login {name}`");
+        }
         f.write_str(match self {
+            Remedy::Login(_) => "",
             Remedy::NewBootstrap => {
                 "supply a new bootstrap refresh token (the credential's refresh_token source); the broker resumes as soon as it changes"
             }

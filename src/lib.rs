@@ -26,7 +26,8 @@
 //!   (secret files and variables, keys, CA files, sink directories, `state.dir`).
 //! - `dev` and `dev_idp`: the try-it-now mode and the strict development IdP.
 //! - `client`: `get` (the kubectl credential plugin's answer included) and `status`,
-//!   clients of a running broker; `helpers`: the git credential helper, on top of `client`.
+//!   clients of a running broker over http(s) or a unix socket, and the hand-over of a
+//!   login (`post_login`); `helpers`: the git credential helper, on top of `client`.
 //! - `limits`: what the daemon sets on its own process at start (no core dumps, file
 //!   descriptors).
 //! - `dpop`: DPoP (RFC 9449) proofs: the key that signs them and the check of one.

@@ -24,6 +24,11 @@ pub fn check(config: &Config, check_secrets: bool) -> Vec<Problem> {
         if let Some(Err(message)) = config.emulate.azure.as_ref().map(|a| a.secret.read()) {
             problems.push(problem("emulate.azure.secret", message));
         }
+        for (i, source) in config.server.admin_keys.iter().enumerate() {
+            if let Err(message) = source.read() {
+                problems.push(problem(format!("server.admin_keys[{i}]"), message));
+            }
+        }
         problems.extend(delivery(config));
         // The client `run` builds reads the CA and client certificate files.
         if let Err(message) = crate::idp::IdpClient::new(&config.idp) {

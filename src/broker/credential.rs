@@ -38,6 +38,8 @@ pub enum Want {
     Forced,
     /// The proactive timer fired.
     Timer,
+    /// A login handed in a new chain (`Inner::login`): the flight adopts it.
+    Login,
 }
 
 impl Want {
@@ -46,7 +48,7 @@ impl Want {
         match self {
             Want::Fresh(min_ttl) => token.ttl(now) > *min_ttl,
             Want::Rejected(rejected) => !token.is(rejected),
-            Want::Forced => false,
+            Want::Forced | Want::Login => false,
             Want::Timer => now < token.refresh_at,
         }
     }
@@ -57,7 +59,7 @@ impl Want {
         match self {
             Want::Fresh(min_ttl) => !min_ttl.is_zero(),
             Want::Rejected(_) | Want::Forced => true,
-            Want::Timer => false,
+            Want::Timer | Want::Login => false,
         }
     }
 
@@ -69,6 +71,7 @@ impl Want {
             Want::Rejected(_) => "rejected",
             Want::Forced => "forced",
             Want::Timer => "timer",
+            Want::Login => "login",
         }
     }
 }
@@ -149,6 +152,8 @@ pub(super) struct Inner {
     /// may not match them (scope, audience, client), so the chain is kept but a new
     /// token is fetched.
     pub discard_stored_token: bool,
+    /// A login's token response, waiting for its flight to adopt it (see `login`).
+    pub login: Option<crate::idp::TokenResponse>,
     /// Where this broker stands with the shared store's record: only with the redis
     /// backend (see `fleet::fleet_of`); `None` with the file store.
     pub fleet: Option<super::fleet::Fleet>,
@@ -300,7 +305,19 @@ impl Credential {
             last_demanded_at: inner.last_demanded_at,
             min_refresh_interval: self.spec.min_refresh_interval,
             settled: inner.unsaved.is_none() && inner.unanswered_since.is_none(),
+            login_required: self.awaits_login(inner),
         }
+    }
+
+    /// Whether this credential waits for a login: a `refresh_token` credential, its
+    /// state loaded, with no chain (none configured or stored) and no refusal to tell.
+    pub(super) fn awaits_login(&self, inner: &Inner) -> bool {
+        self.spec.grant == Grant::RefreshToken
+            && inner.restored
+            && inner.reauth.is_none()
+            && inner.refresh_token.is_none()
+            && inner.unsaved.is_none()
+            && inner.login.is_none()
     }
 
     /// Serve, fail, join the flight in progress or start one, as `state::decide` says.
@@ -335,6 +352,7 @@ impl Credential {
                 None => Decision::Fail(Error::ShuttingDown),
             },
             Step::Fail(Why::Refused) => Decision::Fail(self.refusal(&inner)),
+            Step::Fail(Why::LoginRequired) => Decision::Fail(self.login_required()),
             Step::Fail(Why::ShuttingDown) => Decision::Fail(Error::ShuttingDown),
             Step::Fail(Why::BackingOff) => Decision::Fail(self.backoff_error(&inner, now)),
             Step::Fail(Why::TooSoon(wait)) => Decision::Fail(Error::RefreshTooSoon {
@@ -366,12 +384,20 @@ impl Credential {
         }
     }
 
-    /// What resumes this credential once refused.
+    /// The error for a credential in `login_required`.
+    pub(super) fn login_required(&self) -> Error {
+        Error::LoginRequired {
+            credential: self.name().to_owned(),
+        }
+    }
+
+    /// What resumes this credential once refused: a new bootstrap where one is
+    /// configured, else a login.
     pub(super) fn remedy(&self) -> Remedy {
-        if self.spec.grant == Grant::RefreshToken {
-            Remedy::NewBootstrap
-        } else {
-            Remedy::FixInputs
+        match (&self.spec.grant, &self.spec.refresh_token) {
+            (Grant::RefreshToken, Some(_)) => Remedy::NewBootstrap,
+            (Grant::RefreshToken, None) => Remedy::Login(self.name().to_owned()),
+            _ => Remedy::FixInputs,
         }
     }
 

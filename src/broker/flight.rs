@@ -88,7 +88,12 @@ impl Credential {
                         retry_after: Duration::from_secs(1),
                     })
                 });
-            me.finish(outcome, tx, trigger, demanded, started.elapsed());
+            match outcome {
+                // A login that could not be adopted left the chain as it was: it is
+                // no refresh failure, and starts no backoff.
+                Err(error) if want == Want::Login => me.login_failed(error, tx),
+                outcome => me.finish(outcome, tx, trigger, demanded, started.elapsed()),
+            }
             drop(slot);
         });
         rx
@@ -220,7 +225,7 @@ impl Credential {
 
 /// Waits for a flight's result. A dropped sender (the task panicked) is an error, not
 /// a hang.
-async fn wait(mut rx: watch::Receiver<Option<Outcome>>) -> Outcome {
+pub(super) async fn wait(mut rx: watch::Receiver<Option<Outcome>>) -> Outcome {
     match rx.wait_for(Option::is_some).await {
         Ok(value) => value.clone().unwrap_or_else(|| Err(Error::ShuttingDown)),
         Err(_) => Err(Error::UpstreamUnavailable {

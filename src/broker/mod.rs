@@ -5,7 +5,8 @@
 //! one type and the pure decision every want goes through), `flight` (one flight from
 //! start to end: its task, its outcome, its waiters), `refresh` (the work of one
 //! refresh and the ordering that makes rotation safe), `refused` (when to ask again about a refused
-//! credential without a chain), `restore` (where a chain starts after a restart),
+//! credential without a chain), `restore` (where a chain starts after a restart), `login`
+//! (a login's new chain, adopted by a running broker or written offline),
 //! `fleet/` (the single flight across brokers sharing a redis store: `lease`,
 //! `reconcile`, `write` and `notices`; with the file store none of it runs and a
 //! credential has no fleet state), `timer`
@@ -20,6 +21,7 @@ mod credential;
 mod dpop;
 mod fleet;
 mod flight;
+pub mod login;
 mod refresh;
 mod refused;
 mod reload;

@@ -38,9 +38,15 @@ impl Credential {
                 return Ok(token);
             }
             let inner = self.lock();
-            if inner.reauth.is_some() {
+            if inner.reauth.is_some() && *want != Want::Login {
                 return Err(self.refusal(&inner));
             }
+        }
+        if *want == Want::Login {
+            return self.adopt_login().await;
+        }
+        if self.awaits_login(&self.lock()) {
+            return Err(self.login_required());
         }
         match self.shared.store.shared().cloned() {
             Some(redis) => self.refresh_shared(&redis).await,
@@ -50,6 +56,12 @@ impl Credential {
 
     /// The refresh itself: save a held-back token, or call the IdP and keep its answer.
     pub(super) async fn fetch(self: &Arc<Self>) -> Outcome {
+        // A login waiting in this flight replaces the chain; nothing of the old one
+        // (a held-back token included) matters any more.
+        let login = self.lock().login.take();
+        if let Some(response) = login {
+            return self.accept_login(response).await;
+        }
         let (unsaved, refresh_token) = {
             let inner = self.lock();
             (inner.unsaved.clone(), inner.refresh_token.clone())
@@ -60,10 +72,7 @@ impl Credential {
             return Ok(token);
         }
         if self.spec.grant == Grant::RefreshToken && refresh_token.is_none() {
-            return Err(Error::ReauthRequired {
-                reason: "no refresh token is configured or stored".into(),
-                remedy: self.remedy(),
-            });
+            return Err(self.login_required());
         }
         let answer = match &self.spec.grant {
             // Not an IdP: its failures are all retryable (`Unavailable`), never a refusal.
@@ -379,7 +388,7 @@ impl Credential {
     /// `write`; `mark`: the refresh token in `saved` is sent next. The shared store's
     /// writes are fenced by the flight's lease (`fleet::write`); the file store's are
     /// plain durable writes.
-    async fn write_as(&self, saved: Saved, mark: bool) -> Result<(), Error> {
+    pub(super) async fn write_as(&self, saved: Saved, mark: bool) -> Result<(), Error> {
         if self.shared.store.shared().is_some() {
             return self.write_shared(saved, mark).await;
         }

@@ -40,6 +40,8 @@ pub(super) enum Situation {
     BackingOff { until: SystemTime },
     /// The IdP refused (or the chain cannot safely go on): no call until the remedy.
     Refused,
+    /// A `refresh_token` credential with no chain at all: no call until a login.
+    LoginRequired,
     /// The broker is draining: no new refresh starts.
     Stopping,
 }
@@ -65,6 +67,9 @@ pub(super) struct Snapshot<'a> {
     /// No new token waits to be stored and no sent refresh token waits for its answer:
     /// otherwise the timer acts now rather than at the refresh point.
     pub settled: bool,
+    /// A `refresh_token` credential whose state is loaded and holds no chain and no
+    /// refusal: only a login can give it one.
+    pub login_required: bool,
 }
 
 impl Snapshot<'_> {
@@ -76,6 +81,8 @@ impl Snapshot<'_> {
             Situation::Refreshing
         } else if self.stopping {
             Situation::Stopping
+        } else if self.login_required {
+            Situation::LoginRequired
         } else if let Some(until) = self.retry_at.filter(|at| now < *at) {
             Situation::BackingOff { until }
         } else if self.valid(now).is_some() && self.restored {
@@ -116,6 +123,7 @@ pub(super) enum Step {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Why {
     Refused,
+    LoginRequired,
     ShuttingDown,
     /// Refreshes are backing off after a failure; the last error says why.
     BackingOff,
@@ -137,6 +145,8 @@ pub(super) fn decide(s: &Snapshot, want: &Want, arrived: SystemTime, now: System
             Want::Rejected(rejected) => !token.is(rejected),
             Want::Forced => s.too_recent(s.last_refresh_at, now).is_some(),
             Want::Timer => now < token.refresh_at && s.settled,
+            // A login is adopted by its own flight, never through this decision.
+            Want::Login => false,
         };
         if answers {
             return Step::Serve;
@@ -145,6 +155,7 @@ pub(super) fn decide(s: &Snapshot, want: &Want, arrived: SystemTime, now: System
     match s.situation(now) {
         Situation::Refreshing => Step::Join,
         Situation::Refused => Step::Fail(Why::Refused),
+        Situation::LoginRequired => Step::Fail(Why::LoginRequired),
         // Never a report's own rejected token, though.
         Situation::Stopping if valid.is_some() && !matches!(want, Want::Rejected(_)) => Step::Serve,
         Situation::Stopping => Step::Fail(Why::ShuttingDown),
@@ -170,7 +181,7 @@ pub(super) fn still_serves(token: &Token, want: &Want, now: SystemTime) -> bool 
     token.is_valid(now)
         && match want {
             Want::Rejected(rejected) => !token.is(rejected),
-            Want::Forced => false,
+            Want::Forced | Want::Login => false,
             Want::Fresh(_) | Want::Timer => true,
         }
 }
@@ -180,6 +191,8 @@ pub(super) fn state_name(s: &Snapshot, now: SystemTime) -> &'static str {
     let valid = s.valid(now).is_some();
     if s.refused {
         "reauth_required"
+    } else if s.login_required && !s.refreshing {
+        "login_required"
     } else if s.refreshing {
         if s.token.is_some() {
             "refreshing"
@@ -233,6 +246,7 @@ mod tests {
             last_demanded_at: None,
             min_refresh_interval: SEC * 5,
             settled: true,
+            login_required: false,
         }
     }
 
@@ -424,5 +438,50 @@ mod tests {
         assert!(still_serves(&t, &Want::Rejected("other".into()), at(1)));
         assert!(!still_serves(&t, &Want::Rejected("t".into()), at(1)));
         assert!(!still_serves(&t, &Want::Fresh(Duration::ZERO), at(101)));
+    }
+
+    #[test]
+    fn a_credential_waiting_for_a_login_fails_every_want_and_calls_nobody() {
+        let mut s = snapshot(None);
+        s.login_required = true;
+        let wants = [
+            Want::Fresh(Duration::ZERO),
+            Want::Fresh(SEC * 60),
+            Want::Forced,
+            Want::Timer,
+            Want::Rejected("old".into()),
+        ];
+        for want in &wants {
+            assert_eq!(
+                decide(&s, want, at(1), at(1)),
+                Step::Fail(Why::LoginRequired),
+                "{want:?}"
+            );
+        }
+        assert_eq!(state_name(&s, at(1)), "login_required");
+        // A login's own flight running: reads wait for it, and it is what they see.
+        s.refreshing = true;
+        assert_eq!(
+            decide(&s, &Want::Fresh(Duration::ZERO), at(1), at(1)),
+            Step::Join
+        );
+        assert_eq!(state_name(&s, at(1)), "starting");
+        // A refusal on record says more than "no chain": it is what operators see.
+        s.refreshing = false;
+        s.refused = true;
+        assert_eq!(
+            decide(&s, &Want::Timer, at(1), at(1)),
+            Step::Fail(Why::Refused)
+        );
+        assert_eq!(state_name(&s, at(1)), "reauth_required");
+    }
+
+    #[test]
+    fn a_login_is_never_answered_by_the_token_it_replaces() {
+        let t = token("old", 0, 100);
+        let s = snapshot(Some(&t));
+        assert_eq!(decide(&s, &Want::Login, at(1), at(1)), Step::Start);
+        assert!(!still_serves(&t, &Want::Login, at(1)));
+        assert!(!Want::Login.satisfied_by(&t, at(1)));
     }
 }

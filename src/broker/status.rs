@@ -18,6 +18,7 @@ pub const STATES: &[&str] = &[
     "stale",
     "expired",
     "reauth_required",
+    "login_required",
 ];
 
 /// One row of `/v1/credentials`.
@@ -25,7 +26,8 @@ pub const STATES: &[&str] = &[
 pub struct CredentialStatus {
     pub name: String,
     pub grant: &'static str,
-    /// starting | valid | refreshing | stale (valid token, refresh failing) | expired | reauth_required
+    /// starting | valid | refreshing | stale (valid token, refresh failing) | expired |
+    /// reauth_required | login_required
     pub state: &'static str,
     /// Whether `/readyz` waits for this credential.
     pub required: bool,
@@ -82,8 +84,11 @@ impl Credential {
         let valid = token.as_ref().is_some_and(|t| t.is_valid(now));
         let inner = self.lock();
         let state = state_name(&self.snapshot(&inner, token.as_deref()), now);
-        let troubled = !valid || matches!(state, "stale" | "reauth_required");
+        let troubled = !valid || matches!(state, "stale" | "reauth_required" | "login_required");
         let reason = troubled.then(|| {
+            if state == "login_required" {
+                return self.login_required().to_string();
+            }
             last_error(&inner, self.remedy(), SystemTime::now())
                 .map_or_else(|| "no token yet".to_owned(), |e| e.message)
         });
@@ -111,6 +116,8 @@ impl Credential {
         let state = state_name(&self.snapshot(&inner, token.as_deref()), now);
         let next = match (inner.retry_at, &token) {
             _ if inner.reauth.is_some() => self.refusal_retry_at(&inner),
+            // Nothing is scheduled: only a login moves it.
+            _ if self.awaits_login(&inner) => None,
             (Some(at), _) if at > now => Some(at),
             (_, Some(t)) => Some(t.refresh_at.max(now)),
             _ => None,

@@ -164,7 +164,8 @@ impl Timed for Credential {
     fn until_due(&self) -> Duration {
         let now = SystemTime::now();
         let inner = self.lock();
-        if inner.flight.is_some() {
+        // Only a login (its own flight) gives a credential waiting for one a chain.
+        if inner.flight.is_some() || self.awaits_login(&inner) {
             return IDLE;
         }
         if inner.reauth.is_some() {

@@ -115,6 +115,12 @@ pub struct ServerConfig {
     /// Cap on open connections across all listeners; `None`: derived from the
     /// descriptor limit at start (`limits::default_max_connections`).
     pub max_connections: Option<usize>,
+    /// Unix-socket peers (by uid) allowed the admin actions (`POST
+    /// /v1/credentials/NAME/login`); default: the broker's own uid.
+    pub admin_uids: Vec<u32>,
+    /// Keys that allow the admin actions in `Token-Broker-Key`, over any listener; a
+    /// client key is not one of them.
+    pub admin_keys: Vec<SecretSource>,
 }
 
 /// A listener address.

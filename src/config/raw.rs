@@ -80,6 +80,8 @@ pub struct RawServer {
     pub max_watchers: Option<usize>,
     #[serde(default, with = "lenient")]
     pub max_connections: Option<usize>,
+    pub admin_uids: Option<Vec<u32>>,
+    pub admin_keys: Option<Vec<SecretSource>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

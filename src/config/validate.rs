@@ -134,6 +134,10 @@ fn server(check: &mut Check, raw: RawServer) -> ServerConfig {
             }
             other => other,
         },
+        admin_uids: raw
+            .admin_uids
+            .unwrap_or_else(|| vec![rustix::process::getuid().as_raw()]),
+        admin_keys: raw.admin_keys.unwrap_or_default(),
     }
 }
 

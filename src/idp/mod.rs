@@ -33,7 +33,7 @@ use crate::secret::ExposeSecret;
 
 pub use assertion::{CLIENT_ASSERTION_TYPE, SigningKey, claims as assertion_claims};
 pub use grant::{Inputs, JWT_BEARER, TOKEN_EXCHANGE};
-pub use response::{TokenResponse, jwt_exp, parse_retry_after};
+pub use response::{TokenResponse, jwt_exp, parse_retry_after, success as parse_token_response};
 
 /// Largest answer read from an IdP; a token response is a few KiB at most.
 pub const MAX_RESPONSE_BYTES: usize = 1 << 20;

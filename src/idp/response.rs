@@ -128,7 +128,8 @@ fn failure(status: StatusCode, body: &[u8], retry_after: Option<Duration>) -> Id
     }
 }
 
-fn success(body: &[u8]) -> Result<TokenResponse, String> {
+/// Parses a successful token response's body (RFC 6749 section 5.1).
+pub fn success(body: &[u8]) -> Result<TokenResponse, String> {
     let parsed: SuccessBody = serde_json::from_slice(body).map_err(|_| {
         "the identity provider's 2xx answer is not a JSON token response".to_owned()
     })?;

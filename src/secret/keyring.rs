@@ -68,11 +68,16 @@ impl KeyRing {
     /// Reads every key once. An unreadable or empty key is an error here, as it is for
     /// every secret when the config is loaded; later it only disables that key.
     pub fn load(credential: &str, sources: &[SecretSource]) -> Result<KeyRing, String> {
+        Self::load_as(&format!("credentials.{credential}.client_keys"), sources)
+    }
+
+    /// `load`, the keys named `{field}[i]` in messages (e.g. `server.admin_keys`).
+    pub fn load_as(field: &str, sources: &[SecretSource]) -> Result<KeyRing, String> {
         let mut keys = Vec::new();
         let mut stamps = Vec::new();
         let mut named = Vec::new();
         for (i, source) in sources.iter().enumerate() {
-            let name = format!("credentials.{credential}.client_keys[{i}]");
+            let name = format!("{field}[{i}]");
             // The stamp before the read: a change in between is seen at the next look.
             stamps.push(source.path().and_then(|p| stamp(p)));
             keys.push(Some(source.read().map_err(|e| format!("{name}: {e}"))?));

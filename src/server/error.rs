@@ -25,6 +25,9 @@ pub enum ApiError {
     BadHost,
     /// The client may not fetch this credential.
     Forbidden(String),
+    /// An admin action (a login) from a client that is not an admin; the message
+    /// says how to allow one.
+    NotAdmin(&'static str),
     NotFound,
     /// `server.max_watchers` long polls and event streams are open already.
     TooManyWatchers,
@@ -98,7 +101,7 @@ impl ApiError {
             ApiError::MissingHeader => "missing_header",
             ApiError::ForwardedRequest => "forwarded_request",
             ApiError::BadHost => "bad_host",
-            ApiError::Forbidden(_) => "forbidden",
+            ApiError::Forbidden(_) | ApiError::NotAdmin(_) => "forbidden",
             ApiError::NotFound => "not_found",
             ApiError::TooManyWatchers => "too_many_watchers",
             ApiError::RequestTimeout => "request_timeout",
@@ -128,6 +131,8 @@ impl ApiError {
                 Error::UnknownCredential(_) => "unknown_credential",
                 Error::NoDefaultCredential { .. } | Error::BadRequest(_) => "bad_request",
                 Error::ReauthRequired { .. } => "reauth_required",
+                Error::LoginRequired { .. } => "login_required",
+                Error::NotRefreshGrant { .. } => "not_a_refresh_token_grant",
                 Error::RefreshTooSoon { .. } => "refresh_too_soon",
                 Error::UpstreamUnavailable { .. } => "upstream_unavailable",
                 Error::Store(_) | Error::HeldBack { .. } => "store_unavailable",
@@ -141,7 +146,8 @@ impl ApiError {
             ApiError::MissingHeader
             | ApiError::ForwardedRequest
             | ApiError::BadHost
-            | ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            | ApiError::Forbidden(_)
+            | ApiError::NotAdmin(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound | ApiError::UnknownGitHost(_) => StatusCode::NOT_FOUND,
             ApiError::NotDpop(_) => StatusCode::CONFLICT,
             ApiError::TooManyWatchers => StatusCode::SERVICE_UNAVAILABLE,
@@ -164,7 +170,9 @@ impl ApiError {
                 Error::UnknownCredential(_) => StatusCode::NOT_FOUND,
                 Error::NoDefaultCredential { .. } | Error::BadRequest(_) => StatusCode::BAD_REQUEST,
                 Error::RefreshTooSoon { .. } => StatusCode::TOO_MANY_REQUESTS,
-                Error::ReauthRequired { .. }
+                Error::NotRefreshGrant { .. } => StatusCode::CONFLICT,
+                Error::LoginRequired { .. }
+                | Error::ReauthRequired { .. }
                 | Error::UpstreamUnavailable { .. }
                 | Error::Store(_)
                 | Error::HeldBack { .. }
@@ -185,6 +193,7 @@ impl ApiError {
                 "the Host header names a host this broker does not serve (add it to server.allowed_hosts)".into()
             }
             ApiError::Forbidden(_) => "this client may not fetch this credential".into(),
+            ApiError::NotAdmin(why) => (*why).into(),
             ApiError::NotFound => "no such endpoint".into(),
             ApiError::TooManyWatchers => {
                 "too many long polls and event streams are open (server.max_watchers); retry later".into()

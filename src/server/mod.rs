@@ -13,6 +13,7 @@ mod connections;
 mod error;
 mod guard;
 mod listen;
+mod login;
 mod ops;
 mod parse_errors;
 mod proof;
@@ -36,6 +37,7 @@ pub use connections::Connections;
 pub use error::{ApiError, ProxyFailure};
 pub use guard::{check_local, host_allowed, host_name};
 pub use listen::{Handler, Listener, Peer, bind};
+pub use login::Admins;
 pub use watch::Watchers;
 
 use crate::broker::Broker;
@@ -59,6 +61,8 @@ pub struct App {
     pub watchers: Arc<Watchers>,
     /// The SDK protocols answered besides the broker's own API (`[emulate]`).
     pub emulate: Arc<crate::config::EmulateConfig>,
+    /// Who may use the admin endpoints (a login).
+    pub admins: Arc<Admins>,
 }
 
 impl App {
@@ -93,6 +97,7 @@ pub fn router(app: App, beside: Option<Router<App>>) -> Router {
     let private = Router::new()
         .merge(tokens)
         .route("/v1/credentials", get(ops::credentials))
+        .route("/v1/credentials/{name}/login", post(login::login))
         .route_layer(middleware::from_fn_with_state(
             app.clone(),
             guard::known_host,

@@ -39,8 +39,8 @@ pub(super) enum Format {
     Raw,
 }
 
-type NamePath = Result<Path<String>, PathRejection>;
-type PeerInfo = Option<Extension<Peer>>;
+pub(super) type NamePath = Result<Path<String>, PathRejection>;
+pub(super) type PeerInfo = Option<Extension<Peer>>;
 
 /// `GET /token/{name}` through the router (the connection service answers most of
 /// these itself, through `read`).

@@ -12,6 +12,7 @@ mod sdk;
 mod test_keys;
 mod upstream;
 
+mod admin_login;
 mod api;
 mod chaos;
 mod client_auth;
@@ -40,6 +41,7 @@ mod hostile;
 mod in_process;
 mod lifetimes;
 mod login_flows;
+mod offline_login;
 mod operations;
 mod ops_port;
 mod persistence;

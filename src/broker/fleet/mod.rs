@@ -17,6 +17,8 @@ mod notices;
 mod reconcile;
 mod write;
 
+pub(super) use write::stamp;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 

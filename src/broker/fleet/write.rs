@@ -23,7 +23,7 @@ use crate::store::{Fence, RedisStore, Saved, StoreError, WriteKind};
 const READ_BACK_PAUSE: Duration = Duration::from_millis(100);
 
 /// A fresh write stamp.
-pub(super) fn stamp() -> String {
+pub(in crate::broker) fn stamp() -> String {
     hex(&rand::random::<[u8; 8]>())
 }
 

@@ -56,15 +56,9 @@ fn grant(
     has_key: bool,
 ) -> Option<Grant> {
     match raw.grant.as_deref() {
-        None | Some("refresh_token") => {
-            if raw.refresh_token.is_none() {
-                check.fail(
-                    key("refresh_token"),
-                    "is required for grant = \"refresh_token\"",
-                );
-            }
-            Some(Grant::RefreshToken)
-        }
+        // Without a bootstrap token the credential waits in `login_required` until
+        // `token-broker login` supplies a chain.
+        None | Some("refresh_token") => Some(Grant::RefreshToken),
         Some("client_credentials") => Some(Grant::ClientCredentials),
         Some("token_exchange") => Some(Grant::TokenExchange(token_exchange(check, key, raw)?)),
         Some("jwt_bearer") => Some(Grant::JwtBearer(jwt_bearer(check, key, raw, has_key)?)),

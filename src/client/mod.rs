@@ -1,6 +1,12 @@
 //! `token-broker get` and `token-broker status`: small HTTP clients of a running broker,
 //! for shell scripts and humans; `get --format exec-credential` is the kubectl
 //! credential plugin's answer. `helpers` builds the git credential helper on these.
+//! `transport`: how they reach the broker (http(s) or a unix socket, with a key), and
+//! `post_login`, the hand-over of a login's new chain.
+
+mod transport;
+
+pub use transport::{Call, ClientError, LoginAnswer, Target, post_login, read_key, send, url_arg};
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -108,37 +114,43 @@ pub enum GetFormat {
 /// Prints the access token on stdout: bare, as JSON, or as a kubectl `ExecCredential`.
 pub async fn get(
     url: &str,
+    key: Option<&secrecy::SecretString>,
     name: Option<&str>,
     min_ttl: Option<&str>,
     format: GetFormat,
 ) -> ExitCode {
-    let base = url.trim_end_matches('/');
-    let path = match name {
-        Some(name) => format!("{base}/token/{}", urlencode(name)),
-        None => format!("{base}/token"),
-    };
     let format_param = match format {
         GetFormat::Raw => "raw",
         GetFormat::Json | GetFormat::ExecCredential => "json",
     };
-    let mut query = vec![("format", format_param)];
-    if let Some(ttl) = min_ttl {
-        query.push(("min_ttl", ttl));
-    }
-    let client = match http() {
-        Ok(c) => c,
-        Err(code) => return code,
+    let mut path = match name {
+        Some(name) => format!("/token/{}?format={format_param}", urlencode(name)),
+        None => format!("/token?format={format_param}"),
     };
-    let request = with_key(client.get(&path).query(&query).header("Token-Broker", "1"));
-    match fetch(request, base).await {
+    if let Some(ttl) = min_ttl {
+        path.push_str(&format!("&min_ttl={}", urlencode(ttl)));
+    }
+    let call = Call {
+        method: "GET",
+        path: &path,
+        key,
+        body: None,
+    };
+    match send(url, call).await {
         Ok((200, body)) if format == GetFormat::ExecCredential => print_exec_credential(&body),
         Ok((200, token)) => {
             println!("{token}");
             ExitCode::SUCCESS
         }
         Ok((status, body)) => broker_error(status, &body),
-        Err(code) => code,
+        Err(e) => fail_with(&e),
     }
+}
+
+/// Prints `error` and returns its exit code.
+pub fn fail_with(error: &ClientError) -> ExitCode {
+    eprintln!("token-broker: {error}");
+    error.exit_code()
 }
 
 /// The `ExecCredential` versions kubectl and client libraries ask for.
@@ -236,7 +248,7 @@ pub async fn probe(url: &str, path: &str) -> ExitCode {
     }
 }
 
-fn urlencode(text: &str) -> String {
+pub(crate) fn urlencode(text: &str) -> String {
     url::form_urlencoded::byte_serialize(text.as_bytes()).collect()
 }
 
@@ -261,15 +273,16 @@ struct LastError {
 }
 
 /// Prints a table of credentials (or the raw JSON).
-pub async fn status(url: &str, json: bool) -> ExitCode {
-    let base = url.trim_end_matches('/');
-    let client = match http() {
-        Ok(c) => c,
-        Err(code) => return code,
+pub async fn status(url: &str, key: Option<&secrecy::SecretString>, json: bool) -> ExitCode {
+    let call = Call {
+        method: "GET",
+        path: "/v1/credentials",
+        key,
+        body: None,
     };
-    let (status, body) = match fetch(client.get(format!("{base}/v1/credentials")), base).await {
+    let (status, body) = match send(url, call).await {
         Ok(answer) => answer,
-        Err(code) => return code,
+        Err(e) => return fail_with(&e),
     };
     if status != 200 {
         return broker_error(status, &body);
