@@ -1,6 +1,8 @@
 //! One proxied request: admit it, take the credential's token, send it upstream with
 //! the token, and after a 401 report the token, wait for the single refresh and send
-//! it once more, if its body was kept.
+//! it once more, if its body was kept. For a DPoP credential each attempt carries a
+//! fresh proof, and a `use_dpop_nonce` challenge gets one more attempt with the same
+//! token and the nonce (no refresh: the token was not refused).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
