@@ -148,17 +148,16 @@ impl IdpClient {
         };
         // RFC 9449 section 8: the IdP wants its nonce in the proof; the refused request
         // took no effect, so it goes once more, at once, with the nonce it just sent.
-        let challenged = first.answer.status == reqwest::StatusCode::BAD_REQUEST
-            && first.nonce_sent
-            && first.answer.error_code().as_deref() == Some("use_dpop_nonce");
-        if !challenged {
-            return first.classify();
+        if !(first.nonce_sent && first.wants_nonce()) {
+            return first.classify_dpop();
         }
         debug!(
             nonce_known = dpop.nonce.get().is_some(),
             "the identity provider asked for a DPoP nonce; sending again with it"
         );
-        self.send(req, &token_url, htu.as_deref()).await?.classify()
+        self.send(req, &token_url, htu.as_deref())
+            .await?
+            .classify_dpop()
     }
 
     /// One HTTP request of a token request: form and proof made now (after the
@@ -236,6 +235,26 @@ struct Sent {
 impl Sent {
     fn classify(self) -> Result<TokenResponse, IdpError> {
         self.answer.classify()
+    }
+
+    /// A `use_dpop_nonce` refusal (RFC 9449 section 8).
+    fn wants_nonce(&self) -> bool {
+        self.answer.status == reqwest::StatusCode::BAD_REQUEST
+            && self.answer.error_code().as_deref() == Some("use_dpop_nonce")
+    }
+
+    /// `classify`, except that a nonce demand left unmet (again, or without a nonce to
+    /// use) is no refusal of the grant: nothing was spent, so it is retried later.
+    fn classify_dpop(self) -> Result<TokenResponse, IdpError> {
+        if !self.wants_nonce() {
+            return self.classify();
+        }
+        Err(IdpError::Unavailable {
+            reason: "the identity provider still asks for a DPoP nonce (use_dpop_nonce); \
+                     nothing was spent, the request is sent again later"
+                .into(),
+            retry_after: self.answer.retry_after,
+        })
     }
 }
 
