@@ -60,7 +60,12 @@ impl Credential {
         // (a held-back token included) matters any more.
         let login = self.lock().login.take();
         if let Some(response) = login {
-            return self.accept_login(response).await;
+            let token = self.accept_login(response).await?;
+            if self.stored_type_fits(&token.token_type) {
+                return Ok(token);
+            }
+            // A DPoP credential's login made its own token request, without the
+            // broker's key: its chain is kept, and refreshed now with a proof.
         }
         let (unsaved, refresh_token) = {
             let inner = self.lock();

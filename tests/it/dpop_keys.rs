@@ -161,3 +161,24 @@ async fn a_bearer_token_stored_before_dpop_was_set_is_not_served_after_the_resta
     assert_ne!(bound["access_token"], bearer["access_token"]);
     jkt(bound["access_token"].as_str().unwrap());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_logins_unbound_token_is_not_served_its_chain_is_refreshed_with_a_proof() {
+    let idp = Idp::start(&["--access-ttl", "300s"]);
+    let dir = tempdir();
+    let socket = dir.path().join("broker.sock");
+    let config = crate::admin_login::config(dir.path(), &idp, &socket, "", None)
+        .replace("min_refresh_interval", "dpop = true\nmin_refresh_interval");
+    let broker = Broker::start(dir.path(), &config);
+    let response = crate::admin_login::token_response(&idp).await;
+    let url = format!("unix:{}", socket.display());
+    token_broker::client::post_login(&url, None, "x", response.as_bytes())
+        .await
+        .unwrap();
+    let served = broker.token("x").await;
+    assert_eq!(served["token_type"], "DPoP");
+    let access = served["access_token"].as_str().unwrap();
+    assert_ne!(access, crate::admin_login::field(&response, "access_token"));
+    jkt(access);
+    assert_eq!(idp.stat("reuse_detected").await, 0);
+}
