@@ -103,6 +103,8 @@ pub struct Credential {
     pub(super) changed: tokio::sync::Notify,
     /// The files every new version is written to.
     pub(super) sinks: Vec<Arc<crate::sink::Sink>>,
+    /// With `dpop = true`: the key, and the nonces of the IdP and resource servers.
+    pub(super) dpop: Option<super::dpop::Dpop>,
 }
 
 /// The mutable part of a credential.
@@ -194,6 +196,7 @@ impl Credential {
             stop,
             changed: tokio::sync::Notify::new(),
             sinks,
+            dpop: spec.dpop.as_ref().map(super::dpop::Dpop::new),
         }))
     }
 

@@ -12,6 +12,7 @@ use super::*;
 
 mod client;
 mod delivery;
+mod dpop;
 mod exec;
 mod grant;
 
@@ -282,6 +283,7 @@ fn credential(check: &mut Check, name: String, raw: RawCredential) -> Option<Cre
             LostAnswer::RetryWithinGrace
         }
     };
+    let dpop = dpop::dpop(check, &key, &raw, is_exec);
     let sinks = delivery::sinks(check, &key, raw.sinks);
     if check.problems.len() > before {
         return None;
@@ -314,6 +316,7 @@ fn credential(check: &mut Check, name: String, raw: RawCredential) -> Option<Cre
             keys: raw.client_keys.unwrap_or_default(),
         },
         sinks,
+        dpop,
         name,
     })
 }

@@ -49,22 +49,51 @@ struct ErrorBody {
     error_description: Option<String>,
 }
 
-/// Classifies and parses an IdP answer.
-pub async fn read(response: reqwest::Response) -> Result<TokenResponse, IdpError> {
-    let status = response.status();
-    let retry_after = response
-        .headers()
-        .get(reqwest::header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(parse_retry_after);
-    let body = read_capped(response).await;
-    if status.is_success() {
-        // A 2xx means the IdP acted, so a body we cannot use is a lost answer.
-        let body = body.map_err(|reason| IdpError::LostAnswer { reason })?;
-        return success(&body).map_err(|reason| IdpError::LostAnswer { reason });
+/// An IdP answer read whole, not yet classified.
+pub struct Answer {
+    pub status: StatusCode,
+    pub retry_after: Option<Duration>,
+    /// The body, or why it could not be read.
+    pub body: Result<Vec<u8>, String>,
+}
+
+impl Answer {
+    /// Reads status, `Retry-After` and the body (capped).
+    pub async fn take(response: reqwest::Response) -> Answer {
+        let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_retry_after);
+        let body = read_capped(response).await;
+        Answer {
+            status,
+            retry_after,
+            body,
+        }
     }
-    let body = body.unwrap_or_default();
-    Err(failure(status, &body, retry_after))
+
+    /// The OAuth error code of a failure answer, if its body carries one.
+    pub fn error_code(&self) -> Option<String> {
+        let body = self.body.as_ref().ok()?;
+        serde_json::from_slice::<ErrorBody>(body)
+            .ok()
+            .map(|e| e.error)
+    }
+
+    /// Classifies and parses the answer.
+    pub fn classify(self) -> Result<TokenResponse, IdpError> {
+        if self.status.is_success() {
+            // A 2xx means the IdP acted, so a body we cannot use is a lost answer.
+            let body = self
+                .body
+                .map_err(|reason| IdpError::LostAnswer { reason })?;
+            return success(&body).map_err(|reason| IdpError::LostAnswer { reason });
+        }
+        let body = self.body.unwrap_or_default();
+        Err(failure(self.status, &body, self.retry_after))
+    }
 }
 
 fn failure(status: StatusCode, body: &[u8], retry_after: Option<Duration>) -> IdpError {
