@@ -113,9 +113,9 @@ impl Error {
 pub enum Remedy {
     /// A refresh-token chain with no bootstrap source configured: a login resumes it.
     Login(String),
-    /// A refresh-token chain: only a new bootstrap token resumes it (fixing a secret
-    /// does not: the refused refresh token may be spent).
-    NewBootstrap,
+    /// A refresh-token chain: only a new chain resumes it, from a new bootstrap token
+    /// or a login (fixing a secret does not: the refused refresh token may be spent).
+    NewBootstrap(String),
     /// A grant without a chain: a change of what the IdP judged, or the timer's own
     /// retry.
     FixInputs,
@@ -123,17 +123,15 @@ pub enum Remedy {
 
 impl std::fmt::Display for Remedy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if let Remedy::Login(name) = self {
-            return write!(f, "log in again with `token-broker login {name}`");
+        match self {
+            Remedy::Login(name) => write!(f, "log in again with `token-broker login {name}`"),
+            Remedy::NewBootstrap(name) => write!(
+                f,
+                "log in again with `token-broker login {name}`, or supply a new bootstrap refresh token (the credential's refresh_token source); the broker resumes as soon as either arrives"
+            ),
+            Remedy::FixInputs => f.write_str(
+                "fix what the identity provider refused (client secret, key, subject token, assertion or a setting it sees); the broker resumes as soon as one changes, and also asks again by itself at growing intervals",
+            ),
         }
-        f.write_str(match self {
-            Remedy::Login(_) => "",
-            Remedy::NewBootstrap => {
-                "supply a new bootstrap refresh token (the credential's refresh_token source); the broker resumes as soon as it changes"
-            }
-            Remedy::FixInputs => {
-                "fix what the identity provider refused (client secret, key, subject token, assertion or a setting it sees); the broker resumes as soon as one changes, and also asks again by itself at growing intervals"
-            }
-        })
     }
 }

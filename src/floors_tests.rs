@@ -32,6 +32,7 @@ const FLOORS: &[&[&str]] = &[
         "metrics",
         "signal",
         "limits",
+        "dpop",
         "test_keys",
     ],
 ];

@@ -32,13 +32,14 @@
 //!   login (`post_login`); `helpers`: the git credential helper, on top of `client`.
 //! - `limits`: what the daemon sets on its own process at start (no core dumps, file
 //!   descriptors).
+//! - `dpop`: DPoP (RFC 9449) proofs: the key that signs them and the check of one.
 //! - `signal`, `duration`, `error`: small shared pieces.
 //!
 //! # Floors
 //! Top to bottom: `cli`, `client`, `helpers`, `login`, `dev`; `daemon`, `preflight`; `server`,
 //! `emulate`, `proxy`, `sink`; `broker`; `idp`, `exec`, `store`, `dev_idp`; `config`,
 //! `token`; and the leaves, which use no other module (`secret`, `duration`, `error`,
-//! `metrics`, `signal`, `limits`). A module uses modules of its own floor and below,
+//! `metrics`, `signal`, `limits`, `dpop`). A module uses modules of its own floor and below,
 //! and no import circle joins two of them: `floors_tests.rs` checks both, and names the
 //! one exception left (the broker writing to its `sink`s).
 
@@ -51,6 +52,7 @@ pub mod daemon;
 pub mod dev;
 #[cfg(feature = "dev-idp")]
 pub mod dev_idp;
+pub mod dpop;
 pub mod duration;
 pub mod emulate;
 pub mod error;

@@ -72,6 +72,9 @@ fn credential_secrets(config: &Config) -> Vec<Problem> {
                 problems.push(problem(format!("credentials.{}.{field}", c.name), message));
             }
         }
+        if let Some(Err(message)) = c.dpop.as_ref().and_then(|d| d.key.as_ref()).map(dpop_key) {
+            problems.push(problem(format!("credentials.{}.dpop_key", c.name), message));
+        }
         if let Some(Err(message)) = c.private_key.as_ref().map(crate::idp::check_key) {
             problems.push(problem(
                 format!("credentials.{}.private_key", c.name),
@@ -80,6 +83,15 @@ fn credential_secrets(config: &Config) -> Vec<Problem> {
         }
     }
     problems
+}
+
+/// A `dpop_key` read and parsed as the broker will (an EC P-256 private key in PEM).
+fn dpop_key(source: &crate::secret::SecretSource) -> Result<(), String> {
+    use crate::secret::ExposeSecret;
+    let pem = source.read()?;
+    crate::dpop::Key::from_pem(pem.expose_secret().as_bytes())
+        .map(drop)
+        .map_err(|e| e.to_string())
 }
 
 /// Each sink's directory exists, and each proxy's CA file holds certificates.

@@ -103,6 +103,8 @@ pub struct Credential {
     pub(super) changed: tokio::sync::Notify,
     /// The files every new version is written to.
     pub(super) sinks: Vec<Arc<crate::sink::Sink>>,
+    /// With `dpop = true`: the key, and the nonces of the IdP and resource servers.
+    pub(super) dpop: Option<super::dpop::Dpop>,
 }
 
 /// The mutable part of a credential.
@@ -194,6 +196,7 @@ impl Credential {
             stop,
             changed: tokio::sync::Notify::new(),
             sinks,
+            dpop: spec.dpop.as_ref().map(super::dpop::Dpop::new),
         }))
     }
 
@@ -392,7 +395,7 @@ impl Credential {
     /// configured, else a login.
     pub(super) fn remedy(&self) -> Remedy {
         match (&self.spec.grant, &self.spec.refresh_token) {
-            (Grant::RefreshToken, Some(_)) => Remedy::NewBootstrap,
+            (Grant::RefreshToken, Some(_)) => Remedy::NewBootstrap(self.name().to_owned()),
             (Grant::RefreshToken, None) => Remedy::Login(self.name().to_owned()),
             _ => Remedy::FixInputs,
         }

@@ -11,12 +11,14 @@
 //! `reconcile`, `write` and `notices`; with the file store none of it runs and a
 //! credential has no fleet state), `timer`
 //! (proactive refresh and bootstrap watching), `schedule` (the pure timing policy),
-//! `watch` (waiting for the next version), `status` (what operators see). The published
+//! `watch` (waiting for the next version), `status` (what operators see), `dpop` (the
+//! key, nonces and proofs of a `dpop = true` credential). The published
 //! token version (`crate::token`) lives below the broker, so what serves it need not
 //! reach into the broker for it.
 //! Nothing here knows HTTP.
 
 mod credential;
+mod dpop;
 mod fleet;
 mod flight;
 pub mod login;

@@ -60,7 +60,12 @@ impl Credential {
         // (a held-back token included) matters any more.
         let login = self.lock().login.take();
         if let Some(response) = login {
-            return self.accept_login(response).await;
+            let token = self.accept_login(response).await?;
+            if self.stored_type_fits(&token.token_type) {
+                return Ok(token);
+            }
+            // A DPoP credential's login made its own token request, without the
+            // broker's key: its chain is kept, and refreshed now with a proof.
         }
         let (unsaved, refresh_token) = {
             let inner = self.lock();
@@ -102,6 +107,8 @@ impl Credential {
             reason,
             retry_after: Duration::from_secs(1),
         })?;
+        // Before the refresh token is marked as sent: without a key nothing goes out.
+        let dpop_key = self.dpop_key().await?;
         if self.spec.grant == Grant::RefreshToken {
             self.mark_sending().await?;
         } else {
@@ -123,6 +130,12 @@ impl Credential {
             inputs: &inputs,
             refresh_token,
             before_send: Some(&still_ours),
+            dpop: dpop_key.as_deref().zip(self.dpop.as_ref()).map(|(key, d)| {
+                crate::idp::dpop::Dpop {
+                    key,
+                    nonce: &d.idp_nonce,
+                }
+            }),
         };
         let started = Instant::now();
         let answer = self.shared.idp.request_token(&request).await;
@@ -149,6 +162,11 @@ impl Credential {
                 fleet.rotated = true;
             }
         }
+        // A token the IdP did not bind is not served; the rotated chain is kept.
+        let token_type = match self.dpop_token_type(response.token_type) {
+            Ok(token_type) => token_type,
+            Err(error) => return Err(self.unbound(error).await),
+        };
         let now = SystemTime::now();
         // Bounded, so every expiry can be served as RFC 3339 and stored.
         let latest = crate::duration::latest();
@@ -164,7 +182,7 @@ impl Credential {
         );
         let token = Arc::new(Token::new(
             response.access_token.expose_secret(),
-            response.token_type,
+            token_type,
             response.scope.or_else(|| self.spec.scope.clone()),
             now,
             expires_at,

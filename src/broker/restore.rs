@@ -251,7 +251,9 @@ impl Credential {
         if inner.reauth.is_some() && saved.access_token.is_none() {
             self.withdraw();
         }
-        let usable = saved.expires_at > now && !inner.discard_stored_token;
+        let usable = saved.expires_at > now
+            && !inner.discard_stored_token
+            && self.stored_type_fits(&saved.token_type);
         if let Some(access) = saved.access_token.filter(|_| usable) {
             let refresh_at = self.shared.spread.refresh_at(
                 saved.issued_at,

@@ -276,6 +276,16 @@ pub struct CredentialSpec {
     pub sinks: Vec<SinkSpec>,
     /// How `token-broker login` obtains a first refresh token (`refresh_token` only).
     pub login: LoginSpec,
+    /// `dpop = true`: tokens bound to a key the broker holds (RFC 9449).
+    pub dpop: Option<DpopSpec>,
+}
+
+/// A credential's DPoP settings: whose key signs its proofs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DpopSpec {
+    /// `dpop_key`: a PEM private key (P-256) given by the operator; `None`: the broker
+    /// makes one on first use and keeps it in the state store.
+    pub key: Option<SecretSource>,
 }
 
 /// Per-credential client access control. A request is allowed when the credential has

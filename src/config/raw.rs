@@ -174,6 +174,10 @@ pub struct RawCredential {
     pub key_id: Option<String>,
     pub exec: Option<RawExec>,
     pub sinks: Option<Vec<RawSink>>,
+    // DPoP (checked in validate/dpop.rs).
+    #[serde(default, with = "lenient")]
+    pub dpop: Option<bool>,
+    pub dpop_key: Option<SecretSource>,
     // What `token-broker login` uses (checked in validate/login.rs).
     pub authorization_endpoint: Option<String>,
     pub device_authorization_endpoint: Option<String>,

@@ -12,6 +12,7 @@ use super::*;
 
 mod client;
 mod delivery;
+mod dpop;
 mod exec;
 mod grant;
 mod login;
@@ -285,6 +286,7 @@ fn credential(check: &mut Check, name: String, raw: RawCredential) -> Option<Cre
     };
     let is_refresh_token = matches!(raw.grant.as_deref(), None | Some("refresh_token"));
     let login = login::login(check, &key, &raw, is_refresh_token);
+    let dpop = dpop::dpop(check, &key, &raw, is_exec);
     let sinks = delivery::sinks(check, &key, raw.sinks);
     if check.problems.len() > before {
         return None;
@@ -318,6 +320,7 @@ fn credential(check: &mut Check, name: String, raw: RawCredential) -> Option<Cre
         },
         sinks,
         login,
+        dpop,
         name,
     })
 }

@@ -28,6 +28,10 @@ struct Family {
     scope: Option<String>,
     /// Once revoked, no member refreshes and no access token it issued is valid.
     revoked: bool,
+    /// The DPoP key (its RFC 7638 thumbprint) the family is bound to, from its first
+    /// token issued with a proof on (RFC 9449 section 5): later refreshes must prove
+    /// possession of that key.
+    jkt: Option<String>,
 }
 
 /// What the IdP remembers of one refresh token.
@@ -101,6 +105,7 @@ impl Families {
         self.families.push(Family {
             scope,
             revoked: false,
+            jkt: None,
         });
         let family = self.families.len() - 1;
         // A chosen token that already exists moves to the new family: the caller asked
@@ -187,6 +192,19 @@ impl Families {
     /// revoked, the safe answer).
     pub fn is_revoked(&self, family: FamilyId) -> bool {
         self.families.get(family).is_none_or(|f| f.revoked)
+    }
+
+    /// The DPoP key thumbprint `presented`'s family is bound to, if any.
+    pub fn binding(&self, presented: &str) -> Option<&str> {
+        let family = self.tokens.get(presented)?.family;
+        self.families.get(family)?.jkt.as_deref()
+    }
+
+    /// Binds a family to a DPoP key; a family stays bound to its first key.
+    pub fn bind(&mut self, family: FamilyId, jkt: &str) {
+        if let Some(family) = self.families.get_mut(family) {
+            family.jkt.get_or_insert_with(|| jkt.to_owned());
+        }
     }
 
     /// How many families are live.

@@ -1,6 +1,6 @@
-//! The public HTTP surface: `POST /token`, discovery, `/api/whoami` and `/stats`,
-//! plus the routing table (admin routes live in `admin`, the login flows' pages and
-//! device authorization in `pages`).
+//! The public HTTP surface: `POST /token`, discovery and `/stats`, plus the routing
+//! table (admin routes live in `admin`, the login flows' pages and device
+//! authorization in `pages`, the protected resource `/api/whoami` in `resource`).
 //!
 //! Handlers translate between HTTP and the state; they hold the state lock only inside
 //! `DevIdp::with_state` and do all their waiting outside it.
@@ -11,6 +11,7 @@ use super::clients;
 use super::faults::{self, Fault};
 use super::pages;
 use super::protocol::{self, Params, TokenError};
+use super::resource;
 use super::state::{Arrival, Issued};
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -29,7 +30,7 @@ pub fn router(idp: DevIdp) -> Router {
     Router::new()
         .route("/token", post(token).fallback(token_wrong_method))
         .route("/.well-known/openid-configuration", get(discovery))
-        .route("/api/whoami", get(whoami))
+        .route("/api/whoami", get(resource::whoami))
         .route("/stats", get(stats))
         .merge(admin::routes())
         .merge(pages::routes())
@@ -109,7 +110,7 @@ async fn answer_token(
 /// Runs a token request through the protocol and the state, logs it, renders it.
 fn process_token(idp: &DevIdp, headers: &HeaderMap, body: Option<&[u8]>) -> Response {
     let (grant, result) = handle_token(idp, headers, body);
-    match &result {
+    let response = match &result {
         Ok(issued) => {
             tracing::info!(grant, result = "ok", outcome = ?issued.outcome, "token request");
             token_success_response(issued)
@@ -118,7 +119,8 @@ fn process_token(idp: &DevIdp, headers: &HeaderMap, body: Option<&[u8]>) -> Resp
             tracing::info!(grant, result = err.code(), reason = %err, "token request");
             token_error_response(err)
         }
-    }
+    };
+    with_dpop_nonce(idp, response)
 }
 
 /// Returns the grant label for logs and the outcome.
@@ -138,26 +140,56 @@ fn handle_token(
         Some(Err(_)) => Some(""), // not visible ASCII: fails as malformed Basic
     };
     let client = clients::presented(authorization, &params);
-    let result = idp.with_state(|state| match client {
-        Ok(client) => {
-            let audiences = token_endpoints(headers, state.listen_addr());
-            state.token(SystemTime::now(), &client, &params, &audiences)
-        }
-        Err(err) => {
-            // Malformed credentials fail before the state sees them; count them alike.
-            state.count_error(&err);
-            Err(err)
+    let proofs = dpop_headers(headers);
+    let result = idp.with_state(|state| {
+        let now = SystemTime::now();
+        let audiences = token_endpoints(headers, state.listen_addr());
+        // The proof first: a refused or challenged request must use nothing up.
+        let jkt = state.token_proof(now, &proofs, &audiences)?;
+        match client {
+            Ok(client) => state.token_bound(now, &client, &params, &audiences, jkt),
+            Err(err) => {
+                // Malformed credentials fail before the state sees them; count them alike.
+                state.count_error(&err);
+                Err(err)
+            }
         }
     });
     (grant, result)
 }
 
+/// The values of the request's `DPoP` headers; one that is not visible ASCII stays in
+/// as an empty value, which fails as a malformed proof.
+pub(super) fn dpop_headers(headers: &HeaderMap) -> Vec<&str> {
+    headers
+        .get_all("dpop")
+        .iter()
+        .map(|v| v.to_str().unwrap_or(""))
+        .collect()
+}
+
+/// Adds the current `DPoP-Nonce` when nonces are demanded, so a client learns each
+/// new nonce from any answer (RFC 9449 section 8.2).
+pub(super) fn with_dpop_nonce(idp: &DevIdp, mut response: Response) -> Response {
+    let nonce = idp.with_state(|state| state.dpop_nonce(SystemTime::now()));
+    if let Some(value) = nonce.and_then(|n| HeaderValue::from_str(&n).ok()) {
+        response.headers_mut().insert("dpop-nonce", value);
+    }
+    response
+}
+
 /// The URLs this token endpoint answers to, as the `aud` of signed assertions must
 /// name it: through the request's `Host` and the listen address, over http or https.
 pub(super) fn token_endpoints(headers: &HeaderMap, listen: Option<&str>) -> Vec<String> {
+    endpoint_urls(headers, listen, "/token")
+}
+
+/// The URLs of the endpoint at `path`, as a client may address it: through the
+/// request's `Host` or the listen address, over http or https (behind TLS or not).
+pub(super) fn endpoint_urls(headers: &HeaderMap, listen: Option<&str>, path: &str) -> Vec<String> {
     let hosts = request_host(headers).into_iter().chain(listen);
     hosts
-        .flat_map(|host| ["http", "https"].map(|scheme| format!("{scheme}://{host}/token")))
+        .flat_map(|host| ["http", "https"].map(|scheme| format!("{scheme}://{host}{path}")))
         .collect()
 }
 
@@ -187,7 +219,8 @@ pub(super) fn no_store_json(status: StatusCode, body: &Value) -> Response {
 }
 
 fn token_success_response(issued: &Issued) -> Response {
-    let mut body = json!({"access_token": issued.access_token, "token_type": "Bearer"});
+    let token_type = if issued.dpop { "DPoP" } else { "Bearer" };
+    let mut body = json!({"access_token": issued.access_token, "token_type": token_type});
     if let Some(expires_in) = issued.expires_in {
         body["expires_in"] = json!(expires_in);
     }
@@ -253,6 +286,7 @@ async fn discovery(State(idp): State<DevIdp>, headers: HeaderMap) -> Response {
             "none",
         ],
         "token_endpoint_auth_signing_alg_values_supported": ["RS256", "ES256"],
+        "dpop_signing_alg_values_supported": crate::dpop::SIGNING_ALGS,
     }))
     .into_response()
 }
@@ -272,32 +306,6 @@ fn request_host(headers: &HeaderMap) -> Option<&str> {
     let host = headers.get(header::HOST)?.to_str().ok()?;
     let plausible = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']');
     (!host.is_empty() && host.len() <= 255 && host.chars().all(plausible)).then_some(host)
-}
-
-/// `GET /api/whoami`: a protected resource, to check that access tokens still work.
-async fn whoami(State(idp): State<DevIdp>, headers: HeaderMap) -> Response {
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, token)| token.trim());
-    let who = token.and_then(|t| idp.with_state(|state| state.whoami(SystemTime::now(), t)));
-    match who {
-        Some(who) => no_store_json(StatusCode::OK, &json!(who)),
-        None => {
-            let body = json!({
-                "error": "invalid_token",
-                "error_description": "missing, unknown, expired or revoked access token",
-            });
-            let mut response = no_store_json(StatusCode::UNAUTHORIZED, &body);
-            response.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer error=\"invalid_token\""),
-            );
-            response
-        }
-    }
 }
 
 /// `GET /stats`.

@@ -17,9 +17,10 @@
 //! and redirect URIs; `clients` authenticates callers (secrets, `private_key_jwt`,
 //! public clients) and `jwt` verifies signed assertions; `protocol` parses RFC 6749
 //! requests; `tokens` mints token strings; `faults` describes and renders injected
-//! faults; `http`, `admin` and `pages` are the axum handlers; `options` is the command
-//! line. This file ties them together and runs the
-//! server.
+//! faults; `proofs` keeps the DPoP proofs seen and the server nonces, and the state's
+//! `dpop_state` checks a request's proof under the lock; `http`, `admin`, `pages` and
+//! `resource` (`/api/whoami`) are the axum handlers; `options` is the command line.
+//! This file ties them together and runs the server.
 
 mod admin;
 mod authorize;
@@ -30,7 +31,9 @@ mod http;
 mod jwt;
 mod options;
 mod pages;
+mod proofs;
 mod protocol;
+mod resource;
 mod state;
 mod stats;
 mod tls;
@@ -69,6 +72,7 @@ impl DevIdp {
     /// a random one.
     pub fn new(options: DevIdpOptions) -> DevIdp {
         let mut state = State::new(options.config(), options.latency);
+        state.set_dpop_policy(options.dpop_policy());
         let initial_refresh_token = state.mint_family(None, options.initial_refresh_token);
         DevIdp {
             shared: Arc::new(Shared {
@@ -198,6 +202,8 @@ async fn shutdown_signal() {
 
 #[cfg(test)]
 mod admin_tests;
+#[cfg(test)]
+mod dpop_tests;
 #[cfg(test)]
 mod http_tests;
 

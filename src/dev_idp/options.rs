@@ -4,6 +4,7 @@
 use super::authorize;
 use super::clients::Clients;
 use super::jwt::PublicKey;
+use super::proofs::DpopPolicy;
 use super::state::{Config, LoginConfig};
 use std::fmt;
 use std::time::Duration;
@@ -119,6 +120,16 @@ pub struct DevIdpOptions {
     /// The polling interval device codes start with (RFC 8628 interval), whole seconds.
     #[arg(long, value_name = "DUR", default_value = "5s", value_parser = whole_seconds)]
     pub device_interval: Duration,
+    /// Demand a server nonce in DPoP proofs (RFC 9449 section 8), at the token
+    /// endpoint and at /api/whoami: a proof without the current one is answered
+    /// use_dpop_nonce with the nonce in a DPoP-Nonce header. Nonces rotate every
+    /// minute; the previous one stays accepted for another minute.
+    #[arg(long)]
+    pub dpop_nonce: bool,
+    /// Refuse token requests without a DPoP proof (invalid_dpop_proof), as an IdP that
+    /// issues only sender-constrained tokens does.
+    #[arg(long)]
+    pub dpop_required: bool,
 }
 
 /// A duration of whole seconds, from one second to a year: RFC 8628 states
@@ -155,6 +166,8 @@ impl Default for DevIdpOptions {
             auto_approve: false,
             device_code_ttl: LoginConfig::default().device_code_ttl,
             device_interval: LoginConfig::default().device_interval,
+            dpop_nonce: false,
+            dpop_required: false,
         }
     }
 }
@@ -187,11 +200,21 @@ impl fmt::Debug for DevIdpOptions {
             .field("auto_approve", &self.auto_approve)
             .field("device_code_ttl", &self.device_code_ttl)
             .field("device_interval", &self.device_interval)
+            .field("dpop_nonce", &self.dpop_nonce)
+            .field("dpop_required", &self.dpop_required)
             .finish()
     }
 }
 
 impl DevIdpOptions {
+    /// The DPoP rules the state enforces.
+    pub(super) fn dpop_policy(&self) -> DpopPolicy {
+        DpopPolicy {
+            nonce: self.dpop_nonce,
+            required: self.dpop_required,
+        }
+    }
+
     /// The fixed rules the state enforces.
     pub(super) fn config(&self) -> Config {
         Config {

@@ -11,6 +11,8 @@ use base64::engine::general_purpose::STANDARD;
 use std::collections::HashMap;
 use std::fmt;
 
+use super::proofs::ProofRefusal;
+
 /// A token endpoint error, carrying the RFC 6749 5.2 code and a fixed description.
 ///
 /// Descriptions are static strings so an error can never echo a token or a secret back.
@@ -45,6 +47,9 @@ pub enum TokenError {
     /// RFC 8628 3.5: the device code outlived its `expires_in`.
     #[error("the device code has expired; start again")]
     ExpiredToken,
+    /// RFC 9449 section 5: the DPoP proof is refused, or must carry a nonce.
+    #[error("{0}")]
+    Dpop(ProofRefusal),
 }
 
 impl TokenError {
@@ -60,6 +65,8 @@ impl TokenError {
             TokenError::SlowDown => "slow_down",
             TokenError::AccessDenied => "access_denied",
             TokenError::ExpiredToken => "expired_token",
+            TokenError::Dpop(ProofRefusal::UseNonce) => "use_dpop_nonce",
+            TokenError::Dpop(_) => "invalid_dpop_proof",
         }
     }
 

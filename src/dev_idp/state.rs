@@ -7,9 +7,10 @@
 //! and the sleeping; this file never waits.
 
 use super::clients::{Caller, Clients, Presented};
-use super::families::{Families, FamilyId, Policy, RefreshKind, Refusal};
+use super::families::{Families, FamilyId};
 use super::faults::{Fault, PendingFault};
 use super::jwt::{Expect, PublicKey, Replay};
+use super::proofs::Proofs;
 use super::protocol::{Grant, Params, TokenError};
 use super::stats::Stats;
 use super::tokens::Claims;
@@ -83,6 +84,9 @@ struct AccessRecord {
     client_id: String,
     /// Exact expiry; the JWT's `exp` is this rounded down to seconds.
     expires: SystemTime,
+    /// The DPoP key thumbprint the token is bound to; a bound token is refused as a
+    /// bearer token.
+    jkt: Option<String>,
 }
 
 /// Why a successful grant succeeded, for logs.
@@ -121,6 +125,8 @@ pub struct Issued {
     pub outcome: Outcome,
     /// RFC 8693's `issued_token_type`, for token exchanges.
     pub issued_token_type: Option<&'static str>,
+    /// Bound to a DPoP key: answered with `token_type: DPoP`.
+    pub dpop: bool,
 }
 
 /// The answer of `/api/whoami` for a valid access token.
@@ -160,6 +166,11 @@ pub struct State {
     codes: HashMap<String, codes::CodeRecord>,
     /// Device codes issued, with the user codes that name them.
     devices: device::Devices,
+    /// DPoP proofs seen and server nonces.
+    proofs: Proofs,
+    /// The DPoP key the token request in progress proved possession of: what it
+    /// issues is bound to it. Set only for the length of one `token_bound` call.
+    binding: Option<String>,
 }
 
 impl State {
@@ -176,6 +187,8 @@ impl State {
             replay: Replay::default(),
             codes: HashMap::new(),
             devices: device::Devices::default(),
+            proofs: Proofs::default(),
+            binding: None,
         }
     }
 
@@ -213,10 +226,38 @@ impl State {
         Some(fault)
     }
 
+    /// `token_bound` for a request without a DPoP proof (the unit tests' shorthand).
+    #[cfg(test)]
+    pub fn token(
+        &mut self,
+        now: SystemTime,
+        client: &Presented,
+        params: &Params,
+        audiences: &[String],
+    ) -> Result<Issued, TokenError> {
+        self.token_bound(now, client, params, audiences, None)
+    }
+
     /// Handles a parsed token request. Client authentication comes first, so a wrong
     /// secret never touches (or uses up) the refresh token it came with. `audiences`
-    /// are the URLs of this token endpoint, which signed assertions must name.
-    pub fn token(
+    /// are the URLs of this token endpoint, which signed assertions must name. `jkt`
+    /// is the DPoP key the request proved possession of: the tokens it issues are
+    /// bound to that key, and a bound refresh token needs it.
+    pub fn token_bound(
+        &mut self,
+        now: SystemTime,
+        client: &Presented,
+        params: &Params,
+        audiences: &[String],
+        jkt: Option<String>,
+    ) -> Result<Issued, TokenError> {
+        self.binding = jkt;
+        let result = self.authenticate_and_grant(now, client, params, audiences);
+        self.binding = None;
+        result
+    }
+
+    fn authenticate_and_grant(
         &mut self,
         now: SystemTime,
         client: &Presented,
@@ -299,60 +340,6 @@ impl State {
         }
     }
 
-    /// The refresh grant: the families judge the token, this counts and issues.
-    fn refresh(
-        &mut self,
-        now: SystemTime,
-        client: &str,
-        presented: &str,
-        scope: Option<&str>,
-    ) -> Result<Issued, TokenError> {
-        let policy = Policy {
-            rotation: self.config.rotation,
-            reuse_grace: self.config.reuse_grace,
-        };
-        let refreshed = match self.families.refresh(now, presented, scope, policy) {
-            Ok(refreshed) => refreshed,
-            Err(refusal) => return Err(self.refused(refusal)),
-        };
-        let outcome = match refreshed.kind {
-            RefreshKind::Rotated => Outcome::Rotated,
-            RefreshKind::GraceReplay => Outcome::GraceReplay,
-            RefreshKind::NotRotated => Outcome::NotRotated,
-        };
-        if outcome == Outcome::GraceReplay {
-            self.stats.reuse_grace_hits += 1;
-        } else {
-            self.stats.refresh_grants += 1;
-        }
-        let (family, successor) = (Some(refreshed.family), refreshed.successor);
-        Ok(self.issue(
-            now,
-            family,
-            DEV_USER,
-            client,
-            refreshed.scope,
-            successor,
-            outcome,
-        ))
-    }
-
-    /// Counts a refused refresh and turns it into the protocol error.
-    fn refused(&mut self, refusal: Refusal) -> TokenError {
-        match refusal {
-            Refusal::Unknown => TokenError::InvalidGrant("unknown refresh token"),
-            Refusal::Revoked => TokenError::InvalidGrant("refresh token revoked"),
-            Refusal::Reused => {
-                self.stats.reuse_detected += 1;
-                self.stats.families_revoked += 1;
-                TokenError::InvalidGrant("refresh token reused; its family is revoked")
-            }
-            Refusal::ScopeExceeded => {
-                TokenError::InvalidScope("requested scope exceeds the original grant")
-            }
-        }
-    }
-
     /// Mints and remembers an access token for `client`.
     #[allow(clippy::too_many_arguments)]
     fn issue(
@@ -370,6 +357,11 @@ impl State {
         if self.config.no_jti {
             claims.jti.clear();
         }
+        let jkt = self.binding.clone();
+        if let (Some(family), Some(jkt)) = (family, &jkt) {
+            self.families.bind(family, jkt);
+        }
+        claims.cnf_jkt.clone_from(&jkt);
         let access_token = claims.encode(self.config.exp_in_millis);
         if self.access_tokens.len() >= ACCESS_TOKEN_PRUNE_AT {
             self.access_tokens.retain(|_, record| record.expires > now);
@@ -381,6 +373,7 @@ impl State {
                 sub: claims.sub,
                 client_id: claims.client_id,
                 expires: now + ttl,
+                jkt: jkt.clone(),
             },
         );
         Issued {
@@ -390,6 +383,7 @@ impl State {
             scope,
             outcome,
             issued_token_type: None,
+            dpop: jkt.is_some(),
         }
     }
 
@@ -467,6 +461,12 @@ impl State {
 
 #[path = "exchange.rs"]
 mod exchange;
+
+#[path = "refresh.rs"]
+mod refresh;
+
+#[path = "dpop_state.rs"]
+pub(super) mod dpop_state;
 
 #[path = "codes.rs"]
 mod codes;

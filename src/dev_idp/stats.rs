@@ -51,6 +51,14 @@ pub struct Stats {
     pub invalid_client: u64,
     /// `invalid_request` answers, for any reason (a refused subject token among them).
     pub invalid_request: u64,
+    /// Token requests that carried a valid DPoP proof (RFC 9449), whose tokens are
+    /// therefore bound to the proof's key.
+    pub dpop_token_requests: u64,
+    /// `use_dpop_nonce` answers, at the token endpoint and at `/api/whoami`.
+    pub dpop_nonce_challenges: u64,
+    /// DPoP proofs refused (invalid, replayed, several, or missing where required), at
+    /// the token endpoint and at `/api/whoami`; nonce challenges are counted apart.
+    pub dpop_proof_rejections: u64,
     /// Token requests being handled right now (a gauge, never reset).
     pub in_flight: u64,
     /// Peak of `in_flight` since start or the last reset: how tests prove that a

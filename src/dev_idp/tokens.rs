@@ -26,6 +26,9 @@ pub struct Claims {
     /// for an IdP that sets none (`--no-jti`): then the token is a function of the
     /// other claims.
     pub jti: String,
+    /// The thumbprint of the DPoP key the token is bound to (`cnf.jkt`, RFC 9449
+    /// section 6.1), for a token issued with a proof.
+    pub cnf_jkt: Option<String>,
 }
 
 /// Random bytes encoded base64url without padding.
@@ -56,6 +59,7 @@ impl Claims {
             iat: unix_secs(now),
             exp: unix_secs(now + ttl),
             jti: random_b64(16),
+            cnf_jkt: None,
         }
     }
 
@@ -71,6 +75,9 @@ impl Claims {
             "iat": self.iat * unit,
             "exp": self.exp * unit,
         });
+        if let Some(jkt) = &self.cnf_jkt {
+            payload["cnf"] = serde_json::json!({"jkt": jkt});
+        }
         let signature = if self.jti.is_empty() {
             // Derived from the claims, so the same claims make the same token.
             let digest = <sha2::Sha256 as sha2::Digest>::digest(payload.to_string());

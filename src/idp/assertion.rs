@@ -21,6 +21,7 @@ use serde_json::{Map, Value, json};
 use zeroize::Zeroizing;
 
 use crate::config::SigningAlg;
+use crate::dpop::sec1_to_pkcs8;
 use crate::secret::ExposeSecret;
 
 /// `client_assertion_type` of a JWT client assertion (RFC 7523 section 2.2).
@@ -167,33 +168,6 @@ pub fn claims(
     claims.insert("exp".into(), json!(now + lifetime.as_secs()));
     claims.insert("jti".into(), json!(URL_SAFE_NO_PAD.encode(jti)));
     claims
-}
-
-/// Wraps a SEC1 `ECPrivateKey` into the PKCS#8 document ring reads, as rustls does:
-/// version 0, the id-ecPublicKey / prime256v1 algorithm, the SEC1 bytes as the key.
-fn sec1_to_pkcs8(sec1: &[u8]) -> Zeroizing<Vec<u8>> {
-    const PREFIX: &[u8] = b"\x02\x01\x00\x30\x13\x06\x07\x2a\x86\x48\xce\x3d\x02\x01\x06\x08\x2a\x86\x48\xce\x3d\x03\x01\x07";
-    let octets = der_wrap(0x04, &[sec1]);
-    der_wrap(0x30, &[PREFIX, &octets])
-}
-
-/// One DER element with tag `tag` around the concatenated `parts`.
-fn der_wrap(tag: u8, parts: &[&[u8]]) -> Zeroizing<Vec<u8>> {
-    let len: usize = parts.iter().map(|p| p.len()).sum();
-    let mut out = Zeroizing::new(Vec::with_capacity(len + 6));
-    out.push(tag);
-    if len < 0x80 {
-        out.push(len as u8);
-    } else {
-        let bytes = len.to_be_bytes();
-        let skip = bytes.iter().take_while(|b| **b == 0).count();
-        out.push(0x80 | (bytes.len() - skip) as u8);
-        out.extend_from_slice(&bytes[skip..]);
-    }
-    for part in parts {
-        out.extend_from_slice(part);
-    }
-    out
 }
 
 #[cfg(test)]

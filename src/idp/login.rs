@@ -14,7 +14,7 @@ use serde::Deserialize;
 use zeroize::Zeroizing;
 
 use super::grant::{LoginRequest, login_form};
-use super::response::{parse_success, read_capped, read_success};
+use super::response::{Answer, parse_success, read_capped};
 use super::{IdpClient, IdpError, Inputs, TokenResponse};
 use crate::config::{CredentialSpec, EndpointUrl, checked_url};
 
@@ -228,7 +228,7 @@ impl IdpClient {
             .send()
             .await
             .map_err(super::send_error)?;
-        read_success(response).await
+        Answer::take(response).await.success_body()
     }
 }
 

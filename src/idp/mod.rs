@@ -14,6 +14,7 @@
 //! requests of a person's login (for `token-broker login`).
 
 mod assertion;
+pub mod dpop;
 pub mod fingerprint;
 mod grant;
 mod login;
@@ -27,6 +28,7 @@ use base64::Engine;
 use reqwest::Url;
 use secrecy::SecretString;
 use tokio::sync::Semaphore;
+use tracing::debug;
 
 use crate::config::{CredentialSpec, Endpoint, EndpointUrl, IdpConfig, PrivateKey};
 use crate::secret::ExposeSecret;
@@ -73,6 +75,8 @@ pub struct TokenRequest<'a> {
     /// Asked right before the request goes out (after waiting for a permit): `false`
     /// sends nothing and answers `Unavailable` (the broker lost its right to send).
     pub before_send: Option<&'a (dyn Fn() -> bool + Sync)>,
+    /// For a `dpop = true` credential: the key and the IdP's nonce.
+    pub dpop: Option<dpop::Dpop<'a>>,
 }
 
 /// A shared HTTP client for every credential, with a global cap on calls in flight.
@@ -120,7 +124,8 @@ impl IdpClient {
         })
     }
 
-    /// Performs one token request.
+    /// Performs one token request: one HTTP request, or with DPoP two when the IdP
+    /// answers the first with a nonce challenge.
     pub async fn request_token(&self, req: &TokenRequest<'_>) -> Result<TokenResponse, IdpError> {
         let endpoint = req.spec.endpoint.as_ref().ok_or(IdpError::Unavailable {
             reason: "this credential has no token endpoint".into(),
@@ -135,6 +140,37 @@ impl IdpClient {
                 reason: "shutting down".into(),
                 retry_after: None,
             })?;
+        let htu = req
+            .dpop
+            .as_ref()
+            .map(|_| dpop::htu(&token_url.url))
+            .transpose()?;
+        let first = self.send(req, &token_url, htu.as_deref()).await?;
+        let Some(dpop) = &req.dpop else {
+            return first.classify();
+        };
+        // RFC 9449 section 8: the IdP wants its nonce in the proof; the refused request
+        // took no effect, so it goes once more, at once, with the nonce it just sent.
+        if !(first.nonce_sent && first.wants_nonce()) {
+            return first.classify_dpop();
+        }
+        debug!(
+            nonce_known = dpop.nonce.get().is_some(),
+            "the identity provider asked for a DPoP nonce; sending again with it"
+        );
+        self.send(req, &token_url, htu.as_deref())
+            .await?
+            .classify_dpop()
+    }
+
+    /// One HTTP request of a token request: form and proof made now (after the
+    /// permit), so their `iat` do not age in a queue.
+    async fn send(
+        &self,
+        req: &TokenRequest<'_>,
+        token_url: &EndpointUrl,
+        htu: Option<&str>,
+    ) -> Result<Sent, IdpError> {
         if req.before_send.is_some_and(|still| !still()) {
             return Err(IdpError::Unavailable {
                 reason: "the refresh lease was lost before the request went out; nothing was sent"
@@ -142,8 +178,7 @@ impl IdpClient {
                 retry_after: None,
             });
         }
-        // Built after discovery (signed assertions name the token endpoint as audience)
-        // and after the permit, so their `iat` and `exp` do not age in the queue.
+        // Built after discovery (signed assertions name the token endpoint as audience).
         let form = grant::form(req.spec, req.inputs, req.refresh_token, &token_url.text).map_err(
             |reason| IdpError::Unavailable {
                 reason,
@@ -152,7 +187,7 @@ impl IdpClient {
         )?;
         let mut builder = self
             .http
-            .post(token_url.url)
+            .post(token_url.url.clone())
             .header(reqwest::header::ACCEPT, "application/json")
             .header(
                 reqwest::header::CONTENT_TYPE,
@@ -161,8 +196,18 @@ impl IdpClient {
         if let Some(authorization) = form.authorization {
             builder = builder.header(reqwest::header::AUTHORIZATION, authorization);
         }
+        if let (Some(dpop), Some(htu)) = (&req.dpop, htu) {
+            builder = builder.header("DPoP", dpop.proof(htu)?);
+        }
         let response = builder.body(form.body).send().await.map_err(send_error)?;
-        response::read(response).await
+        let nonce_sent = req
+            .dpop
+            .as_ref()
+            .is_some_and(|d| d.nonce.remember(response.headers()));
+        Ok(Sent {
+            answer: response::Answer::take(response).await,
+            nonce_sent,
+        })
     }
 
     async fn token_url(&self, endpoint: &Endpoint) -> Result<EndpointUrl, IdpError> {
@@ -181,6 +226,38 @@ impl IdpClient {
     fn lock_discovered(&self) -> std::sync::MutexGuard<'_, HashMap<Url, EndpointUrl>> {
         // A panic elsewhere cannot leave this map inconsistent: inserts are single calls.
         self.discovered.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// One HTTP request's answer, and whether it carried a `DPoP-Nonce`.
+struct Sent {
+    answer: response::Answer,
+    nonce_sent: bool,
+}
+
+impl Sent {
+    fn classify(self) -> Result<TokenResponse, IdpError> {
+        self.answer.classify()
+    }
+
+    /// A `use_dpop_nonce` refusal (RFC 9449 section 8).
+    fn wants_nonce(&self) -> bool {
+        self.answer.status == reqwest::StatusCode::BAD_REQUEST
+            && self.answer.error_code().as_deref() == Some("use_dpop_nonce")
+    }
+
+    /// `classify`, except that a nonce demand left unmet (again, or without a nonce to
+    /// use) is no refusal of the grant: nothing was spent, so it is retried later.
+    fn classify_dpop(self) -> Result<TokenResponse, IdpError> {
+        if !self.wants_nonce() {
+            return self.classify();
+        }
+        Err(IdpError::Unavailable {
+            reason: "the identity provider still asks for a DPoP nonce (use_dpop_nonce); \
+                     nothing was spent, the request is sent again later"
+                .into(),
+            retry_after: self.answer.retry_after,
+        })
     }
 }
 

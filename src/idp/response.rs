@@ -49,37 +49,69 @@ struct ErrorBody {
     error_description: Option<String>,
 }
 
-/// Classifies and parses an IdP answer.
-pub async fn read(response: reqwest::Response) -> Result<TokenResponse, IdpError> {
-    let body = read_success(response).await?;
-    success(&body).map_err(|reason| IdpError::LostAnswer { reason })
+/// An IdP answer read whole, not yet classified.
+pub struct Answer {
+    pub status: StatusCode,
+    pub retry_after: Option<Duration>,
+    /// The body, or why it could not be read.
+    pub body: Result<Vec<u8>, String>,
 }
 
-/// Parses a 2xx token response body (read by `read_success`).
+impl Answer {
+    /// Reads status, `Retry-After` and the body (capped).
+    pub async fn take(response: reqwest::Response) -> Answer {
+        let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_retry_after);
+        let body = read_capped(response).await;
+        Answer {
+            status,
+            retry_after,
+            body,
+        }
+    }
+
+    /// The OAuth error code of a failure answer, if its body carries one.
+    pub fn error_code(&self) -> Option<String> {
+        let body = self.body.as_ref().ok()?;
+        serde_json::from_slice::<ErrorBody>(body)
+            .ok()
+            .map(|e| e.error)
+    }
+
+    /// Classifies and parses the answer.
+    pub fn classify(self) -> Result<TokenResponse, IdpError> {
+        if self.status.is_success() {
+            // A 2xx means the IdP acted, so a body we cannot use is a lost answer.
+            let body = self
+                .body
+                .map_err(|reason| IdpError::LostAnswer { reason })?;
+            return success(&body).map_err(|reason| IdpError::LostAnswer { reason });
+        }
+        let body = self.body.unwrap_or_default();
+        Err(failure(self.status, &body, self.retry_after))
+    }
+
+    /// The body of a 2xx answer, wiped when dropped (it holds tokens), or the classified
+    /// failure: for a login, whose body the broker adopts as received.
+    pub fn success_body(self) -> Result<zeroize::Zeroizing<Vec<u8>>, IdpError> {
+        if self.status.is_success() {
+            return self
+                .body
+                .map(zeroize::Zeroizing::new)
+                .map_err(|reason| IdpError::LostAnswer { reason });
+        }
+        let body = self.body.unwrap_or_default();
+        Err(failure(self.status, &body, self.retry_after))
+    }
+}
+
+/// Parses a 2xx token response body (from `Answer::success_body`).
 pub(super) fn parse_success(body: &[u8]) -> Result<TokenResponse, IdpError> {
     success(body).map_err(|reason| IdpError::LostAnswer { reason })
-}
-
-/// The body of a 2xx answer, wiped when dropped (it holds tokens), or the classified
-/// failure.
-pub(super) async fn read_success(
-    response: reqwest::Response,
-) -> Result<zeroize::Zeroizing<Vec<u8>>, IdpError> {
-    let status = response.status();
-    let retry_after = response
-        .headers()
-        .get(reqwest::header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(parse_retry_after);
-    let body = read_capped(response).await;
-    if status.is_success() {
-        // A 2xx means the IdP acted, so a body we cannot use is a lost answer.
-        return body
-            .map(zeroize::Zeroizing::new)
-            .map_err(|reason| IdpError::LostAnswer { reason });
-    }
-    let body = body.unwrap_or_default();
-    Err(failure(status, &body, retry_after))
 }
 
 fn failure(status: StatusCode, body: &[u8], retry_after: Option<Duration>) -> IdpError {

@@ -1,13 +1,15 @@
 //! One proxied request: admit it, take the credential's token, send it upstream with
 //! the token, and after a 401 report the token, wait for the single refresh and send
-//! it once more, if its body was kept.
+//! it once more, if its body was kept. For a DPoP credential each attempt carries a
+//! fresh proof, and a `use_dpop_nonce` challenge gets one more attempt with the same
+//! token and the nonce (no refresh: the token was not refused).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
-use axum::http::{HeaderMap, Method, Request, StatusCode, Uri, header};
+use axum::http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use hyper::body::Incoming;
 use tokio::sync::watch;
@@ -25,7 +27,13 @@ enum Failure {
     Unreachable(String),
     Timeout(Duration),
     BadRequest(String),
+    /// No DPoP proof could be made (the key could not be loaded).
+    Proof(String),
 }
+
+/// Whether this request already had its one retry for a DPoP nonce challenge.
+#[derive(Default)]
+struct NonceRetry(bool);
 
 /// What is sent upstream on each attempt, but the token and the body.
 struct Target {
@@ -73,12 +81,24 @@ impl Inner {
                 )));
             }
         };
-        match self
-            .send(&target, &token, prepared.body, prepared.sent)
-            .await
-        {
+        let mut nonce_retry = NonceRetry::default();
+        let first = self
+            .attempt(&credential, &target, &token, prepared.body, prepared.sent)
+            .await;
+        let first = self
+            .after_nonce(
+                &credential,
+                &target,
+                &token,
+                &prepared.replay,
+                first,
+                &mut nonce_retry,
+            )
+            .await;
+        match first {
             Ok(first) if first.status() == StatusCode::UNAUTHORIZED => {
-                self.after_401(&credential, &target, &token, &prepared.replay, first)
+                let replay = (&prepared.replay, &mut nonce_retry);
+                self.after_401(&credential, &target, &token, replay, first)
                     .await
             }
             Ok(response) => ("forwarded", relay(response)),
@@ -143,22 +163,99 @@ impl Inner {
         })
     }
 
-    /// One attempt. The response deadline starts once the body has been sent: a large
-    /// upload may take as long as it takes.
-    async fn send(
+    /// One attempt with the token (and for a DPoP credential a fresh proof for this
+    /// method and URL); a `DPoP-Nonce` in the answer is remembered for the origin.
+    async fn attempt(
         &self,
+        credential: &Credential,
         target: &Target,
         token: &Token,
         body: Outgoing,
-        mut sent: watch::Receiver<bool>,
+        sent: watch::Receiver<bool>,
     ) -> Result<hyper::Response<Incoming>, Failure> {
         let mut request = Request::new(body);
         *request.method_mut() = target.method.clone();
         *request.uri_mut() = target.uri.clone();
         *request.headers_mut() = target.headers.clone();
-        let bearer = headers::bearer(token.secret())
-            .ok_or_else(|| Failure::BadRequest("the token cannot be sent in a header".into()))?;
-        request.headers_mut().insert(header::AUTHORIZATION, bearer);
+        let Some(htu) = self
+            .proof_headers(credential, target, token, &mut request)
+            .await?
+        else {
+            return self.send(request, sent).await;
+        };
+        let response = self.send(request, sent).await?;
+        if let Some(nonce) = response
+            .headers()
+            .get("dpop-nonce")
+            .and_then(|v| v.to_str().ok())
+        {
+            credential.remember_nonce(&htu, nonce);
+        }
+        Ok(response)
+    }
+
+    /// `Authorization` (and `DPoP`) for this attempt; the proof's `htu` if there is one.
+    async fn proof_headers(
+        &self,
+        credential: &Credential,
+        target: &Target,
+        token: &Token,
+        request: &mut Request<Outgoing>,
+    ) -> Result<Option<String>, Failure> {
+        let unsendable = || Failure::BadRequest("the token cannot be sent in a header".into());
+        if !credential.uses_dpop() {
+            let bearer = headers::bearer(token.secret()).ok_or_else(unsendable)?;
+            request.headers_mut().insert(header::AUTHORIZATION, bearer);
+            return Ok(None);
+        }
+        let htu = crate::dpop::normalize_htu(&target.uri.to_string())
+            .map_err(|e| Failure::BadRequest(format!("cannot make a DPoP proof: {e}")))?;
+        let proof = credential
+            .dpop_proof(target.method.as_str(), &htu, token.secret(), None)
+            .await
+            .map_err(|e| Failure::Proof(e.to_string()))?;
+        let proof = HeaderValue::from_str(&proof).map_err(|_| unsendable())?;
+        let dpop = headers::authorization("DPoP", token.secret()).ok_or_else(unsendable)?;
+        request.headers_mut().insert(header::AUTHORIZATION, dpop);
+        request.headers_mut().insert("dpop", proof);
+        Ok(Some(htu))
+    }
+
+    /// For a DPoP credential: the one retry a resource server's `use_dpop_nonce`
+    /// challenge asks for (same token, the nonce it just sent), if the body was kept.
+    async fn after_nonce(
+        &self,
+        credential: &Credential,
+        target: &Target,
+        token: &Token,
+        replay: &Replay,
+        answer: Result<hyper::Response<Incoming>, Failure>,
+        retried: &mut NonceRetry,
+    ) -> Result<hyper::Response<Incoming>, Failure> {
+        let challenged = answer
+            .as_ref()
+            .is_ok_and(|r| headers::nonce_challenge(r.status(), r.headers()));
+        if !challenged || retried.0 || !credential.uses_dpop() {
+            return answer;
+        }
+        let Some(again) = replay.again() else {
+            self.metrics.retry("body_not_kept");
+            return answer;
+        };
+        retried.0 = true;
+        self.metrics.retry("dpop_nonce");
+        drop(answer);
+        let (_, sent) = watch::channel(true);
+        self.attempt(credential, target, token, again, sent).await
+    }
+
+    /// Sends one request. The response deadline starts once the body has been sent: a
+    /// large upload may take as long as it takes.
+    async fn send(
+        &self,
+        request: Request<Outgoing>,
+        mut sent: watch::Receiver<bool>,
+    ) -> Result<hyper::Response<Incoming>, Failure> {
         let response = self.client.request(request);
         tokio::pin!(response);
         let early = tokio::select! {
@@ -181,7 +278,7 @@ impl Inner {
         credential: &Arc<Credential>,
         target: &Target,
         token: &Token,
-        replay: &Replay,
+        (replay, nonce_retry): (&Replay, &mut NonceRetry),
         first: hyper::Response<Incoming>,
     ) -> (&'static str, Response) {
         if now_ms() < self.quiet_until.load(Ordering::Relaxed) {
@@ -205,18 +302,20 @@ impl Inner {
             }
         };
         drop(first);
-        self.retry(target, &fresh, again).await
+        let (_, sent) = watch::channel(true);
+        let second = self.attempt(credential, target, &fresh, again, sent).await;
+        let second = self
+            .after_nonce(credential, target, &fresh, replay, second, nonce_retry)
+            .await;
+        self.retried(second)
     }
 
-    /// The one retry, with a token fresh from the refresh.
-    async fn retry(
+    /// What the one retry with a token fresh from the refresh got.
+    fn retried(
         &self,
-        target: &Target,
-        fresh: &Token,
-        body: Outgoing,
+        second: Result<hyper::Response<Incoming>, Failure>,
     ) -> (&'static str, Response) {
-        let (_, sent) = watch::channel(true);
-        match self.send(target, fresh, body, sent).await {
+        match second {
             Ok(second) if second.status() == StatusCode::UNAUTHORIZED => {
                 self.metrics.retry("rejected");
                 let until = now_ms() + QUIET.as_millis() as u64;
@@ -248,6 +347,7 @@ impl Inner {
                 }
             }
             Failure::Timeout(after) => ProxyFailure::Timeout(after),
+            Failure::Proof(reason) => ProxyFailure::Proof(reason),
             Failure::BadRequest(message) => ProxyFailure::BadRequest(message),
         };
         let error = self.error(failure);

@@ -43,14 +43,39 @@ pub fn upstream_request(headers: &mut HeaderMap, host: &HeaderValue) {
     // A key that lets a client use this credential is for the broker, not the API.
     headers.remove("token-broker-key");
     headers.remove(header::AUTHORIZATION);
+    // A proof of the client's own would not be for the token the proxy sends.
+    headers.remove("dpop");
     headers.insert(header::HOST, host.clone());
 }
 
 /// `Authorization: Bearer TOKEN`, marked sensitive (never indexed, shown redacted).
 pub fn bearer(token: &str) -> Option<HeaderValue> {
-    let mut value = HeaderValue::from_str(&format!("Bearer {token}")).ok()?;
+    authorization("Bearer", token)
+}
+
+/// `Authorization: SCHEME TOKEN` (`Bearer`, or `DPoP` for a bound token), sensitive.
+pub fn authorization(scheme: &str, token: &str) -> Option<HeaderValue> {
+    let mut value = HeaderValue::from_str(&format!("{scheme} {token}")).ok()?;
     value.set_sensitive(true);
     Some(value)
+}
+
+/// A resource server's DPoP nonce challenge (RFC 9449 section 9): 401 with
+/// `WWW-Authenticate: DPoP error="use_dpop_nonce"` and a `DPoP-Nonce`.
+pub fn nonce_challenge(status: axum::http::StatusCode, headers: &HeaderMap) -> bool {
+    status == axum::http::StatusCode::UNAUTHORIZED
+        && headers.contains_key("dpop-nonce")
+        && headers
+            .get_all(header::WWW_AUTHENTICATE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| {
+                let v = v.trim_start();
+                v.len() > 4
+                    && v[..4].eq_ignore_ascii_case("dpop")
+                    && v[4..].starts_with(' ')
+                    && v.contains("use_dpop_nonce")
+            })
 }
 
 #[cfg(test)]
@@ -102,5 +127,37 @@ mod tests {
         assert!(headers[header::AUTHORIZATION].is_sensitive());
         assert!(!format!("{headers:?}").contains("theirs"));
         assert_eq!(headers.len(), 2);
+    }
+
+    #[test]
+    fn only_a_dpop_use_dpop_nonce_401_with_a_nonce_is_a_nonce_challenge() {
+        use axum::http::StatusCode;
+        let with = |status: StatusCode, auth: &'static str, nonce: bool| {
+            let mut h = HeaderMap::new();
+            h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(auth));
+            if nonce {
+                h.insert("dpop-nonce", HeaderValue::from_static("n1"));
+            }
+            nonce_challenge(status, &h)
+        };
+        let challenge = r#"DPoP error="use_dpop_nonce", error_description="fresh""#;
+        assert!(with(StatusCode::UNAUTHORIZED, challenge, true));
+        assert!(with(
+            StatusCode::UNAUTHORIZED,
+            r#"dpop error="use_dpop_nonce""#,
+            true
+        ));
+        assert!(!with(StatusCode::UNAUTHORIZED, challenge, false));
+        assert!(!with(StatusCode::BAD_REQUEST, challenge, true));
+        assert!(!with(
+            StatusCode::UNAUTHORIZED,
+            r#"DPoP error="invalid_token""#,
+            true
+        ));
+        assert!(!with(
+            StatusCode::UNAUTHORIZED,
+            r#"Bearer error="use_dpop_nonce""#,
+            true
+        ));
     }
 }

@@ -1,9 +1,10 @@
 //! Header-injecting proxies (`[proxies.NAME]`): for an app that cannot be changed to
 //! fetch tokens, a local listener that forwards every request to one upstream with the
-//! credential's current token in `Authorization`.
+//! credential's current token in `Authorization` (for a `dpop = true` credential,
+//! `Authorization: DPoP` and a fresh `DPoP` proof for each request).
 //!
 //! Layout: `forward` (one request: admission, the token, the upstream call, the retry
-//! after a 401), `body` (streaming request bodies, and keeping small ones for that
+//! after a 401, and a DPoP credential's retry after a nonce challenge), `body` (streaming request bodies, and keeping small ones for that
 //! retry), `headers` (hop-by-hop headers, `Host`, `Authorization`), `client` (the
 //! upstream HTTP client and its TLS roots).
 //!

@@ -45,6 +45,8 @@ pub enum ApiError {
     Unparsable(Unparsable),
     /// No credential is configured for this git host (`emulate.git.hosts`).
     UnknownGitHost(String),
+    /// A DPoP proof was asked of a credential without `dpop = true`.
+    NotDpop(String),
     /// A header-injecting proxy's own answer, when it has no upstream answer to relay.
     Proxy {
         proxy: String,
@@ -74,6 +76,8 @@ pub enum ProxyFailure {
     Timeout(Duration),
     /// The request cannot be forwarded as it is.
     BadRequest(String),
+    /// No DPoP proof could be made for the request (the credential's key is unusable).
+    Proof(String),
 }
 
 impl ApiError {
@@ -115,11 +119,13 @@ impl ApiError {
                 Unparsable::HeadersTooLarge => "headers_too_large",
             },
             ApiError::UnknownGitHost(_) => "unknown_host",
+            ApiError::NotDpop(_) => "dpop_not_enabled",
             ApiError::Proxy { failure, .. } => match failure {
                 ProxyFailure::BrowserRequest => "browser_request",
                 ProxyFailure::Unreachable { .. } => "upstream_unreachable",
                 ProxyFailure::Timeout(_) => "upstream_timeout",
                 ProxyFailure::BadRequest(_) => "bad_request",
+                ProxyFailure::Proof(_) => "dpop_unavailable",
             },
             ApiError::Broker { error, .. } => match error {
                 Error::UnknownCredential(_) => "unknown_credential",
@@ -143,6 +149,7 @@ impl ApiError {
             | ApiError::Forbidden(_)
             | ApiError::NotAdmin(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound | ApiError::UnknownGitHost(_) => StatusCode::NOT_FOUND,
+            ApiError::NotDpop(_) => StatusCode::CONFLICT,
             ApiError::TooManyWatchers => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -157,6 +164,7 @@ impl ApiError {
                 ProxyFailure::Unreachable { .. } => StatusCode::BAD_GATEWAY,
                 ProxyFailure::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
                 ProxyFailure::BadRequest(_) => StatusCode::BAD_REQUEST,
+                ProxyFailure::Proof(_) => StatusCode::SERVICE_UNAVAILABLE,
             },
             ApiError::Broker { error, .. } => match error {
                 Error::UnknownCredential(_) => StatusCode::NOT_FOUND,
@@ -205,6 +213,10 @@ impl ApiError {
             ApiError::UnknownGitHost(host) => {
                 format!("no credential is configured for git host `{host}` (emulate.git.hosts)")
             }
+            ApiError::NotDpop(name) => format!(
+                "credential `{name}` does not use DPoP: proofs are made only for credentials \
+                 with dpop = true (its tokens are bearer tokens)"
+            ),
             ApiError::Proxy { failure, .. } => match failure {
                 ProxyFailure::BrowserRequest => "a browser sent this request for a web page (Origin or Sec-Fetch-Site): the proxy does not lend its token to web pages".into(),
                 ProxyFailure::Unreachable { upstream, reason } => {
@@ -215,6 +227,7 @@ impl ApiError {
                     crate::duration::format(*after)
                 ),
                 ProxyFailure::BadRequest(message) => message.clone(),
+                ProxyFailure::Proof(reason) => format!("no DPoP proof could be made: {reason}"),
             },
             ApiError::Broker { error, .. } => error.to_string(),
         }
@@ -224,7 +237,7 @@ impl ApiError {
     fn body(&self) -> Body<'_> {
         let credential = match self {
             ApiError::Broker { credential, .. } => credential.as_deref(),
-            ApiError::Forbidden(name) => Some(name.as_str()),
+            ApiError::Forbidden(name) | ApiError::NotDpop(name) => Some(name.as_str()),
             _ => None,
         };
         let proxy = match self {

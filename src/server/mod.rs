@@ -16,6 +16,7 @@ mod listen;
 mod login;
 mod ops;
 mod parse_errors;
+mod proof;
 mod token;
 mod unix_socket;
 mod watch;
@@ -88,6 +89,7 @@ pub fn router(app: App, beside: Option<Router<App>>) -> Router {
         .route("/token/refresh", post(token::refresh_default))
         .route("/token/{name}", get(token::get_named))
         .route("/token/{name}/refresh", post(token::refresh_named))
+        .route("/token/{name}/proof", post(proof::proof_named))
         .route_layer(middleware::from_fn_with_state(
             app.clone(),
             guard::local_only,

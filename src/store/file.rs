@@ -46,9 +46,9 @@ struct Body {
 
 /// The state directory, locked for this process.
 pub struct FileStore {
-    dir: PathBuf,
+    pub(super) dir: PathBuf,
     /// Seals every file when `state.encryption_key` is set.
-    keys: Option<Keys>,
+    pub(super) keys: Option<Keys>,
     /// Held for the process' life: the OS lock is what keeps a second broker out.
     _lock: File,
     /// Newest generation written per credential, so a save needs no directory listing.
@@ -133,7 +133,7 @@ impl FileStore {
                     .map_err(|e| format!("sealing {} again: {e}", path.display()))?;
             }
         }
-        Ok(())
+        super::dpop_key::reseal(self)
     }
 
     /// Loads the newest readable generation for a credential.

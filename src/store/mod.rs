@@ -10,6 +10,7 @@
 
 mod changes;
 mod crypto;
+mod dpop_key;
 mod file;
 mod file_keys;
 mod keycheck;

@@ -85,7 +85,7 @@ pub struct RedisStore {
     /// Held while connecting, so concurrent first uses make one connection.
     connecting: tokio::sync::Mutex<()>,
     prefix: String,
-    cipher: Option<Cipher>,
+    pub(super) cipher: Option<Cipher>,
     /// Limit for connecting and for each command.
     pub(super) timeout: Duration,
     /// Whether this broker's encryption key fits the fleet's.

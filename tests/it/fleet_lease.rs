@@ -134,12 +134,17 @@ async fn a_refresh_token_is_not_sent_once_its_lease_ran_out_waiting_for_an_idp_p
         idp.stat("in_flight").await == 1
     })
     .await;
+    let version = || redis.cli(&["HGET", "token-broker:record:x", "version"]);
+    let unmarked = version();
     let x = background_refresh(&fleet.brokers[0].url);
-    eventually("x to hold its lease", || async {
+    // The mark is a write after the lease is taken: freezing Redis between the two (a
+    // busy machine) would make the mark fail instead of the lease run out.
+    eventually("x to hold its lease and mark its token as sent", || async {
         !redis
             .cli(&["GET", "token-broker:lease:x"])
             .trim()
             .is_empty()
+            && version() != unmarked
     })
     .await;
     redis.signal("STOP");

@@ -36,7 +36,7 @@ async fn large_bodies_stream_through_both_ways_without_being_held() {
     );
     stream.write_all(head.as_bytes()).await.unwrap();
     for start in (0..n).step_by(MIB as usize) {
-        let chunk: Vec<u8> = (start..start + MIB).map(upstream::pattern).collect();
+        let chunk: Vec<u8> = upstream::pattern_range(start, start + MIB);
         stream
             .write_all(format!("{:x}\r\n", chunk.len()).as_bytes())
             .await
@@ -56,7 +56,7 @@ async fn large_bodies_stream_through_both_ways_without_being_held() {
     );
 
     // A 24 MiB upload with Content-Length, echoed back as it streams.
-    let body: Vec<u8> = (0..24 * MIB).map(upstream::pattern).collect();
+    let body: Vec<u8> = upstream::pattern_range(0, 24 * MIB);
     let response = client()
         .post(format!("http://{addr}/echo"))
         .body(body.clone())
@@ -122,7 +122,7 @@ async fn after_a_401_a_kept_body_is_sent_again_and_a_streamed_one_is_not() {
     let guarded = format!("http://{addr}/guarded");
 
     // 10 KiB with Content-Length: read first, sent again with the new token.
-    let small: Vec<u8> = (0..10_240).map(upstream::pattern).collect();
+    let small: Vec<u8> = upstream::pattern_range(0, 10_240);
     stale(&idp).await;
     let grants = idp.stat("refresh_grants").await;
     let response = client
@@ -139,7 +139,7 @@ async fn after_a_401_a_kept_body_is_sent_again_and_a_streamed_one_is_not() {
 
     // 3 KiB chunked: streamed, kept while streaming, and whole: sent again.
     stale(&idp).await;
-    let chunked: Vec<u8> = (0..3000).map(upstream::pattern).collect();
+    let chunked: Vec<u8> = upstream::pattern_range(0, 3000);
     let mut body = format!("{:x}\r\n", 1000).into_bytes();
     body.extend_from_slice(&chunked[..1000]);
     body.extend_from_slice(format!("\r\n{:x}\r\n", 2000).as_bytes());
@@ -158,7 +158,7 @@ async fn after_a_401_a_kept_body_is_sent_again_and_a_streamed_one_is_not() {
     stale(&idp).await;
     let grants = idp.stat("refresh_grants").await;
     let stale_token = broker.access_token("x").await;
-    let large: Vec<u8> = (0..1024 * 1024).map(upstream::pattern).collect();
+    let large: Vec<u8> = upstream::pattern_range(0, 1024 * 1024);
     let response = client
         .post(&guarded)
         .body(large.clone())

@@ -2,31 +2,48 @@
 //! refresh (or with 304), an event stream with one event per refresh, the watcher cap,
 //! and watchers outliving the request deadline but not shutdown.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use serde_json::Value;
 
 use crate::harness::*;
+use crate::in_process::InProcess;
 
-/// A broker whose credential `x` may be refreshed at any time; `server` lines are
-/// added to `[server]`.
-fn watched_broker(idp: &Idp, dir: &std::path::Path, server: &str) -> Broker {
+/// The config of a broker whose credential `x` may be refreshed at any time; `server`
+/// lines are added to `[server]`.
+fn watched_config(idp: &Idp, dir: &std::path::Path, server: &str) -> String {
     let bootstrap = dir.join("bootstrap");
     std::fs::write(&bootstrap, &idp.refresh_token).unwrap();
     let server = match server.contains("request_timeout") {
         true => server.to_owned(),
         false => format!("{server}request_timeout = \"5s\"\n"),
     };
-    let config = base_config(dir).replace("request_timeout = \"5s\"\n", &server)
-        + &refresh_credential("x", idp, &bootstrap, "min_refresh_interval = \"0s\"");
-    Broker::start(dir, &config)
+    base_config(dir).replace("request_timeout = \"5s\"\n", &server)
+        + &refresh_credential("x", idp, &bootstrap, "min_refresh_interval = \"0s\"")
+}
+
+/// Such a broker as a child process.
+fn watched_broker(idp: &Idp, dir: &std::path::Path, server: &str) -> Broker {
+    Broker::start(dir, &watched_config(idp, dir, server))
+}
+
+/// `GET {url}{path}` with the `Token-Broker` header.
+async fn get(url: &str, path: &str) -> reqwest::Response {
+    client()
+        .get(format!("{url}{path}"))
+        .header("Token-Broker", "1")
+        .send()
+        .await
+        .unwrap()
 }
 
 /// `GET /token/x` with `If-None-Match` and an optional `wait`.
-async fn conditional(broker: &Broker, etag: &str, wait: Option<&str>) -> reqwest::Response {
+async fn conditional(url: &str, etag: &str, wait: Option<&str>) -> reqwest::Response {
     let query = wait.map(|w| format!("?wait={w}")).unwrap_or_default();
     client()
-        .get(format!("{}/token/x{query}", broker.url))
+        .get(format!("{url}/token/x{query}"))
         .header("Token-Broker", "1")
         .header("If-None-Match", etag)
         .send()
@@ -38,16 +55,21 @@ fn etag(response: &reqwest::Response) -> String {
     response.headers()["etag"].to_str().unwrap().to_owned()
 }
 
-async fn current(broker: &Broker) -> (String, String) {
-    let response = broker.get("/token/x").await;
+async fn current(url: &str) -> (String, String) {
+    let response = get(url, "/token/x").await;
     assert_eq!(response.status(), 200);
     let tag = etag(&response);
     let body: Value = response.json().await.unwrap();
     (body["access_token"].as_str().unwrap().to_owned(), tag)
 }
 
-async fn forced_refresh(broker: &Broker) -> String {
-    let response = broker.refresh("x", None).await;
+async fn forced_refresh(url: &str) -> String {
+    let response = client()
+        .post(format!("{url}/token/x/refresh"))
+        .header("Token-Broker", "1")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 200);
     let body: Value = response.json().await.unwrap();
     body["access_token"].as_str().unwrap().to_owned()
@@ -58,7 +80,7 @@ async fn etags_conditional_reads_and_a_long_poll_answered_by_a_refresh() {
     let idp = Idp::start(&["--access-ttl", "300s"]);
     let dir = tempdir();
     let broker = watched_broker(&idp, dir.path(), "");
-    let (first, tag) = current(&broker).await;
+    let (first, tag) = current(&broker.url).await;
     assert!(
         tag.starts_with('"') && tag.ends_with('"') && tag.len() == 18,
         "{tag}"
@@ -68,13 +90,13 @@ async fn etags_conditional_reads_and_a_long_poll_answered_by_a_refresh() {
     assert_eq!(etag(&raw), tag, "one tag per version, whatever the format");
 
     // Conditional reads answer at once: 304 for the current tag, 200 for another.
-    let same = conditional(&broker, &tag, None).await;
+    let same = conditional(&broker.url, &tag, None).await;
     assert_eq!(same.status(), 304);
     assert_eq!(etag(&same), tag);
     assert_eq!(same.headers()["cache-control"], "no-store");
     assert!(same.text().await.unwrap().is_empty());
     assert_eq!(
-        conditional(&broker, "\"0000000000000000\"", Some("30s"))
+        conditional(&broker.url, "\"0000000000000000\"", Some("30s"))
             .await
             .status(),
         200
@@ -107,7 +129,7 @@ async fn etags_conditional_reads_and_a_long_poll_answered_by_a_refresh() {
         "the poll waits while the version is unchanged"
     );
     let refreshed_at = Instant::now();
-    let second = forced_refresh(&broker).await;
+    let second = forced_refresh(&broker.url).await;
     let (answered_at, response) = poll.await.unwrap();
     assert_eq!(response.status(), 200);
     let new_tag = etag(&response);
@@ -119,38 +141,44 @@ async fn etags_conditional_reads_and_a_long_poll_answered_by_a_refresh() {
         answered_at.duration_since(refreshed_at) < Duration::from_secs(5),
         "the poll ended with the refresh, not with its wait"
     );
-    assert_eq!(current(&broker).await.1, new_tag);
+    assert_eq!(current(&broker.url).await.1, new_tag);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+// In process, with the clock paused while the poll waits: the waits are the broker's
+// own timers, and the router's 6 s deadline is a timer too, so it would fire first.
+#[tokio::test]
 async fn a_long_poll_without_news_gets_304_and_is_not_cut_by_the_request_deadline() {
     let idp = Idp::start(&["--access-ttl", "300s"]);
     let dir = tempdir();
     // request_timeout 1s: the router's deadline for a request is 6s.
-    let broker = watched_broker(&idp, dir.path(), "request_timeout = \"1s\"\n");
-    let (_, tag) = current(&broker).await;
+    let config = watched_config(&idp, dir.path(), "request_timeout = \"1s\"\n");
+    let broker = InProcess::start(&config).await;
+    let (_, tag) = current(&broker.url).await;
 
+    tokio::time::pause();
     let started = Instant::now();
-    let response = conditional(&broker, &tag, Some("1500ms")).await;
+    let response = conditional(&broker.url, &tag, Some("1500ms")).await;
     assert_eq!(response.status(), 304);
     assert_eq!(etag(&response), tag);
     assert!(started.elapsed() >= Duration::from_millis(1500));
 
     let started = Instant::now();
-    let response = conditional(&broker, &tag, Some("8s")).await;
+    let response = conditional(&broker.url, &tag, Some("8s")).await;
     assert_eq!(response.status(), 304, "{:?}", response.text().await);
     assert!(
         started.elapsed() >= Duration::from_secs(8),
         "waited the whole 8s"
     );
+    tokio::time::resume();
 
-    let bad = conditional(&broker, &tag, Some("soon")).await;
+    let bad = conditional(&broker.url, &tag, Some("soon")).await;
     assert_eq!(bad.status(), 400);
     let body: Value = bad.json().await.unwrap();
     assert!(
         body["message"].as_str().unwrap().starts_with("wait:"),
         "{body}"
     );
+    broker.stop().await.unwrap();
 }
 
 /// Reads an event stream frame by frame (frames end with a blank line).
@@ -160,9 +188,9 @@ struct Events {
 }
 
 impl Events {
-    async fn open(broker: &Broker, last_event_id: Option<&str>) -> reqwest::Response {
+    async fn open(url: &str, last_event_id: Option<&str>) -> reqwest::Response {
         let mut request = client()
-            .get(format!("{}/token/x/events", broker.url))
+            .get(format!("{url}/token/x/events"))
             .header("Token-Broker", "1");
         if let Some(id) = last_event_id {
             request = request.header("Last-Event-ID", id);
@@ -223,25 +251,28 @@ impl Events {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+// In process: the quiet stretch runs on a paused clock (the keep-alive is the broker's
+// own timer); the refreshes around it, which call the IdP, on the real one.
+#[tokio::test]
 async fn an_event_stream_carries_one_event_per_refresh_and_keeps_alive() {
     let idp = Idp::start(&["--access-ttl", "300s"]);
     let dir = tempdir();
     // request_timeout 1s: the stream outlives the router's 6s deadline below.
-    let broker = watched_broker(&idp, dir.path(), "request_timeout = \"1s\"\n");
-    let (first, tag) = current(&broker).await;
+    let config = watched_config(&idp, dir.path(), "request_timeout = \"1s\"\n");
+    let broker = InProcess::start(&config).await;
+    let (first, tag) = current(&broker.url).await;
 
-    let mut events = Events::new(Events::open(&broker, None).await);
+    let mut events = Events::new(Events::open(&broker.url, None).await);
     let (id, token) = events.token().await;
     assert_eq!((format!("\"{id}\""), token), (tag.clone(), first));
     let mut ids = vec![id];
     for _ in 0..3 {
-        let refreshed = forced_refresh(&broker).await;
+        let refreshed = forced_refresh(&broker.url).await;
         let (id, token) = events.token().await;
         assert_eq!(token, refreshed, "each refresh is one event with its token");
         assert_eq!(
             format!("\"{id}\""),
-            current(&broker).await.1,
+            current(&broker.url).await.1,
             "the id is the ETag"
         );
         ids.push(id);
@@ -250,11 +281,13 @@ async fn an_event_stream_carries_one_event_per_refresh_and_keeps_alive() {
     assert_eq!(ids.len(), 4);
 
     // Quiet for longer than the keep-alive interval and the request deadline.
+    tokio::time::pause();
     let started = Instant::now();
     let frame = events.next(Duration::from_secs(20)).await.unwrap();
     assert_eq!(frame, ": keep-alive");
     assert!(started.elapsed() >= Duration::from_secs(10));
-    let refreshed = forced_refresh(&broker).await;
+    tokio::time::resume();
+    let refreshed = forced_refresh(&broker.url).await;
     assert_eq!(
         events.token().await.1,
         refreshed,
@@ -262,10 +295,11 @@ async fn an_event_stream_carries_one_event_per_refresh_and_keeps_alive() {
     );
 
     // Reconnecting with the last id skips the version already seen.
-    let (_, tag) = current(&broker).await;
-    let mut resumed = Events::new(Events::open(&broker, Some(tag.trim_matches('"'))).await);
-    let refreshed = forced_refresh(&broker).await;
+    let (_, tag) = current(&broker.url).await;
+    let mut resumed = Events::new(Events::open(&broker.url, Some(tag.trim_matches('"'))).await);
+    let refreshed = forced_refresh(&broker.url).await;
     assert_eq!(resumed.token().await.1, refreshed);
+    broker.stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -273,7 +307,7 @@ async fn event_streams_are_guarded_capped_and_end_at_shutdown() {
     let idp = Idp::start(&["--access-ttl", "300s"]);
     let dir = tempdir();
     let mut broker = watched_broker(&idp, dir.path(), "max_watchers = 2\n");
-    let (_, tag) = current(&broker).await;
+    let (_, tag) = current(&broker.url).await;
 
     let bare = client()
         .get(format!("{}/token/x/events", broker.url))
@@ -303,7 +337,7 @@ async fn event_streams_are_guarded_capped_and_end_at_shutdown() {
     assert_eq!(body["error"], "unknown_credential", "{body}");
     assert_eq!(broker.get("/token/x/events?min_ttl=1s").await.status(), 400);
 
-    let mut stream = Events::new(Events::open(&broker, None).await);
+    let mut stream = Events::new(Events::open(&broker.url, None).await);
     stream.token().await;
     let url = broker.url.clone();
     let poll = tokio::spawn({
@@ -319,12 +353,12 @@ async fn event_streams_are_guarded_capped_and_end_at_shutdown() {
         }
     });
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let refused = Events::open(&broker, None).await;
+    let refused = Events::open(&broker.url, None).await;
     assert_eq!(refused.status(), 503);
     assert_eq!(refused.headers()["retry-after"], "1");
     let body: Value = refused.json().await.unwrap();
     assert_eq!(body["error"], "too_many_watchers");
-    let over = conditional(&broker, &tag, Some("5s")).await;
+    let over = conditional(&broker.url, &tag, Some("5s")).await;
     assert_eq!(over.status(), 503, "long polls share the cap");
     assert!(
         broker
@@ -355,8 +389,8 @@ async fn a_reload_that_changes_the_credential_ends_its_streams_and_moves_long_po
     let idp = Idp::start(&["--access-ttl", "300s"]);
     let dir = tempdir();
     let broker = watched_broker(&idp, dir.path(), "");
-    let (first, tag) = current(&broker).await;
-    let mut stream = Events::new(Events::open(&broker, None).await);
+    let (first, tag) = current(&broker.url).await;
+    let mut stream = Events::new(Events::open(&broker.url, None).await);
     stream.token().await;
     let url = broker.url.clone();
     let poll = tokio::spawn(async move {
