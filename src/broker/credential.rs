@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Shared;
 use super::state::{self, Snapshot, Step, Why};
+use super::watch::Published;
 use crate::config::{CredentialSpec, Grant};
 use crate::error::{Error, Remedy};
 use crate::metrics::CredentialMetrics;
@@ -95,11 +96,10 @@ pub struct Credential {
     /// Cancelled when this credential is retired (shutdown, or removed or replaced by a
     /// reload): its timer stops and it starts no new refresh.
     pub(super) stop: CancellationToken,
-    /// Wakes the watchers (long polls, event streams) when a new version is published.
-    /// Inline and task-free: with nobody watching, a publish costs an uncontended lock.
-    pub(super) changed: tokio::sync::Notify,
-    /// The files every new version is written to.
-    pub(super) sinks: Vec<Arc<crate::sink::Sink>>,
+    /// Every published version and withdrawal, for subscribers (long polls, event
+    /// streams, file sinks: see `watch`). With nobody subscribed, a publish costs an
+    /// uncontended lock.
+    pub(super) versions: watch::Sender<Published>,
 }
 
 /// The mutable part of a credential.
@@ -167,15 +167,6 @@ impl Credential {
     ) -> Result<Arc<Credential>, String> {
         let client_keys = crate::secret::KeyRing::load(&spec.name, &spec.access.keys)?;
         let stop = shared.shutdown.child_token();
-        let sinks = if spec.sinks.is_empty() {
-            Vec::new()
-        } else {
-            let metrics = shared.metrics.sink(&spec.name);
-            let sink = |s: &crate::config::SinkSpec| {
-                crate::sink::Sink::new(s.clone(), &spec.name, stop.clone(), metrics.clone())
-            };
-            spec.sinks.iter().map(sink).collect()
-        };
         Ok(Arc::new_cyclic(|me| Credential {
             spec: spec.clone(),
             current: ArcSwapOption::empty(),
@@ -187,8 +178,7 @@ impl Credential {
             shared: shared.clone(),
             client_keys,
             stop,
-            changed: tokio::sync::Notify::new(),
-            sinks,
+            versions: watch::Sender::new(Published::Nothing),
         }))
     }
 
@@ -231,15 +221,12 @@ impl Credential {
     }
 
     /// Makes `token` the one every request is served. The one place a token version
-    /// becomes visible, so whatever follows a new version (metrics, watchers, sinks)
-    /// hangs off here.
+    /// becomes visible: the read path loads `current`, and whatever follows new
+    /// versions (watchers, sinks) subscribes to `versions`, sent after it.
     pub(super) fn publish(&self, token: Arc<Token>) {
         self.metrics.set_expiry(token.expires_at);
-        for sink in &self.sinks {
-            sink.offer(token.clone());
-        }
-        self.current.store(Some(token));
-        self.changed.notify_waiters();
+        self.current.store(Some(token.clone()));
+        self.versions.send_replace(Published::Token(token));
     }
 
     /// Tells the proactive timer that this credential's next due time may have moved.
@@ -402,13 +389,13 @@ impl Credential {
     pub(super) fn withdraw(&self) {
         if self.current.swap(None).is_some() {
             self.metrics.set_expiry(std::time::UNIX_EPOCH);
-            // Long polls and event streams hear of it at once.
-            self.changed.notify_waiters();
         }
         // Also when nothing was published in this process: a sink file may still hold
-        // the token from before a restart.
-        for sink in &self.sinks {
-            sink.withdraw();
-        }
+        // the token from before a restart. Subscribers hear of it once.
+        self.versions.send_if_modified(|last| {
+            let fresh = !matches!(last, Published::Withdrawn);
+            *last = Published::Withdrawn;
+            fresh
+        });
     }
 }

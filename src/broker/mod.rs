@@ -10,7 +10,8 @@
 //! `reconcile`, `write` and `notices`; with the file store none of it runs and a
 //! credential has no fleet state), `timer`
 //! (proactive refresh and bootstrap watching), `schedule` (the pure timing policy),
-//! `watch` (waiting for the next version), `status` (what operators see). The published
+//! `watch` (published versions as a channel that watchers and sinks subscribe to),
+//! `status` (what operators see). The published
 //! token version (`crate::token`) lives below the broker, so what serves it need not
 //! reach into the broker for it.
 //! Nothing here knows HTTP.
@@ -42,6 +43,7 @@ pub use crate::token::{Token, rfc3339};
 pub use credential::{Credential, Outcome, Want};
 pub use reload::Reloaded;
 pub use status::{CredentialStatus, STATES};
+pub use watch::Published;
 
 use crate::config::Config;
 use crate::error::Error;
@@ -100,6 +102,9 @@ impl Set {
 /// All credentials.
 pub struct Broker {
     set: ArcSwap<Set>,
+    /// Counts the sets put in force, so what follows each credential (file sinks)
+    /// finds the ones a reload started.
+    sets: tokio::sync::watch::Sender<u64>,
     shared: Arc<Shared>,
 }
 
@@ -131,6 +136,7 @@ impl Broker {
             .collect::<Result<_, String>>()?;
         Ok(Broker {
             set: ArcSwap::from_pointee(Set::new(map)),
+            sets: tokio::sync::watch::Sender::new(0),
             shared,
         })
     }
@@ -152,6 +158,12 @@ impl Broker {
             .get(name)
             .cloned()
             .ok_or_else(|| Error::UnknownCredential(name.to_owned()))
+    }
+
+    /// Changes whenever a reload puts a new set of credentials in force; closes when
+    /// the broker is dropped.
+    pub fn reloads(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.sets.subscribe()
     }
 
     /// The credential `GET /token` serves.

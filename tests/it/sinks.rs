@@ -398,3 +398,35 @@ async fn a_withdrawn_token_s_sink_files_are_removed_and_a_new_chain_writes_them_
     wait_for_file(&raw, &second).await;
     wait_for_json(&json, &second).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_added_by_a_reload_is_written_and_follows_later_refreshes() {
+    let idp = Idp::start(&["--access-ttl", "300s"]);
+    let dir = tempdir();
+    let out = dir.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    let raw = out.join("x.token");
+    let broker = broker_for(&idp, dir.path(), "");
+    broker.access_token("x").await;
+    assert!(!raw.exists());
+
+    // The reload replaces `x` with settings that name a sink: the successor's tokens
+    // are written, though the sink did not exist when the broker started.
+    let config = dir.path().join("config.toml");
+    let sink = format!(
+        "min_refresh_interval = \"0s\"\n\n[[credentials.x.sinks]]\npath = \"{}\"\n",
+        raw.display()
+    );
+    let text = std::fs::read_to_string(&config).unwrap() + &sink;
+    std::fs::write(&config, text).unwrap();
+    signal(&broker.proc.child, "HUP");
+    crate::failures::eventually("the reloaded credential's sink file", || async {
+        raw.exists()
+    })
+    .await;
+    let current = broker.access_token("x").await;
+    wait_for_file(&raw, &current).await;
+    let next = forced_refresh(&broker).await;
+    assert_ne!(next, current);
+    wait_for_file(&raw, &next).await;
+}
