@@ -18,6 +18,7 @@ use tokio::sync::{OwnedSemaphorePermit, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::Shared;
+use super::coordinate::Coordinator;
 use super::state::{self, Snapshot, Step, Why};
 use super::watch::Published;
 use crate::config::{CredentialSpec, Grant};
@@ -90,6 +91,9 @@ pub struct Credential {
     /// notice about this credential arrives.
     pub(super) remote: tokio::sync::Notify,
     pub(super) shared: Arc<Shared>,
+    /// Who else may hold this credential's chain: nobody (the file store) or a fleet
+    /// sharing a redis store (see `coordinate`).
+    pub(super) coordinator: Arc<dyn Coordinator>,
     pub(super) metrics: CredentialMetrics,
     /// The client keys of `spec.access`, kept current with their files.
     pub(super) client_keys: crate::secret::KeyRing,
@@ -147,9 +151,6 @@ pub(super) struct Inner {
     /// may not match them (scope, audience, client), so the chain is kept but a new
     /// token is fetched.
     pub discard_stored_token: bool,
-    /// Where this broker stands with the shared store's record: only with the redis
-    /// backend (see `fleet::fleet_of`); `None` with the file store.
-    pub fleet: Option<super::fleet::Fleet>,
 }
 
 /// What `decide` concluded under the lock.
@@ -176,6 +177,7 @@ impl Credential {
             remote: tokio::sync::Notify::new(),
             metrics: shared.metrics.credential(&spec.name),
             shared: shared.clone(),
+            coordinator: super::coordinate::for_store(&shared.store),
             client_keys,
             stop,
             versions: watch::Sender::new(Published::Nothing),

@@ -6,9 +6,10 @@
 //! start to end: its task, its outcome, its waiters), `refresh` (the work of one
 //! refresh and the ordering that makes rotation safe), `refused` (when to ask again about a refused
 //! credential without a chain), `restore` (where a chain starts after a restart),
-//! `fleet/` (the single flight across brokers sharing a redis store: `lease`,
-//! `reconcile`, `write` and `notices`; with the file store none of it runs and a
-//! credential has no fleet state), `timer`
+//! `coordinate` (the seam between a flight and whoever else may hold the chain: `Local`
+//! for the file store, `fleet::Member` for a redis store), `fleet/` (the single flight
+//! across brokers sharing a redis store: `lease`, `reconcile`, `write` and `notices`;
+//! with the file store none of it runs and a credential has no fleet state), `timer`
 //! (proactive refresh and bootstrap watching), `schedule` (the pure timing policy),
 //! `watch` (published versions as a channel that watchers and sinks subscribe to),
 //! `status` (what operators see). The published
@@ -16,6 +17,7 @@
 //! reach into the broker for it.
 //! Nothing here knows HTTP.
 
+mod coordinate;
 mod credential;
 mod fleet;
 mod flight;

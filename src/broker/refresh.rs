@@ -19,7 +19,7 @@ use crate::config::{Grant, LostAnswer};
 use crate::error::Error;
 use crate::idp::{IdpError, Inputs, TokenRequest, TokenResponse};
 use crate::secret::ExposeSecret;
-use crate::store::{Fence, Saved};
+use crate::store::Saved;
 use crate::token::{Token, rfc3339};
 
 impl Credential {
@@ -42,10 +42,7 @@ impl Credential {
                 return Err(self.refusal(&inner));
             }
         }
-        match self.shared.store.shared().cloned() {
-            Some(redis) => self.refresh_shared(&redis).await,
-            None => self.fetch().await,
-        }
+        self.coordinator.refresh(self).await
     }
 
     /// The refresh itself: save a held-back token, or call the IdP and keep its answer.
@@ -102,13 +99,7 @@ impl Credential {
         }
         // With the shared store: the lease may be lost while the request waits for a
         // permit to go out; then it must not go out at all.
-        let lease = self
-            .lock()
-            .fleet
-            .as_ref()
-            .and_then(|f| f.lease.as_ref())
-            .map(|h| h.clock.clone());
-        let still_ours = move || lease.as_ref().is_none_or(|clock| clock.held());
+        let still_ours = self.coordinator.may_send();
         let request = TokenRequest {
             spec: &self.spec,
             inputs: &inputs,
@@ -136,9 +127,7 @@ impl Credential {
                 inner.refresh_token = response.refresh_token.or(old);
             }
             inner.unanswered_since = None;
-            if let Some(fleet) = inner.fleet.as_mut() {
-                fleet.rotated = true;
-            }
+            self.coordinator.new_token();
         }
         let now = SystemTime::now();
         // Bounded, so every expiry can be served as RFC 3339 and stored.
@@ -249,7 +238,7 @@ impl Credential {
         let saved = {
             let inner = self.lock();
             let pending = inner.stop_unsaved && inner.reauth.is_some();
-            if !pending || self.shared.store.shared().is_some() {
+            if !pending || self.coordinator.is_shared() {
                 return;
             }
             self.saved(&inner, None)
@@ -365,20 +354,8 @@ impl Credential {
 
     /// `write`; `mark`: the refresh token in `saved` is sent next. The shared store's
     /// writes are fenced by the flight's lease (`fleet::write`); the file store's are
-    /// plain durable writes.
+    /// plain durable writes (`coordinate::Local`).
     async fn write_as(&self, saved: Saved, mark: bool) -> Result<(), Error> {
-        if self.shared.store.shared().is_some() {
-            return self.write_shared(saved, mark).await;
-        }
-        let started = Instant::now();
-        let result = self
-            .shared
-            .store
-            .save(self.name(), saved, &Fence::default())
-            .await;
-        self.shared
-            .metrics
-            .observe_store(started.elapsed().as_secs_f64());
-        result.map(drop).map_err(|e| Error::Store(e.to_string()))
+        self.coordinator.write(self, saved, mark).await
     }
 }

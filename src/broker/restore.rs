@@ -38,14 +38,14 @@ impl Credential {
     /// A store that cannot be read leaves the credential unrestored: nothing is decided
     /// on state that could not be seen.
     pub(super) async fn restore(&self) -> Result<(), Error> {
-        let loaded = self.shared.store.load(self.name()).await;
+        let loaded = self.coordinator.load(self.name()).await;
         if let Loaded::Unavailable(reason) = loaded {
             self.shared.metrics.store_error("load");
             return Err(Error::Store(reason));
         }
         let bootstrap = self.read_bootstrap();
         let refused_inputs_changed = self.refused_inputs_changed(&loaded, &bootstrap).await;
-        let shared = self.shared.store.shared().is_some();
+        let shared = self.coordinator.is_shared();
         let mut inner = self.lock();
         inner.restored = true;
         match loaded {
@@ -56,9 +56,7 @@ impl Credential {
                 version,
                 stamp,
             } => {
-                if shared {
-                    super::fleet::fleet_of(&mut inner.fleet).restored(version, stamp);
-                }
+                self.coordinator.restored(version, stamp);
                 for file in skipped {
                     warn!(
                         credential = self.name(),
