@@ -33,10 +33,10 @@ pub fn check(config: &Config, check_secrets: bool) -> Vec<Problem> {
     problems
 }
 
-fn problem(key: impl Into<String>, message: String) -> Problem {
+fn problem(key: impl Into<String>, message: impl ToString) -> Problem {
     Problem {
         key: key.into(),
-        message,
+        message: message.to_string(),
     }
 }
 
@@ -44,7 +44,7 @@ fn problem(key: impl Into<String>, message: String) -> Problem {
 fn state_secrets(config: &Config) -> Vec<Problem> {
     let mut problems = Vec::new();
     for (field, source) in config.state.secret_sources() {
-        let read = source.read().and_then(|value| {
+        let read = source.read().map_err(|e| e.to_string()).and_then(|value| {
             if field.contains("encryption_key") {
                 crate::store::Cipher::from_secret(&value).map(|_| ())
             } else {

@@ -86,8 +86,9 @@ impl Credential {
         &self,
         refresh_token: Option<&SecretString>,
     ) -> Result<Result<TokenResponse, IdpError>, Error> {
-        let inputs = Inputs::read(&self.spec).map_err(|reason| Error::UpstreamUnavailable {
-            reason,
+        // A secret file that cannot be read now may be mid-rotation: asked again soon.
+        let inputs = Inputs::read(&self.spec).map_err(|e| Error::UpstreamUnavailable {
+            reason: e.to_string(),
             retry_after: Duration::from_secs(1),
         })?;
         if self.spec.grant == Grant::RefreshToken {

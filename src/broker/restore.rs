@@ -27,8 +27,8 @@ use tracing::{error, info, warn};
 use super::credential::{Credential, Inner};
 use crate::config::Grant;
 use crate::error::Error;
-use crate::idp::Inputs;
 use crate::idp::fingerprint::{self, Digest};
+use crate::idp::{InputError, Inputs};
 use crate::secret::{ExposeSecret, fingerprint};
 use crate::store::{Loaded, Saved};
 use crate::token::Token;
@@ -117,11 +117,12 @@ impl Credential {
 
     /// The bootstrap and its fingerprint, or the digest of a chainless grant's inputs;
     /// `None` when the grant has neither (exec).
-    pub(super) fn read_bootstrap(&self) -> Option<Result<Bootstrap, String>> {
+    pub(super) fn read_bootstrap(&self) -> Option<Result<Bootstrap, InputError>> {
         match &self.spec.grant {
             Grant::RefreshToken => {
                 let source = self.spec.refresh_token.as_ref()?;
-                Some(source.read().map(|value| Bootstrap::Token {
+                let read = source.read().map_err(InputError::RefreshToken);
+                Some(read.map(|value| Bootstrap::Token {
                     fingerprint: fingerprint(&value),
                     refresh_token: value,
                 }))
@@ -142,7 +143,7 @@ impl Credential {
     async fn refused_inputs_changed(
         &self,
         loaded: &Loaded,
-        bootstrap: &Option<Result<Bootstrap, String>>,
+        bootstrap: &Option<Result<Bootstrap, InputError>>,
     ) -> bool {
         let (Loaded::Found { saved, .. }, Some(Ok(Bootstrap::Inputs(digest)))) =
             (loaded, bootstrap)
@@ -179,7 +180,7 @@ impl Credential {
     pub(super) fn start_chain(
         &self,
         inner: &mut Inner,
-        bootstrap: Option<Result<Bootstrap, String>>,
+        bootstrap: Option<Result<Bootstrap, InputError>>,
     ) {
         match bootstrap {
             None => {}
@@ -210,13 +211,15 @@ impl Credential {
                 // Read again before the next request, which reports it if it persists.
                 warn!(
                     credential = self.name(),
-                    reason, "cannot read the credential's inputs"
+                    reason = %reason,
+                    "cannot read the credential's inputs"
                 );
             }
             Some(Err(reason)) => {
                 error!(
                     credential = self.name(),
-                    reason, "cannot read the bootstrap refresh token"
+                    reason = %reason,
+                    "cannot read the bootstrap refresh token"
                 );
                 inner.reauth = Some(format!("bootstrap refresh token unreadable: {reason}"));
             }

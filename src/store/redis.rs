@@ -139,6 +139,7 @@ impl RedisStore {
             Some(source) => Some(
                 source
                     .read()
+                    .map_err(|e| e.to_string())
                     .and_then(|key| Cipher::from_secret(&key))
                     .map_err(|e| format!("state.encryption_key: {e}"))?,
             ),
