@@ -63,15 +63,14 @@ impl Credential {
             });
         }
         let answer = match &self.spec.grant {
-            // Not an IdP: its failures are all retryable (`Unavailable`), never a refusal.
-            Grant::Exec(exec) => {
-                crate::exec::run(exec)
-                    .await
-                    .map_err(|reason| IdpError::Unavailable {
-                        reason,
-                        retry_after: None,
-                    })
-            }
+            // Not an IdP: its failures are all retryable (`Unavailable`), never a
+            // refusal; the backoff paces them whatever the cause.
+            Grant::Exec(exec) => crate::exec::run(exec)
+                .await
+                .map_err(|e| IdpError::Unavailable {
+                    reason: e.to_string(),
+                    retry_after: None,
+                }),
             _ => self.call_idp(refresh_token.as_ref()).await?,
         };
         match answer {
