@@ -27,7 +27,7 @@ pub use changes::Notice;
 pub use crypto::Cipher;
 pub use file::FileStore;
 pub(crate) use file::{temp_prefix, write_atomically};
-pub use redis::{ConnectError, Polled, ReadError, Record, RedisStore};
+pub use redis::{ConnectError, Polled, ReadError, Record, RedisStore, Unanswered};
 
 use crate::config::StateConfig;
 

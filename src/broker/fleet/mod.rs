@@ -33,7 +33,7 @@ use crate::config::OnStoreUnavailable;
 use crate::error::Error;
 use crate::metrics::LeaseEvent;
 use crate::secret::hex;
-use crate::store::{Fence, Loaded, ReadError, Record, RedisStore, Saved, WriteKind};
+use crate::store::{Fence, Loaded, ReadError, Record, RedisStore, Saved, Unanswered, WriteKind};
 use crate::token::Token;
 
 /// A flight waits at most this long (or three leases) for another broker's refresh.
@@ -256,7 +256,7 @@ enum Took {
     Lease(Held),
     /// Another broker's result (or a reason to stop) settled this flight.
     Settled(Outcome),
-    Unreachable(String),
+    Unreachable(Unanswered),
 }
 
 impl Credential {
@@ -451,7 +451,7 @@ impl Credential {
     }
 
     /// Redis cannot be reached when a refresh is due.
-    async fn without_store(self: &Arc<Self>, member: &Member, why: String) -> Outcome {
+    async fn without_store(self: &Arc<Self>, member: &Member, why: Unanswered) -> Outcome {
         self.shared.metrics.store_error("lease");
         if member.redis.on_unavailable == OnStoreUnavailable::Wait {
             return Err(Error::Store(format!(

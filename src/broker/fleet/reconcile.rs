@@ -177,7 +177,7 @@ impl Credential {
         let now = SystemTime::now();
         let fleet_wide = match member.redis.held_until(self.name()).await {
             Ok(until) => until,
-            Err(why) => return Some((Error::Store(why), now + Duration::from_secs(1))),
+            Err(why) => return Some((Error::Store(why.into()), now + Duration::from_secs(1))),
         };
         let until = fleet_wide.max(member.position().settle_until);
         if let Some(until) = until.filter(|until| *until > now) {
