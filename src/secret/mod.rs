@@ -172,11 +172,16 @@ mod tests {
         let err = SecretSource::Env("TB_TEST_SURELY_UNSET".into())
             .read()
             .unwrap_err();
-        assert!(err.contains("TB_TEST_SURELY_UNSET"));
+        assert!(matches!(err, SecretError::Env(_)));
+        assert!(err.to_string().contains("TB_TEST_SURELY_UNSET"));
         let err = SecretSource::File("/nonexistent/x".into())
             .read()
             .unwrap_err();
-        assert!(err.contains("/nonexistent/x"));
+        assert!(matches!(err, SecretError::File { .. }));
+        assert!(err.to_string().contains("/nonexistent/x"));
+        let err = SecretSource::Inline("  \n".into()).read().unwrap_err();
+        assert!(matches!(err, SecretError::Empty { .. }));
+        assert_eq!(err.to_string(), "inline secret is empty");
     }
 
     #[test]

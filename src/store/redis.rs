@@ -349,7 +349,7 @@ impl RedisStore {
             &self.writer,
             self.cipher.as_ref(),
         )
-        .map_err(|e| StoreError::Unavailable(e.into()))?;
+        .map_err(StoreError::Unavailable)?;
         let data = zeroize::Zeroizing::new(data);
         let mut answer = self.save_once(name, lease, &data, fence).await?;
         if answer == -4 {
