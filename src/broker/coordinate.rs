@@ -113,11 +113,14 @@ impl Coordinator for Local {
             let (file, name) = (self.0.clone(), credential.name().to_owned());
             let result = tokio::task::spawn_blocking(move || file.save(&name, &saved))
                 .await
-                .unwrap_or_else(|e| Err(format!("store task failed: {e}")));
+                .map_err(|e| format!("store task failed: {e}"))
+                .and_then(|saved| saved.map_err(|e| e.to_string()));
             credential
                 .shared
                 .metrics
                 .observe_store(started.elapsed().as_secs_f64());
+            // Whatever the cause, a state not yet durable holds the token back: asked
+            // again in a second.
             result.map_err(Error::Store)
         })
     }

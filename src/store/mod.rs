@@ -25,7 +25,7 @@ use secrecy::SecretString;
 
 pub use changes::Notice;
 pub use crypto::Cipher;
-pub use file::FileStore;
+pub use file::{FileStore, SaveError};
 pub(crate) use file::{temp_prefix, write_atomically};
 pub use redis::{ConnectError, Polled, ReadError, Record, RedisStore, Unanswered};
 
