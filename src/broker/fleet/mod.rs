@@ -9,31 +9,30 @@
 //! the ordinary refresh (`Credential::fetch`), whose writes are fenced
 //! (`write`). The lease is renewed while the refresh runs (`lease`) and released
 //! by compare-and-delete at the end. Notices and polling between flights live in
-//! `notices`. Here: `Member`, the coordinator (see `coordinate`) of a credential whose
-//! store is shared, with the broker's position relative to the record (`Fleet`), taking
+//! `notices`; `member` is the coordinator (see `broker::coordinate`) that leads a
+//! flight here. Here: the broker's position relative to the record (`Fleet`), taking
 //! the lease, and adopting records.
 
 mod lease;
+mod member;
 mod notices;
 mod reconcile;
 mod write;
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
-
-use futures_util::future::BoxFuture;
 
 use tracing::{debug, info, warn};
 
 use self::lease::Held;
+pub(crate) use self::member::Member;
 use self::reconcile::Reconciled;
-use crate::broker::coordinate::{Coordinator, Settled};
 use crate::broker::credential::{Credential, Inner, Outcome};
 use crate::config::OnStoreUnavailable;
 use crate::error::Error;
 use crate::metrics::LeaseEvent;
 use crate::secret::hex;
-use crate::store::{Fence, Loaded, ReadError, Record, RedisStore, Saved, Unanswered, WriteKind};
+use crate::store::{Fence, ReadError, Record, Unanswered, WriteKind};
 use crate::token::Token;
 
 /// A flight waits at most this long (or three leases) for another broker's refresh.
@@ -52,92 +51,6 @@ pub(super) fn next_version(version: u64, new_token: bool) -> u64 {
         ((version >> WRITE_BITS) + 1) << WRITE_BITS
     } else {
         version + 1
-    }
-}
-
-/// A credential's coordinator in a fleet: the shared store, and where this broker
-/// stands with the credential's record there.
-pub(crate) struct Member {
-    pub redis: Arc<RedisStore>,
-    /// Locked after the credential's `inner` when both are needed, never before it,
-    /// and never across an `.await`.
-    position: Mutex<Fleet>,
-}
-
-impl Member {
-    pub fn new(redis: Arc<RedisStore>) -> Member {
-        Member {
-            redis,
-            position: Mutex::default(),
-        }
-    }
-
-    /// Where this broker stands with the record.
-    pub fn position(&self) -> MutexGuard<'_, Fleet> {
-        // Every critical section leaves the position consistent.
-        self.position.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-impl Coordinator for Member {
-    fn load<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Loaded> {
-        Box::pin(async move {
-            match self.redis.read(name).await {
-                Ok(None) => Loaded::Empty,
-                Ok(Some(record)) => Loaded::Found {
-                    saved: record.saved,
-                    skipped: Vec::new(),
-                    version: record.version,
-                    stamp: record.stamp,
-                },
-                Err(ReadError::Corrupt { why, .. }) => Loaded::Corrupt(vec![why]),
-                Err(ReadError::Unavailable(why)) => Loaded::Unavailable(why),
-            }
-        })
-    }
-
-    fn restored(&self, version: u64, stamp: Option<String>) {
-        self.position().restored(version, stamp);
-    }
-
-    fn is_shared(&self) -> bool {
-        true
-    }
-
-    fn refresh<'a>(&'a self, credential: &'a Arc<Credential>) -> BoxFuture<'a, Outcome> {
-        Box::pin(credential.refresh_shared(self))
-    }
-
-    fn write<'a>(
-        &'a self,
-        credential: &'a Credential,
-        saved: Saved,
-        mark: bool,
-    ) -> BoxFuture<'a, Result<(), Error>> {
-        Box::pin(credential.write_shared(self, saved, mark))
-    }
-
-    fn new_token(&self) {
-        self.position().rotated = true;
-    }
-
-    fn may_send(&self) -> Box<dyn Fn() -> bool + Send + Sync> {
-        // The lease may be lost while the request waits for a permit to go out; then
-        // it must not go out at all.
-        let lease = self.position().lease.as_ref().map(|h| h.clock.clone());
-        Box::new(move || lease.as_ref().is_none_or(|clock| clock.held()))
-    }
-
-    fn settle(&self) -> Settled {
-        let mut fleet = self.position();
-        Settled {
-            adopted: std::mem::take(&mut fleet.adopted),
-            held_until: fleet.held_until.take(),
-        }
-    }
-
-    fn fleet(&self) -> Option<&Member> {
-        Some(self)
     }
 }
 
