@@ -253,3 +253,65 @@ async fn count(stream: Option<impl AsyncRead + Unpin>, total: &mut u64) -> Resul
         }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::config::ExecFormat;
+    use crate::secret::SecretSource;
+
+    fn exec(command: &[&str], timeout: Duration) -> Exec {
+        Exec {
+            command: command.iter().map(|s| (*s).to_owned()).collect(),
+            env: BTreeMap::new(),
+            timeout,
+            format: ExecFormat::Auto,
+        }
+    }
+
+    #[tokio::test]
+    async fn each_failure_names_its_cause_and_the_program() {
+        let long = Duration::from_secs(10);
+        let error = run(&exec(&[], long)).await.unwrap_err();
+        assert!(matches!(error, ExecError::NoCommand), "{error}");
+
+        let error = run(&exec(&["/nonexistent/token-cli"], long))
+            .await
+            .unwrap_err();
+        assert!(matches!(error, ExecError::Start { .. }), "{error}");
+        assert!(
+            error
+                .to_string()
+                .starts_with("exec `/nonexistent/token-cli`: cannot start it: ")
+        );
+
+        let mut missing = exec(&["/bin/echo", "t"], long);
+        let unset = SecretSource::Env("TB_EXEC_TEST_SURELY_UNSET".into());
+        missing.env.insert("TOKEN".into(), unset);
+        let error = run(&missing).await.unwrap_err();
+        assert!(
+            matches!(&error, ExecError::Env { name, .. } if name == "TOKEN"),
+            "{error}"
+        );
+
+        let error = run(&exec(&["/bin/sh", "-c", "exit 3"], long))
+            .await
+            .unwrap_err();
+        assert!(matches!(error, ExecError::Failed { .. }), "{error}");
+        assert!(
+            error.to_string().contains("exited with status 3"),
+            "{error}"
+        );
+
+        let error = run(&exec(&["/bin/true"], long)).await.unwrap_err();
+        assert!(matches!(error, ExecError::Output { .. }), "{error}");
+
+        let short = Duration::from_millis(200);
+        let error = run(&exec(&["/bin/sleep", "5"], short)).await.unwrap_err();
+        assert!(matches!(error, ExecError::TimedOut { .. }), "{error}");
+        assert!(error.to_string().contains("no answer within"), "{error}");
+    }
+}
