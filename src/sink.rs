@@ -15,6 +15,7 @@
 //! withdraws a token (the IdP refused its chain), the file is removed: an app reading
 //! it then fails loudly instead of using a token that is likely revoked.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime};
@@ -41,7 +42,7 @@ pub fn start(broker: &Arc<Broker>) {
     let broker = Arc::downgrade(broker);
     tokio::spawn(async move {
         // The credentials attached to, by name: a reload that keeps one keeps its tasks.
-        let mut attached: Vec<(String, Weak<Credential>)> = Vec::new();
+        let mut attached: HashMap<String, Weak<Credential>> = HashMap::new();
         loop {
             let Some(broker) = broker.upgrade() else {
                 return;
@@ -51,13 +52,14 @@ pub fn start(broker: &Arc<Broker>) {
                 .credentials()
                 .into_iter()
                 .map(|credential| {
-                    let known = attached.iter().any(|(name, weak)| {
-                        name == credential.name() && weak.ptr_eq(&Arc::downgrade(&credential))
-                    });
-                    if !known {
+                    let weak = Arc::downgrade(&credential);
+                    if !attached
+                        .get(credential.name())
+                        .is_some_and(|w| w.ptr_eq(&weak))
+                    {
                         attach(&broker, &credential);
                     }
-                    (credential.name().to_owned(), Arc::downgrade(&credential))
+                    (credential.name().to_owned(), weak)
                 })
                 .collect();
             drop(broker);
