@@ -139,6 +139,7 @@ pub async fn run(
     broker.metrics().set_state_source(states);
     broker.start();
     broker.watch_store();
+    crate::sink::start(&broker);
     let addresses: Vec<String> = listeners.iter().map(Listener::describe).collect();
     let ops_addresses: Vec<String> = ops.iter().map(Listener::describe).collect();
     info!(listen = %addresses.join(","), ops_listen = %ops_addresses.join(","), credentials = config.credentials.len(), "token-broker serving");

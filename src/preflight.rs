@@ -38,10 +38,10 @@ pub fn check(config: &Config, check_secrets: bool) -> Vec<Problem> {
     problems
 }
 
-fn problem(key: impl Into<String>, message: String) -> Problem {
+fn problem(key: impl Into<String>, message: impl ToString) -> Problem {
     Problem {
         key: key.into(),
-        message,
+        message: message.to_string(),
     }
 }
 
@@ -49,7 +49,7 @@ fn problem(key: impl Into<String>, message: String) -> Problem {
 fn state_secrets(config: &Config) -> Vec<Problem> {
     let mut problems = Vec::new();
     for (field, source) in config.state.secret_sources() {
-        let read = source.read().and_then(|value| {
+        let read = source.read().map_err(|e| e.to_string()).and_then(|value| {
             if field.contains("encryption_key") {
                 crate::store::Cipher::from_secret(&value).map(|_| ())
             } else {
@@ -88,7 +88,7 @@ fn credential_secrets(config: &Config) -> Vec<Problem> {
 /// A `dpop_key` read and parsed as the broker will (an EC P-256 private key in PEM).
 fn dpop_key(source: &crate::secret::SecretSource) -> Result<(), String> {
     use crate::secret::ExposeSecret;
-    let pem = source.read()?;
+    let pem = source.read().map_err(|e| e.to_string())?;
     crate::dpop::Key::from_pem(pem.expose_secret().as_bytes())
         .map(drop)
         .map_err(|e| e.to_string())

@@ -1,27 +1,30 @@
 //! File sinks: a credential's current token written to a file on every new version, for
 //! apps that read a file rather than call the API.
 //!
-//! `Credential::publish` offers each new version to each of its sinks. A sink runs at
-//! most one writer task, and only while there is something to write: the writer always
-//! takes the newest version offered, so versions that arrive while a write runs are
-//! skipped, never written after a newer one. A write goes to a temporary file in the
-//! same directory, is fsynced and renamed over the target (and the directory fsynced),
-//! so a reader sees the old file or the new one, never a part. A failed write is logged
-//! and counted, and retried with backoff while that version is the newest and still
-//! valid; it never holds up a refresh or a read. When a token expires and no new one
-//! comes, the file is left as it is (a JSON sink says `expires_at`). When the broker
+//! Each sink is a task subscribed to its credential's published versions
+//! (`Credential::versions`); the broker does not know sinks exist. `start` attaches
+//! the tasks to every credential, and to those a reload starts. A task always takes the
+//! newest version, so versions published while a write runs are skipped, never written
+//! after a newer one; a version is published only once it is stored durably, so a
+//! sink never holds a token the broker could lose. A write goes to a temporary file in
+//! the same directory, is fsynced and renamed over the target (and the directory
+//! fsynced), so a reader sees the old file or the new one, never a part. A failed write
+//! is logged and counted, and retried with backoff while that version is the newest and
+//! still valid; it never holds up a refresh or a read. When a token expires and no new
+//! one comes, the file is left as it is (a JSON sink says `expires_at`). When the broker
 //! withdraws a token (the IdP refused its chain), the file is removed: an app reading
 //! it then fails loudly instead of using a token that is likely revoked.
 
+use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime};
 
-use tokio::sync::Notify;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::broker::{Broker, Credential, Published};
 use crate::config::{SinkFormat, SinkSpec};
 use crate::metrics::SinkMetrics;
 use crate::store::{temp_prefix, write_atomically};
@@ -32,164 +35,144 @@ const RETRY_FIRST: Duration = Duration::from_secs(1);
 /// ...to here.
 const RETRY_MAX: Duration = Duration::from_secs(60);
 
+/// Attaches a task to each sink of each credential in force, now and after every
+/// reload. Ends when the broker is dropped.
+pub fn start(broker: &Arc<Broker>) {
+    let mut reloads = broker.reloads();
+    let broker = Arc::downgrade(broker);
+    tokio::spawn(async move {
+        // The credentials attached to, by name: a reload that keeps one keeps its tasks.
+        let mut attached: HashMap<String, Weak<Credential>> = HashMap::new();
+        loop {
+            let Some(broker) = broker.upgrade() else {
+                return;
+            };
+            reloads.borrow_and_update();
+            attached = broker
+                .credentials()
+                .into_iter()
+                .map(|credential| {
+                    let weak = Arc::downgrade(&credential);
+                    if !attached
+                        .get(credential.name())
+                        .is_some_and(|w| w.ptr_eq(&weak))
+                    {
+                        attach(&broker, &credential);
+                    }
+                    (credential.name().to_owned(), weak)
+                })
+                .collect();
+            drop(broker);
+            if reloads.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+}
+
+/// Starts the tasks of `credential`'s sinks. Each ends when the credential is dropped.
+fn attach(broker: &Broker, credential: &Credential) {
+    if credential.spec.sinks.is_empty() {
+        return;
+    }
+    let metrics = broker.metrics().sink(credential.name());
+    for spec in &credential.spec.sinks {
+        let sink = Sink {
+            spec: spec.clone(),
+            credential: Arc::from(credential.name()),
+            stop: credential.stop_signal(),
+            swept: false,
+            metrics: metrics.clone(),
+        };
+        tokio::spawn(sink.follow(credential.versions()));
+    }
+}
+
+/// What a sink does after handling a version.
+enum Next {
+    /// Wait for the next version.
+    Wait,
+    /// A newer version came meanwhile: handle it now.
+    Newer,
+    /// The credential is gone.
+    Closed,
+}
+
 /// One configured file of one credential.
-pub struct Sink {
+struct Sink {
     spec: SinkSpec,
     /// The credential's name, for logs.
     credential: Arc<str>,
-    slot: Mutex<Slot>,
-    /// Wakes a writer waiting to retry when a newer version arrives.
-    offered: Notify,
-    /// The credential's stop: a writer waiting to retry gives up (a write in progress
-    /// finishes).
+    /// The credential's stop: a write waiting to be retried is given up (a write in
+    /// progress finishes, and later versions are still written).
     stop: CancellationToken,
     /// Whether leftovers of a killed broker's writes were swept from the directory.
-    swept: AtomicBool,
+    swept: bool,
     metrics: SinkMetrics,
 }
 
-/// What the writer does next.
-enum Offer {
-    /// Write this version.
-    Token(Arc<Token>),
-    /// Remove the file: the token was withdrawn.
-    Withdraw,
-}
-
-/// What waits to be written.
-#[derive(Default)]
-struct Slot {
-    /// The newest version (or withdrawal) not yet written.
-    pending: Option<Offer>,
-    /// Whether a writer task is running (it takes `pending` before it exits).
-    running: bool,
-}
-
 impl Sink {
-    /// A sink of `credential`.
-    pub fn new(
-        spec: SinkSpec,
-        credential: &str,
-        stop: CancellationToken,
-        metrics: SinkMetrics,
-    ) -> Arc<Sink> {
-        Arc::new(Sink {
-            spec,
-            credential: Arc::from(credential),
-            slot: Mutex::default(),
-            offered: Notify::new(),
-            stop,
-            swept: AtomicBool::new(false),
-            metrics,
-        })
-    }
-
-    /// Schedules `token` to be written; returns at once.
-    pub fn offer(self: &Arc<Self>, token: Arc<Token>) {
-        self.pend(Offer::Token(token));
-    }
-
-    /// Schedules the file's removal (after any write under way); returns at once.
-    pub fn withdraw(self: &Arc<Self>) {
-        self.pend(Offer::Withdraw);
-    }
-
-    fn pend(self: &Arc<Self>, offer: Offer) {
-        let start = {
-            let mut slot = self.lock();
-            slot.pending = Some(offer);
-            !std::mem::replace(&mut slot.running, true)
-        };
-        if !start {
-            // Wakes a writer waiting to retry: the newer version goes first. Only then:
-            // a stored wake-up would cut the writer's next retry wait short.
-            self.offered.notify_one();
-            return;
-        }
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => {
-                runtime.spawn(self.clone().writer());
+    /// Writes (or removes) the newest published version, until the channel closes.
+    async fn follow(mut self, mut versions: watch::Receiver<Published>) {
+        loop {
+            let newest = versions.borrow_and_update().clone();
+            let next = match newest {
+                Published::Nothing => Next::Wait,
+                Published::Withdrawn => {
+                    self.remove().await;
+                    Next::Wait
+                }
+                Published::Token(token) => self.write_until_done(&token, &mut versions).await,
+            };
+            let closed = match next {
+                Next::Wait => versions.changed().await.is_err(),
+                Next::Newer => false,
+                Next::Closed => true,
+            };
+            if closed {
+                return;
             }
-            Err(_) => self.lock().running = false,
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Slot> {
-        // Each critical section leaves the slot consistent.
-        self.slot.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Writes the newest pending version until none is left.
-    async fn writer(self: Arc<Self>) {
+    /// Writes `token`, retrying with backoff while it is the newest version and still
+    /// valid.
+    async fn write_until_done(
+        &mut self,
+        token: &Token,
+        versions: &mut watch::Receiver<Published>,
+    ) -> Next {
         let mut failures = 0u32;
         loop {
-            let token = match self.take() {
-                Some(Offer::Token(token)) => token,
-                Some(Offer::Withdraw) => {
-                    self.remove().await;
-                    continue;
-                }
-                None => return,
-            };
-            match self.write(&token).await {
+            let error = match self.write(token).await {
                 Ok(()) => {
                     if failures > 0 {
                         info!(credential = %self.credential, path = %self.spec.path.display(), "sink written again");
                     }
-                    failures = 0;
                     self.metrics.written();
+                    return Next::Wait;
                 }
-                Err(error) => {
-                    failures += 1;
-                    self.metrics.failed();
-                    let delay = RETRY_FIRST
-                        .saturating_mul(1 << failures.min(7).saturating_sub(1))
-                        .min(RETRY_MAX);
-                    warn!(credential = %self.credential, path = %self.spec.path.display(), error = %error, retry_in_ms = delay.as_millis() as u64, "sink write failed");
-                    if !self.retry_later(token, delay).await {
-                        return;
-                    }
-                }
+                Err(error) => error,
+            };
+            failures += 1;
+            self.metrics.failed();
+            let delay = RETRY_FIRST
+                .saturating_mul(1 << failures.min(7).saturating_sub(1))
+                .min(RETRY_MAX);
+            warn!(credential = %self.credential, path = %self.spec.path.display(), error = %error, retry_in_ms = delay.as_millis() as u64, "sink write failed");
+            // A newer version (or a withdrawal) ends the wait: it goes first.
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                changed = versions.changed() => return match changed {
+                    Ok(()) => Next::Newer,
+                    Err(_) => Next::Closed,
+                },
+                () = self.stop.cancelled() => return Next::Wait,
+            }
+            if !token.is_valid(SystemTime::now()) {
+                return Next::Wait;
             }
         }
-    }
-
-    /// The newest pending version, or `None` (and the writer ends) when there is none.
-    fn take(&self) -> Option<Offer> {
-        let mut slot = self.lock();
-        let token = slot.pending.take();
-        if token.is_none() {
-            slot.running = false;
-        }
-        token
-    }
-
-    /// Puts a failed version back (unless a newer one came) and waits before the next
-    /// attempt; a newer version ends the wait. `false` when the writer ends: the
-    /// credential stopped, or the version expired with nothing newer to write. The
-    /// decision and `running = false` are one critical section, so a version offered
-    /// meanwhile starts a new writer rather than being dropped.
-    async fn retry_later(&self, failed: Arc<Token>, delay: Duration) -> bool {
-        if failed.is_valid(SystemTime::now()) {
-            self.lock().pending.get_or_insert(Offer::Token(failed));
-        }
-        let stopped = tokio::select! {
-            () = tokio::time::sleep(delay) => false,
-            () = self.offered.notified() => false,
-            () = self.stop.cancelled() => true,
-        };
-        let mut slot = self.lock();
-        let now = SystemTime::now();
-        let keep = !stopped
-            && slot.pending.as_ref().is_some_and(|offer| match offer {
-                Offer::Token(token) => token.is_valid(now),
-                Offer::Withdraw => true,
-            });
-        if !keep {
-            slot.pending = None;
-            slot.running = false;
-        }
-        keep
     }
 
     /// Removes the file of a withdrawn token; a failure is logged, not retried (the
@@ -211,17 +194,18 @@ impl Sink {
         }
     }
 
-    async fn write(self: &Arc<Self>, token: &Token) -> std::io::Result<()> {
+    async fn write(&mut self, token: &Token) -> std::io::Result<()> {
         let content = match self.spec.format {
             SinkFormat::Raw => token.raw(),
             SinkFormat::Json => token.json_body(SystemTime::now()),
         };
-        let me = self.clone();
+        let (path, mode) = (self.spec.path.clone(), self.spec.mode);
+        let sweep_first = !std::mem::replace(&mut self.swept, true);
         let written = tokio::task::spawn_blocking(move || {
-            if !me.swept.swap(true, Ordering::Relaxed) {
-                sweep(&me.spec.path);
+            if sweep_first {
+                sweep(&path);
             }
-            write_atomically(&me.spec.path, me.spec.mode, &content)
+            write_atomically(&path, mode, &content)
         })
         .await;
         written

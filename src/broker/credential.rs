@@ -18,7 +18,9 @@ use tokio::sync::{OwnedSemaphorePermit, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::Shared;
+use super::coordinate::Coordinator;
 use super::state::{self, Snapshot, Step, Why};
+use super::watch::Published;
 use crate::config::{CredentialSpec, Grant};
 use crate::error::{Error, Remedy};
 use crate::metrics::CredentialMetrics;
@@ -92,17 +94,19 @@ pub struct Credential {
     /// notice about this credential arrives.
     pub(super) remote: tokio::sync::Notify,
     pub(super) shared: Arc<Shared>,
+    /// Who else may hold this credential's chain: nobody (the file store) or a fleet
+    /// sharing a redis store (see `coordinate`).
+    pub(super) coordinator: Arc<dyn Coordinator>,
     pub(super) metrics: CredentialMetrics,
     /// The client keys of `spec.access`, kept current with their files.
     pub(super) client_keys: crate::secret::KeyRing,
     /// Cancelled when this credential is retired (shutdown, or removed or replaced by a
     /// reload): its timer stops and it starts no new refresh.
     pub(super) stop: CancellationToken,
-    /// Wakes the watchers (long polls, event streams) when a new version is published.
-    /// Inline and task-free: with nobody watching, a publish costs an uncontended lock.
-    pub(super) changed: tokio::sync::Notify,
-    /// The files every new version is written to.
-    pub(super) sinks: Vec<Arc<crate::sink::Sink>>,
+    /// Every published version and withdrawal, for subscribers (long polls, event
+    /// streams, file sinks: see `watch`). With nobody subscribed, a publish costs an
+    /// uncontended lock.
+    pub(super) versions: watch::Sender<Published>,
     /// With `dpop = true`: the key, and the nonces of the IdP and resource servers.
     pub(super) dpop: Option<super::dpop::Dpop>,
 }
@@ -154,9 +158,6 @@ pub(super) struct Inner {
     pub discard_stored_token: bool,
     /// A login's token response, waiting for its flight to adopt it (see `login`).
     pub login: Option<crate::idp::TokenResponse>,
-    /// Where this broker stands with the shared store's record: only with the redis
-    /// backend (see `fleet::fleet_of`); `None` with the file store.
-    pub fleet: Option<super::fleet::Fleet>,
 }
 
 /// What `decide` concluded under the lock.
@@ -174,15 +175,6 @@ impl Credential {
     ) -> Result<Arc<Credential>, String> {
         let client_keys = crate::secret::KeyRing::load(&spec.name, &spec.access.keys)?;
         let stop = shared.shutdown.child_token();
-        let sinks = if spec.sinks.is_empty() {
-            Vec::new()
-        } else {
-            let metrics = shared.metrics.sink(&spec.name);
-            let sink = |s: &crate::config::SinkSpec| {
-                crate::sink::Sink::new(s.clone(), &spec.name, stop.clone(), metrics.clone())
-            };
-            spec.sinks.iter().map(sink).collect()
-        };
         Ok(Arc::new_cyclic(|me| Credential {
             spec: spec.clone(),
             current: ArcSwapOption::empty(),
@@ -192,10 +184,10 @@ impl Credential {
             remote: tokio::sync::Notify::new(),
             metrics: shared.metrics.credential(&spec.name),
             shared: shared.clone(),
+            coordinator: super::coordinate::for_store(&shared.store),
             client_keys,
             stop,
-            changed: tokio::sync::Notify::new(),
-            sinks,
+            versions: watch::Sender::new(Published::Nothing),
             dpop: spec.dpop.as_ref().map(super::dpop::Dpop::new),
         }))
     }
@@ -239,15 +231,12 @@ impl Credential {
     }
 
     /// Makes `token` the one every request is served. The one place a token version
-    /// becomes visible, so whatever follows a new version (metrics, watchers, sinks)
-    /// hangs off here.
+    /// becomes visible: the read path loads `current`, and whatever follows new
+    /// versions (watchers, sinks) subscribes to `versions`, sent after it.
     pub(super) fn publish(&self, token: Arc<Token>) {
         self.metrics.set_expiry(token.expires_at);
-        for sink in &self.sinks {
-            sink.offer(token.clone());
-        }
-        self.current.store(Some(token));
-        self.changed.notify_waiters();
+        self.current.store(Some(token.clone()));
+        self.versions.send_replace(Published::Token(token));
     }
 
     /// Tells the proactive timer that this credential's next due time may have moved.
@@ -431,13 +420,13 @@ impl Credential {
     pub(super) fn withdraw(&self) {
         if self.current.swap(None).is_some() {
             self.metrics.set_expiry(std::time::UNIX_EPOCH);
-            // Long polls and event streams hear of it at once.
-            self.changed.notify_waiters();
         }
         // Also when nothing was published in this process: a sink file may still hold
-        // the token from before a restart.
-        for sink in &self.sinks {
-            sink.withdraw();
-        }
+        // the token from before a restart. Subscribers hear of it once.
+        self.versions.send_if_modified(|last| {
+            let fresh = !matches!(last, Published::Withdrawn);
+            *last = Published::Withdrawn;
+            fresh
+        });
     }
 }

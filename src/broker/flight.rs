@@ -15,6 +15,7 @@ use tokio::sync::{OwnedSemaphorePermit, watch};
 use tracing::{error, info, warn};
 
 use super::Shared;
+use super::coordinate::Settled;
 use super::credential::{Credential, Decision, Inner, Outcome, Want};
 use super::{schedule, state};
 use crate::config::LostAnswer;
@@ -111,10 +112,10 @@ impl Credential {
         let now = SystemTime::now();
         let mut inner = self.lock();
         // Another broker's token taken from the store is counted as adopted only.
-        let (adopted, held_until) = match inner.fleet.as_mut() {
-            Some(fleet) => (std::mem::take(&mut fleet.adopted), fleet.held_until.take()),
-            None => (false, None),
-        };
+        let Settled {
+            adopted,
+            held_until,
+        } = self.coordinator.settle();
         inner.disputed = None;
         match &mut outcome {
             Ok(token) if adopted => self.publish(token.clone()),

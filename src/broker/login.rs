@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime};
 use tracing::{info, warn};
 
 use super::credential::{Credential, Outcome, Want};
-use super::fleet::{fleet_of, next_version};
+use super::fleet::next_version;
 use crate::config::{Config, CredentialSpec, Grant};
 use crate::error::Error;
 use crate::idp::TokenResponse;
@@ -139,19 +139,19 @@ impl Credential {
     /// The flight of a login: restored already, it adopts `Inner::login`; with the
     /// shared store, under the fleet's lease.
     pub(super) async fn adopt_login(self: &Arc<Self>) -> Outcome {
-        let Some(redis) = self.shared.store.shared().cloned() else {
+        let coordinator = self.coordinator.clone();
+        let Some(member) = coordinator.fleet() else {
             return self.fetch().await;
         };
         let mut outcome = Err(Error::ShuttingDown);
         for _ in 0..SHARED_ATTEMPTS {
-            outcome = self.refresh_shared(&redis).await;
-            let mut inner = self.lock();
-            if inner.login.is_none() {
+            outcome = self.refresh_shared(member).await;
+            if self.lock().login.is_none() {
                 return outcome;
             }
             // Another broker's record settled the attempt before the login was
             // written: it is this broker's state now, and the login goes over it.
-            fleet_of(&mut inner.fleet).adopted = false;
+            member.position().adopted = false;
         }
         self.lock().login = None;
         Err(match outcome {
@@ -181,8 +181,8 @@ impl Credential {
     /// inside the flight and, with the shared store, under the lease). Nothing changes
     /// if the write fails.
     pub(super) async fn accept_login(&self, response: TokenResponse) -> Outcome {
-        let local = self.lock().fleet.as_ref().is_some_and(|f| f.local);
-        if local {
+        let member = self.coordinator.fleet();
+        if member.is_some_and(|m| m.position().local) {
             return Err(Error::Store(
                 "the shared store cannot be reached, and a login is stored there before it is used"
                     .into(),
@@ -192,14 +192,10 @@ impl Credential {
         let saved = record(&response, &self.spec, now);
         // With the shared store the login is written as a new token: newer than every
         // state before it, whichever broker wrote that.
-        let shared = self.shared.store.shared().is_some();
-        let rotated = shared.then(|| {
-            let mut inner = self.lock();
-            std::mem::replace(&mut fleet_of(&mut inner.fleet).rotated, true)
-        });
+        let rotated = member.map(|m| std::mem::replace(&mut m.position().rotated, true));
         if let Err(error) = self.write(saved.clone()).await {
-            if let (Some(was), Some(fleet)) = (rotated, self.lock().fleet.as_mut()) {
-                fleet.rotated = was;
+            if let (Some(was), Some(m)) = (rotated, member) {
+                m.position().rotated = was;
             }
             return Err(error);
         }
@@ -272,11 +268,13 @@ pub async fn adopt_offline(
         .await
         .map_err(|why| LoginError::Store(format!("cannot open the state store: {why}")))?;
     match &store {
-        Store::File(_) => store
-            .save(name, saved, &Fence::default())
-            .await
-            .map(drop)
-            .map_err(|e| LoginError::Store(e.to_string()))?,
+        Store::File(file) => {
+            let (file, name) = (file.clone(), name.to_owned());
+            tokio::task::spawn_blocking(move || file.save(&name, &saved))
+                .await
+                .map_err(|e| LoginError::Store(format!("store task failed: {e}")))?
+                .map_err(|e| LoginError::Store(e.to_string()))?
+        }
         Store::Redis(redis) => save_shared(redis, name, &saved).await?,
     }
     Ok(Adopted {
@@ -295,7 +293,11 @@ async fn save_shared(
     let unavailable = |why: String| LoginError::Store(format!("the shared store: {why}"));
     let lease = crate::secret::hex(&rand::random::<[u8; 16]>());
     let give_up = std::time::Instant::now() + redis.lease_duration * 2;
-    while !redis.acquire(name, &lease).await.map_err(unavailable)? {
+    while !redis
+        .acquire(name, &lease)
+        .await
+        .map_err(|e| unavailable(e.to_string()))?
+    {
         if std::time::Instant::now() >= give_up {
             return Err(LoginError::Store(
                 "a running broker holds this credential's lease; log in through it (--url)".into(),

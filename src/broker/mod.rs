@@ -7,16 +7,19 @@
 //! refresh and the ordering that makes rotation safe), `refused` (when to ask again about a refused
 //! credential without a chain), `restore` (where a chain starts after a restart), `login`
 //! (a login's new chain, adopted by a running broker or written offline),
-//! `fleet/` (the single flight across brokers sharing a redis store: `lease`,
-//! `reconcile`, `write` and `notices`; with the file store none of it runs and a
-//! credential has no fleet state), `timer`
+//! `coordinate` (the seam between a flight and whoever else may hold the chain: `Local`
+//! for the file store, `fleet::Member` for a redis store), `fleet/` (the single flight
+//! across brokers sharing a redis store: `lease`, `reconcile`, `write` and `notices`;
+//! with the file store none of it runs and a credential has no fleet state), `timer`
 //! (proactive refresh and bootstrap watching), `schedule` (the pure timing policy),
-//! `watch` (waiting for the next version), `status` (what operators see), `dpop` (the
-//! key, nonces and proofs of a `dpop = true` credential). The published
+//! `watch` (published versions as a channel that watchers and sinks subscribe to),
+//! `status` (what operators see), `dpop` (the key, nonces and proofs of a `dpop = true`
+//! credential). The published
 //! token version (`crate::token`) lives below the broker, so what serves it need not
 //! reach into the broker for it.
 //! Nothing here knows HTTP.
 
+mod coordinate;
 mod credential;
 mod dpop;
 mod fleet;
@@ -46,6 +49,7 @@ pub use crate::token::{Token, rfc3339};
 pub use credential::{Credential, Outcome, Want};
 pub use reload::Reloaded;
 pub use status::{CredentialStatus, STATES};
+pub use watch::Published;
 
 use crate::config::Config;
 use crate::error::Error;
@@ -104,6 +108,9 @@ impl Set {
 /// All credentials.
 pub struct Broker {
     set: ArcSwap<Set>,
+    /// Counts the sets put in force, so what follows each credential (file sinks)
+    /// finds the ones a reload started.
+    sets: tokio::sync::watch::Sender<u64>,
     shared: Arc<Shared>,
 }
 
@@ -135,6 +142,7 @@ impl Broker {
             .collect::<Result<_, String>>()?;
         Ok(Broker {
             set: ArcSwap::from_pointee(Set::new(map)),
+            sets: tokio::sync::watch::Sender::new(0),
             shared,
         })
     }
@@ -156,6 +164,12 @@ impl Broker {
             .get(name)
             .cloned()
             .ok_or_else(|| Error::UnknownCredential(name.to_owned()))
+    }
+
+    /// Changes whenever a reload puts a new set of credentials in force; closes when
+    /// the broker is dropped.
+    pub fn reloads(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.sets.subscribe()
     }
 
     /// The credential `GET /token` serves.

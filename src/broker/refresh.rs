@@ -19,7 +19,7 @@ use crate::config::{Grant, LostAnswer};
 use crate::error::Error;
 use crate::idp::{IdpError, Inputs, TokenRequest, TokenResponse};
 use crate::secret::ExposeSecret;
-use crate::store::{Fence, Saved};
+use crate::store::Saved;
 use crate::token::{Token, rfc3339};
 
 impl Credential {
@@ -48,10 +48,7 @@ impl Credential {
         if self.awaits_login(&self.lock()) {
             return Err(self.login_required());
         }
-        match self.shared.store.shared().cloned() {
-            Some(redis) => self.refresh_shared(&redis).await,
-            None => self.fetch().await,
-        }
+        self.coordinator.refresh(self).await
     }
 
     /// The refresh itself: save a held-back token, or call the IdP and keep its answer.
@@ -80,15 +77,14 @@ impl Credential {
             return Err(self.login_required());
         }
         let answer = match &self.spec.grant {
-            // Not an IdP: its failures are all retryable (`Unavailable`), never a refusal.
-            Grant::Exec(exec) => {
-                crate::exec::run(exec)
-                    .await
-                    .map_err(|reason| IdpError::Unavailable {
-                        reason,
-                        retry_after: None,
-                    })
-            }
+            // Not an IdP: its failures are all retryable (`Unavailable`), never a
+            // refusal; the backoff paces them whatever the cause.
+            Grant::Exec(exec) => crate::exec::run(exec)
+                .await
+                .map_err(|e| IdpError::Unavailable {
+                    reason: e.to_string(),
+                    retry_after: None,
+                }),
             _ => self.call_idp(refresh_token.as_ref()).await?,
         };
         match answer {
@@ -103,8 +99,9 @@ impl Credential {
         &self,
         refresh_token: Option<&SecretString>,
     ) -> Result<Result<TokenResponse, IdpError>, Error> {
-        let inputs = Inputs::read(&self.spec).map_err(|reason| Error::UpstreamUnavailable {
-            reason,
+        // A secret file that cannot be read now may be mid-rotation: asked again soon.
+        let inputs = Inputs::read(&self.spec).map_err(|e| Error::UpstreamUnavailable {
+            reason: e.to_string(),
             retry_after: Duration::from_secs(1),
         })?;
         // Before the refresh token is marked as sent: without a key nothing goes out.
@@ -118,13 +115,7 @@ impl Credential {
         }
         // With the shared store: the lease may be lost while the request waits for a
         // permit to go out; then it must not go out at all.
-        let lease = self
-            .lock()
-            .fleet
-            .as_ref()
-            .and_then(|f| f.lease.as_ref())
-            .map(|h| h.clock.clone());
-        let still_ours = move || lease.as_ref().is_none_or(|clock| clock.held());
+        let still_ours = self.coordinator.may_send();
         let request = TokenRequest {
             spec: &self.spec,
             inputs: &inputs,
@@ -158,9 +149,7 @@ impl Credential {
                 inner.refresh_token = response.refresh_token.or(old);
             }
             inner.unanswered_since = None;
-            if let Some(fleet) = inner.fleet.as_mut() {
-                fleet.rotated = true;
-            }
+            self.coordinator.new_token();
         }
         // A token the IdP did not bind is not served; the rotated chain is kept.
         let token_type = match self.dpop_token_type(response.token_type) {
@@ -276,7 +265,7 @@ impl Credential {
         let saved = {
             let inner = self.lock();
             let pending = inner.stop_unsaved && inner.reauth.is_some();
-            if !pending || self.shared.store.shared().is_some() {
+            if !pending || self.coordinator.is_shared() {
                 return;
             }
             self.saved(&inner, None)
@@ -392,20 +381,8 @@ impl Credential {
 
     /// `write`; `mark`: the refresh token in `saved` is sent next. The shared store's
     /// writes are fenced by the flight's lease (`fleet::write`); the file store's are
-    /// plain durable writes.
+    /// plain durable writes (`coordinate::Local`).
     pub(super) async fn write_as(&self, saved: Saved, mark: bool) -> Result<(), Error> {
-        if self.shared.store.shared().is_some() {
-            return self.write_shared(saved, mark).await;
-        }
-        let started = Instant::now();
-        let result = self
-            .shared
-            .store
-            .save(self.name(), saved, &Fence::default())
-            .await;
-        self.shared
-            .metrics
-            .observe_store(started.elapsed().as_secs_f64());
-        result.map(drop).map_err(|e| Error::Store(e.to_string()))
+        self.coordinator.write(self, saved, mark).await
     }
 }

@@ -75,6 +75,7 @@ impl Broker {
             credential.retire().await;
         }
         self.set.store(Arc::new(Set::new(map)));
+        self.sets.send_modify(|n| *n += 1);
         for credential in starting {
             self.shared.timers.schedule(&credential);
         }

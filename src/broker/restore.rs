@@ -27,8 +27,8 @@ use tracing::{error, info, warn};
 use super::credential::{Credential, Inner};
 use crate::config::Grant;
 use crate::error::Error;
-use crate::idp::Inputs;
 use crate::idp::fingerprint::{self, Digest};
+use crate::idp::{InputError, Inputs};
 use crate::secret::{ExposeSecret, fingerprint};
 use crate::store::{Loaded, Saved};
 use crate::token::Token;
@@ -38,14 +38,14 @@ impl Credential {
     /// A store that cannot be read leaves the credential unrestored: nothing is decided
     /// on state that could not be seen.
     pub(super) async fn restore(&self) -> Result<(), Error> {
-        let loaded = self.shared.store.load(self.name()).await;
+        let loaded = self.coordinator.load(self.name()).await;
         if let Loaded::Unavailable(reason) = loaded {
             self.shared.metrics.store_error("load");
             return Err(Error::Store(reason));
         }
         let bootstrap = self.read_bootstrap();
         let refused_inputs_changed = self.refused_inputs_changed(&loaded, &bootstrap).await;
-        let shared = self.shared.store.shared().is_some();
+        let shared = self.coordinator.is_shared();
         let mut inner = self.lock();
         inner.restored = true;
         match loaded {
@@ -56,9 +56,7 @@ impl Credential {
                 version,
                 stamp,
             } => {
-                if shared {
-                    super::fleet::fleet_of(&mut inner.fleet).restored(version, stamp);
-                }
+                self.coordinator.restored(version, stamp);
                 for file in skipped {
                     warn!(
                         credential = self.name(),
@@ -119,11 +117,12 @@ impl Credential {
 
     /// The bootstrap and its fingerprint, or the digest of a chainless grant's inputs;
     /// `None` when the grant has neither (exec).
-    pub(super) fn read_bootstrap(&self) -> Option<Result<Bootstrap, String>> {
+    pub(super) fn read_bootstrap(&self) -> Option<Result<Bootstrap, InputError>> {
         match &self.spec.grant {
             Grant::RefreshToken => {
                 let source = self.spec.refresh_token.as_ref()?;
-                Some(source.read().map(|value| Bootstrap::Token {
+                let read = source.read().map_err(InputError::RefreshToken);
+                Some(read.map(|value| Bootstrap::Token {
                     fingerprint: fingerprint(&value),
                     refresh_token: value,
                 }))
@@ -144,7 +143,7 @@ impl Credential {
     async fn refused_inputs_changed(
         &self,
         loaded: &Loaded,
-        bootstrap: &Option<Result<Bootstrap, String>>,
+        bootstrap: &Option<Result<Bootstrap, InputError>>,
     ) -> bool {
         let (Loaded::Found { saved, .. }, Some(Ok(Bootstrap::Inputs(digest)))) =
             (loaded, bootstrap)
@@ -181,7 +180,7 @@ impl Credential {
     pub(super) fn start_chain(
         &self,
         inner: &mut Inner,
-        bootstrap: Option<Result<Bootstrap, String>>,
+        bootstrap: Option<Result<Bootstrap, InputError>>,
     ) {
         match bootstrap {
             None => {}
@@ -212,13 +211,15 @@ impl Credential {
                 // Read again before the next request, which reports it if it persists.
                 warn!(
                     credential = self.name(),
-                    reason, "cannot read the credential's inputs"
+                    reason = %reason,
+                    "cannot read the credential's inputs"
                 );
             }
             Some(Err(reason)) => {
                 error!(
                     credential = self.name(),
-                    reason, "cannot read the bootstrap refresh token"
+                    reason = %reason,
+                    "cannot read the bootstrap refresh token"
                 );
                 inner.reauth = Some(format!("bootstrap refresh token unreadable: {reason}"));
             }

@@ -32,6 +32,49 @@ pub const MAX_OUTPUT_BYTES: usize = 64 * 1024;
 /// `PATH` of the child unless `exec.env.PATH` is configured.
 pub const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 
+/// Why a run gave no token. Names the program and the cause, never any output.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    /// `exec.command` is empty.
+    #[error("exec.command is empty")]
+    NoCommand,
+    /// A configured environment variable's secret cannot be read.
+    #[error("exec.env.{name}: {source}")]
+    Env {
+        name: String,
+        source: crate::secret::SecretError,
+    },
+    /// The program could not be started.
+    #[error("exec `{program}`: cannot start it: {source}")]
+    Start {
+        program: String,
+        source: std::io::Error,
+    },
+    /// Its output was over `MAX_OUTPUT_BYTES`.
+    #[error(
+        "exec `{program}`: printed more than {MAX_OUTPUT_BYTES} bytes; killed it and its process group"
+    )]
+    TooLarge { program: String },
+    /// Its output could not be read.
+    #[error("exec `{program}`: reading its output failed: {source}")]
+    Read {
+        program: String,
+        source: std::io::Error,
+    },
+    /// It did not finish within `timeout`.
+    #[error(
+        "exec `{program}`: no answer within {}; killed it and its process group",
+        crate::duration::format(*.timeout)
+    )]
+    TimedOut { program: String, timeout: Duration },
+    /// It exited unsuccessfully (`how`: the status or signal, and stderr's size).
+    #[error("exec `{program}`: {how}")]
+    Failed { program: String, how: String },
+    /// What it printed is not a token (`why` says how, quoting none of it).
+    #[error("exec `{program}`: {why}")]
+    Output { program: String, why: String },
+}
+
 /// What running the command produced.
 struct Finished {
     stdout: zeroize::Zeroizing<Vec<u8>>,
@@ -48,11 +91,13 @@ enum Cut {
 /// Runs the command once and reads the token it prints. Errors name the program and
 /// what went wrong, never any output. Whatever the outcome, nothing it started is left
 /// running (see `reap`).
-pub async fn run(spec: &Exec) -> Result<TokenResponse, String> {
-    let program = spec.command.first().map_or("", String::as_str);
-    let fail = |what: String| format!("exec `{program}`: {what}");
+pub async fn run(spec: &Exec) -> Result<TokenResponse, ExecError> {
+    let program = || spec.command.first().cloned().unwrap_or_default();
     let (mut child, _leader) =
-        reap::spawn(&mut command(spec)?).map_err(|e| fail(format!("cannot start it: {e}")))?;
+        reap::spawn(&mut command(spec)?).map_err(|source| ExecError::Start {
+            program: program(),
+            source,
+        })?;
     let group = reap::group_of(&child);
     let outcome = tokio::time::timeout(spec.timeout, collect(&mut child, group)).await;
     if !matches!(outcome, Ok(Ok(_))) {
@@ -63,23 +108,30 @@ pub async fn run(spec: &Exec) -> Result<TokenResponse, String> {
     reap::end_group(group).await;
     let finished = match outcome {
         Ok(Ok(finished)) => finished,
-        Ok(Err(Cut::TooLarge)) => {
-            return Err(fail(format!(
-                "printed more than {MAX_OUTPUT_BYTES} bytes; killed it and its process group"
-            )));
+        Ok(Err(Cut::TooLarge)) => return Err(ExecError::TooLarge { program: program() }),
+        Ok(Err(Cut::Io(source))) => {
+            return Err(ExecError::Read {
+                program: program(),
+                source,
+            });
         }
-        Ok(Err(Cut::Io(e))) => return Err(fail(format!("reading its output failed: {e}"))),
         Err(_) => {
-            return Err(fail(format!(
-                "no answer within {}; killed it and its process group",
-                crate::duration::format(spec.timeout)
-            )));
+            return Err(ExecError::TimedOut {
+                program: program(),
+                timeout: spec.timeout,
+            });
         }
     };
     if !finished.status.success() {
-        return Err(fail(exit_error(finished.status, finished.stderr_bytes)));
+        return Err(ExecError::Failed {
+            program: program(),
+            how: exit_error(finished.status, finished.stderr_bytes),
+        });
     }
-    output::parse(&finished.stdout, spec.format).map_err(fail)
+    output::parse(&finished.stdout, spec.format).map_err(|why| ExecError::Output {
+        program: program(),
+        why,
+    })
 }
 
 /// How the command failed. Its stderr is described by size only: CLIs print secrets there
@@ -97,8 +149,8 @@ fn exit_error(status: ExitStatus, stderr_bytes: u64) -> String {
 }
 
 /// The child process: no shell, stdin closed, a clean environment, its own group.
-fn command(spec: &Exec) -> Result<Command, String> {
-    let (program, args) = spec.command.split_first().ok_or("exec.command is empty")?;
+fn command(spec: &Exec) -> Result<Command, ExecError> {
+    let (program, args) = spec.command.split_first().ok_or(ExecError::NoCommand)?;
     let mut command = Command::new(program);
     command
         .args(args)
@@ -112,7 +164,10 @@ fn command(spec: &Exec) -> Result<Command, String> {
         command.env("PATH", DEFAULT_PATH);
     }
     for (name, source) in &spec.env {
-        let value = source.read().map_err(|e| format!("exec.env.{name}: {e}"))?;
+        let value = source.read().map_err(|source| ExecError::Env {
+            name: name.clone(),
+            source,
+        })?;
         command.env(name, value.expose_secret());
     }
     Ok(command)
@@ -196,5 +251,49 @@ async fn count(stream: Option<impl AsyncRead + Unpin>, total: &mut u64) -> Resul
             0 => return Ok(()),
             n => *total += n as u64,
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::config::ExecFormat;
+    use crate::secret::SecretSource;
+
+    fn exec(command: &[&str], timeout: Duration) -> Exec {
+        Exec {
+            command: command.iter().map(|s| (*s).to_owned()).collect(),
+            env: BTreeMap::new(),
+            timeout,
+            format: ExecFormat::Auto,
+        }
+    }
+
+    // Only causes found before anything is spawned: a run makes this process a
+    // subreaper that reaps every child it did not start itself (see `reap`), which
+    // would take other unit tests' children (openssl) from them. Running commands is
+    // covered by `tests/it/exec.rs`, against the real binary.
+    #[tokio::test]
+    async fn a_command_that_cannot_be_set_up_names_its_cause() {
+        let long = Duration::from_secs(10);
+        let error = run(&exec(&[], long)).await.unwrap_err();
+        assert!(matches!(error, ExecError::NoCommand), "{error}");
+        assert_eq!(error.to_string(), "exec.command is empty");
+
+        let mut missing = exec(&["/bin/echo", "t"], long);
+        let unset = SecretSource::Env("TB_EXEC_TEST_SURELY_UNSET".into());
+        missing.env.insert("TOKEN".into(), unset);
+        let error = run(&missing).await.unwrap_err();
+        assert!(
+            matches!(&error, ExecError::Env { name, source: crate::secret::SecretError::Env(_) } if name == "TOKEN"),
+            "{error}"
+        );
+        assert_eq!(
+            error.to_string(),
+            "exec.env.TOKEN: environment variable TB_EXEC_TEST_SURELY_UNSET is not set or not UTF-8"
+        );
     }
 }

@@ -11,7 +11,25 @@ use secrecy::SecretString;
 use super::assertion::{self, CLIENT_ASSERTION_TYPE, SigningKey};
 use super::fingerprint::{Digest, Hasher};
 use crate::config::{ClientAuth, CredentialSpec, Grant, JwtBearer, TokenExchange};
-use crate::secret::{ExposeSecret, SecretSource};
+use crate::secret::{ExposeSecret, SecretError, SecretSource};
+
+/// Why a request's inputs could not be read. Names the key and the source, never a
+/// value.
+#[derive(Debug, thiserror::Error)]
+pub enum InputError {
+    /// The bootstrap refresh token cannot be read.
+    #[error(transparent)]
+    RefreshToken(SecretError),
+    /// Another secret the request needs cannot be read.
+    #[error("{key}: {source}")]
+    Secret {
+        key: &'static str,
+        source: SecretError,
+    },
+    /// The private key does not parse.
+    #[error("private_key: {0}")]
+    Key(String),
+}
 
 /// `grant_type` of RFC 8693.
 pub const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
@@ -33,15 +51,17 @@ pub struct Inputs {
 impl Inputs {
     /// Reads every secret `spec` needs. The error names the key and the source, never
     /// a value.
-    pub fn read(spec: &CredentialSpec) -> Result<Inputs, String> {
+    pub fn read(spec: &CredentialSpec) -> Result<Inputs, InputError> {
         let mut digest = Hasher::new(spec);
-        let mut read = |key: &str, source: Option<&SecretSource>| {
+        let mut read = |key: &'static str, source: Option<&SecretSource>| {
             let Some(source) = source else {
                 return Ok(None);
             };
-            let value = source.read().map_err(|e| format!("{key}: {e}"))?;
+            let value = source
+                .read()
+                .map_err(|source| InputError::Secret { key, source })?;
             digest.part(key, value.expose_secret());
-            Ok::<_, String>(Some(value))
+            Ok::<_, InputError>(Some(value))
         };
         let (subject, actor, assertion) = spec.grant_sources();
         let client_secret = read("client_secret", spec.client_secret.as_ref())?;
@@ -51,8 +71,7 @@ impl Inputs {
         let assertion = read("assertion", assertion)?;
         let private_key = match (pem, &spec.private_key) {
             (Some(pem), Some(key)) => Some(
-                SigningKey::from_pem(&pem, key.alg, key.key_id.clone())
-                    .map_err(|e| format!("private_key: {e}"))?,
+                SigningKey::from_pem(&pem, key.alg, key.key_id.clone()).map_err(InputError::Key)?,
             ),
             _ => None,
         };

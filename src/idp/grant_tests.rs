@@ -178,6 +178,17 @@ fn unreadable_inputs_name_the_key_and_source_only() {
     );
     let err = Inputs::read(&exchange).err().unwrap();
     assert!(
+        matches!(
+            err,
+            InputError::Secret {
+                key: "subject_token",
+                source: crate::secret::SecretError::File { .. }
+            }
+        ),
+        "{err}"
+    );
+    let err = err.to_string();
+    assert!(
         err.starts_with("subject_token: ") && err.contains("/nonexistent/token"),
         "{err}"
     );
@@ -185,6 +196,8 @@ fn unreadable_inputs_name_the_key_and_source_only() {
         "grant = \"client_credentials\"\nclient_id = \"c\"\nclient_auth = \"private_key_jwt\"\nprivate_key = \"not-a-pem-secret\"\n",
     );
     let err = Inputs::read(&bad_key).err().unwrap();
+    assert!(matches!(err, InputError::Key(_)), "{err}");
+    let err = err.to_string();
     assert!(
         err.starts_with("private_key: ") && !err.contains("not-a-pem-secret"),
         "{err}"

@@ -34,7 +34,7 @@ use crate::config::{CredentialSpec, Endpoint, EndpointUrl, IdpConfig, PrivateKey
 use crate::secret::ExposeSecret;
 
 pub use assertion::{CLIENT_ASSERTION_TYPE, SigningKey, claims as assertion_claims};
-pub use grant::{DEVICE_CODE, Inputs, JWT_BEARER, LoginRequest, TOKEN_EXCHANGE};
+pub use grant::{DEVICE_CODE, InputError, Inputs, JWT_BEARER, LoginRequest, TOKEN_EXCHANGE};
 pub use login::{DEFAULT_DEVICE_INTERVAL, DeviceAuthorization, Discovery, LoginTokens};
 pub use response::{TokenResponse, jwt_exp, parse_retry_after, success as parse_token_response};
 
@@ -267,7 +267,7 @@ fn read(path: &std::path::Path, key: &str) -> Result<Vec<u8>, String> {
 
 /// Reads and parses a configured private key (for `check-config --check-secrets`).
 pub fn check_key(key: &PrivateKey) -> Result<(), String> {
-    let pem = key.source.read()?;
+    let pem = key.source.read().map_err(|e| e.to_string())?;
     SigningKey::from_pem(&pem, key.alg, key.key_id.clone()).map(|_| ())
 }
 

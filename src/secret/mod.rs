@@ -18,6 +18,23 @@ use sha2::{Digest, Sha256};
 pub use keyring::KeyRing;
 pub use secrecy::ExposeSecret;
 
+/// Why a secret could not be read. Names the source, never a value.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    /// The file cannot be read (missing, unreadable, not UTF-8).
+    #[error("cannot read file {}: {source}", path.display())]
+    File {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The environment variable is not set, or not UTF-8.
+    #[error("environment variable {0} is not set or not UTF-8")]
+    Env(String),
+    /// The source holds only whitespace; `what` describes it (never an inline value).
+    #[error("{what} is empty")]
+    Empty { what: String },
+}
+
 /// Where a secret value is read from.
 #[derive(Clone, PartialEq, Eq)]
 pub enum SecretSource {
@@ -31,17 +48,24 @@ pub enum SecretSource {
 
 impl SecretSource {
     /// Reads the current value. The error names the source, never the value.
-    pub fn read(&self) -> Result<SecretString, String> {
+    pub fn read(&self) -> Result<SecretString, SecretError> {
         let value = match self {
             SecretSource::Inline(value) => value.clone(),
-            SecretSource::File(path) => std::fs::read_to_string(path)
-                .map_err(|e| format!("cannot read file {}: {e}", path.display()))?,
-            SecretSource::Env(var) => std::env::var(var)
-                .map_err(|_| format!("environment variable {var} is not set or not UTF-8"))?,
+            SecretSource::File(path) => {
+                std::fs::read_to_string(path).map_err(|source| SecretError::File {
+                    path: path.clone(),
+                    source,
+                })?
+            }
+            SecretSource::Env(var) => {
+                std::env::var(var).map_err(|_| SecretError::Env(var.clone()))?
+            }
         };
         let value = value.trim();
         if value.is_empty() {
-            return Err(format!("{self:?} is empty"));
+            return Err(SecretError::Empty {
+                what: format!("{self:?}"),
+            });
         }
         Ok(SecretString::from(value.to_owned()))
     }
@@ -148,11 +172,16 @@ mod tests {
         let err = SecretSource::Env("TB_TEST_SURELY_UNSET".into())
             .read()
             .unwrap_err();
-        assert!(err.contains("TB_TEST_SURELY_UNSET"));
+        assert!(matches!(err, SecretError::Env(_)));
+        assert!(err.to_string().contains("TB_TEST_SURELY_UNSET"));
         let err = SecretSource::File("/nonexistent/x".into())
             .read()
             .unwrap_err();
-        assert!(err.contains("/nonexistent/x"));
+        assert!(matches!(err, SecretError::File { .. }));
+        assert!(err.to_string().contains("/nonexistent/x"));
+        let err = SecretSource::Inline("  \n".into()).read().unwrap_err();
+        assert!(matches!(err, SecretError::Empty { .. }));
+        assert_eq!(err.to_string(), "inline secret is empty");
     }
 
     #[test]

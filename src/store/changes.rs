@@ -7,7 +7,7 @@ use futures_util::{Stream, StreamExt};
 
 use ::redis::AsyncCommands;
 
-use super::redis::RedisStore;
+use super::redis::{RedisStore, Unanswered};
 
 /// A change notice: the credential's record (or lease) changed; `version` is the
 /// record's version after the change.
@@ -24,7 +24,7 @@ impl RedisStore {
     /// that connection drops; the caller subscribes again. A probe published right
     /// after subscribing must come back: Redis refuses a channel the ACL forbids, and
     /// without the probe that refusal would go unnoticed.
-    pub async fn subscribe(&self) -> Result<impl Stream<Item = Notice> + use<>, String> {
+    pub async fn subscribe(&self) -> Result<impl Stream<Item = Notice> + use<>, Unanswered> {
         let mut conn = self.connection().await?;
         let mut pubsub = self
             .limit(self.client.get_async_pubsub())
@@ -48,11 +48,7 @@ impl RedisStore {
             false
         };
         if !self.limit(heard).await.unwrap_or(false) {
-            return Err(format!(
-                "subscribed to `{}`, but no notice arrives: does the Redis ACL allow this \
-                 channel to the user?",
-                self.channel()
-            ));
+            return Err(Unanswered::NoNotices(self.channel()));
         }
         Ok(messages.filter_map(|message| async move {
             let text: String = message.get_payload().ok()?;

@@ -162,14 +162,14 @@ impl RedisStore {
         let set = conn.set_nx::<_, _, bool>(&key, sealed.as_slice());
         self.limit(set)
             .await
-            .map_err(unavailable)?
-            .map_err(|e| unavailable(self.failed(e)))?;
+            .map_err(|e| unavailable(e.to_string()))?
+            .map_err(|e| unavailable(self.failed(e).to_string()))?;
         let get = conn.get::<_, Option<Vec<u8>>>(&key);
         let stored = self
             .limit(get)
             .await
-            .map_err(unavailable)?
-            .map_err(|e| unavailable(self.failed(e)))?
+            .map_err(|e| unavailable(e.to_string()))?
+            .map_err(|e| unavailable(self.failed(e).to_string()))?
             .map(Zeroizing::new)
             .ok_or_else(|| unavailable(format!("redis lost the DPoP key of `{name}`")))?;
         match (&self.cipher, super::crypto::is_sealed(&stored)) {

@@ -57,6 +57,20 @@ pub struct FileStore {
     on_disk: Mutex<HashMap<String, Vec<u64>>>,
 }
 
+/// Why a state file was not saved. Names the file, never what it holds.
+#[derive(Debug, thiserror::Error)]
+pub enum SaveError {
+    /// The state could not be encoded or sealed.
+    #[error("{0}")]
+    Encode(String),
+    /// The file could not be written, synced or renamed into place.
+    #[error("writing {}: {source}", path.display())]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
 /// Refuses an existing `state.dir` that is not a directory or that every user may write
 /// to. `open` and `check-config` both ask this, so they decide alike.
 pub fn check_dir(dir: &Path) -> Result<(), String> {
@@ -171,12 +185,15 @@ impl FileStore {
     }
 
     /// Durably saves a new generation: on `Ok`, the data survives a crash.
-    pub fn save(&self, name: &str, saved: &Saved) -> Result<(), String> {
+    pub fn save(&self, name: &str, saved: &Saved) -> Result<(), SaveError> {
         let generation = self.lock_generations().get(name).copied().unwrap_or(0) + 1;
-        let bytes = encode(name, generation, saved, self.keys.as_ref())?;
+        let bytes =
+            encode(name, generation, saved, self.keys.as_ref()).map_err(SaveError::Encode)?;
         let path = self.path(name, generation);
-        write_atomically(&path, 0o600, &bytes)
-            .map_err(|e| format!("writing {}: {e}", path.display()))?;
+        write_atomically(&path, 0o600, &bytes).map_err(|source| SaveError::Write {
+            path: path.clone(),
+            source,
+        })?;
         self.lock_generations().insert(name.to_owned(), generation);
         // Keep one older generation as the fallback. `load` cleared anything older, so
         // only the one before the fallback is left to remove: no directory scan per save,

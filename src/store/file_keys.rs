@@ -36,6 +36,7 @@ impl Keys {
         let cipher = |field: String, source: &crate::secret::SecretSource| {
             source
                 .read()
+                .map_err(|e| e.to_string())
                 .and_then(|value| Cipher::from_secret(&value))
                 .map_err(|e| format!("state.{field}: {e}"))
         };

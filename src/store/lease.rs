@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use ::redis::AsyncCommands;
 
-use super::redis::{RedisStore, millis};
+use super::redis::{RedisStore, Unanswered, millis};
 
 /// Extends the lease only while it is still ours.
 pub(super) const RENEW: &str = r"
@@ -39,7 +39,7 @@ return 1
 
 impl RedisStore {
     /// Takes the lease if nobody holds it.
-    pub async fn acquire(&self, name: &str, token: &str) -> Result<bool, String> {
+    pub async fn acquire(&self, name: &str, token: &str) -> Result<bool, Unanswered> {
         let mut conn = self.connection().await?;
         let options = ::redis::SetOptions::default()
             .conditional_set(::redis::ExistenceCheck::NX)
@@ -52,7 +52,7 @@ impl RedisStore {
     }
 
     /// Whether any broker holds the lease.
-    pub async fn lease_held(&self, name: &str) -> Result<bool, String> {
+    pub async fn lease_held(&self, name: &str) -> Result<bool, Unanswered> {
         let mut conn = self.connection().await?;
         let holder: Option<String> = self
             .limit(conn.get(self.lease_key(name)))
@@ -63,7 +63,12 @@ impl RedisStore {
 
     /// Extends the lease; `false` when it is no longer ours. Gives up after `within`
     /// (or the usual limit, if sooner).
-    pub async fn renew(&self, name: &str, token: &str, within: Duration) -> Result<bool, String> {
+    pub async fn renew(
+        &self,
+        name: &str,
+        token: &str,
+        within: Duration,
+    ) -> Result<bool, Unanswered> {
         let renew = async {
             let mut conn = self.connection().await?;
             let mut call = self.renew_script.prepare_invoke();
@@ -79,11 +84,11 @@ impl RedisStore {
         let within = within.min(self.timeout * 2);
         tokio::time::timeout(within, renew)
             .await
-            .map_err(|_| format!("redis did not answer within {within:?}"))?
+            .map_err(|_| Unanswered::TimedOut(within))?
     }
 
     /// Gives the lease up if it is still ours, and tells the waiting brokers.
-    pub async fn release(&self, name: &str, token: &str) -> Result<(), String> {
+    pub async fn release(&self, name: &str, token: &str) -> Result<(), Unanswered> {
         let mut conn = self.connection().await?;
         let mut call = self.release_script.prepare_invoke();
         call.key(self.lease_key(name))
@@ -100,7 +105,7 @@ impl RedisStore {
 
     /// Holds the credential's refreshes back for `window` after Redis lost writes (no
     /// refresh token may be marked as sent meanwhile); a hold that lasts longer is kept.
-    pub async fn hold(&self, name: &str, window: Duration) -> Result<(), String> {
+    pub async fn hold(&self, name: &str, window: Duration) -> Result<(), Unanswered> {
         let mut conn = self.connection().await?;
         let until = SystemTime::now() + window;
         let mut call = self.hold_script.prepare_invoke();
@@ -115,7 +120,7 @@ impl RedisStore {
     }
 
     /// Until when the credential's refreshes are held back, if they are.
-    pub async fn held_until(&self, name: &str) -> Result<Option<SystemTime>, String> {
+    pub async fn held_until(&self, name: &str) -> Result<Option<SystemTime>, Unanswered> {
         let mut conn = self.connection().await?;
         let until: Option<String> = self
             .limit(conn.get(self.hold_key(name)))

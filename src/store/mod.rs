@@ -26,9 +26,9 @@ use secrecy::SecretString;
 
 pub use changes::Notice;
 pub use crypto::Cipher;
-pub use file::FileStore;
+pub use file::{FileStore, SaveError};
 pub(crate) use file::{temp_prefix, write_atomically};
-pub use redis::{ConnectError, Polled, ReadError, Record, RedisStore};
+pub use redis::{ConnectError, Polled, ReadError, Record, RedisStore, Unanswered};
 
 use crate::config::StateConfig;
 
@@ -86,7 +86,7 @@ pub enum Loaded {
     Unavailable(String),
 }
 
-/// What a shared-store write must find to go through; the file store ignores it.
+/// What a shared-store write must find to go through.
 #[derive(Debug, Clone, Default)]
 pub struct Fence {
     /// The record version the writer read.
@@ -193,44 +193,6 @@ impl Store {
         match self {
             Store::Redis(redis) => Some(redis),
             Store::File(_) => None,
-        }
-    }
-
-    /// Loads a credential's state.
-    pub async fn load(&self, name: &str) -> Loaded {
-        match self {
-            Store::File(file) => {
-                let (file, name) = (file.clone(), name.to_owned());
-                tokio::task::spawn_blocking(move || file.load(&name))
-                    .await
-                    .unwrap_or_else(|e| Loaded::Corrupt(vec![format!("load task failed: {e}")]))
-            }
-            Store::Redis(redis) => match redis.read(name).await {
-                Ok(None) => Loaded::Empty,
-                Ok(Some(record)) => Loaded::Found {
-                    saved: record.saved,
-                    skipped: Vec::new(),
-                    version: record.version,
-                    stamp: record.stamp,
-                },
-                Err(ReadError::Corrupt { why, .. }) => Loaded::Corrupt(vec![why]),
-                Err(ReadError::Unavailable(why)) => Loaded::Unavailable(why),
-            },
-        }
-    }
-
-    /// Saves durably; on `Ok`, the state survives a crash. Returns the new version.
-    pub async fn save(&self, name: &str, saved: Saved, fence: &Fence) -> Result<u64, StoreError> {
-        match self {
-            Store::File(file) => {
-                let (file, name) = (file.clone(), name.to_owned());
-                tokio::task::spawn_blocking(move || file.save(&name, &saved))
-                    .await
-                    .unwrap_or_else(|e| Err(format!("store task failed: {e}")))
-                    .map(|()| 0)
-                    .map_err(StoreError::Unavailable)
-            }
-            Store::Redis(redis) => redis.save(name, &saved, fence).await,
         }
     }
 }

@@ -66,6 +66,38 @@ pub enum ConnectError {
     WrongKey(String),
 }
 
+/// Why one operation on the shared store did not happen. Each may be retried; the
+/// broker meets them as `Error::Store` (Retry-After: 1 s).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unanswered {
+    /// No connection could be made (see `ConnectError`).
+    #[error("{0}")]
+    Connect(String),
+    /// Redis answered with an error, or the connection broke.
+    #[error("redis: {0}")]
+    Command(String),
+    /// No answer within twice the configured timeout.
+    #[error("redis did not answer within {0:?}")]
+    TimedOut(Duration),
+    /// Subscribed, but a probe notice did not come back (an ACL that forbids the channel).
+    #[error(
+        "subscribed to `{0}`, but no notice arrives: does the Redis ACL allow this channel to the user?"
+    )]
+    NoNotices(String),
+}
+
+impl From<ConnectError> for Unanswered {
+    fn from(error: ConnectError) -> Unanswered {
+        Unanswered::Connect(error.into())
+    }
+}
+
+impl From<Unanswered> for String {
+    fn from(error: Unanswered) -> String {
+        error.to_string()
+    }
+}
+
 impl From<ConnectError> for String {
     fn from(error: ConnectError) -> String {
         match error {
@@ -139,6 +171,7 @@ impl RedisStore {
             Some(source) => Some(
                 source
                     .read()
+                    .map_err(|e| e.to_string())
                     .and_then(|key| Cipher::from_secret(&key))
                     .map_err(|e| format!("state.encryption_key: {e}"))?,
             ),
@@ -191,25 +224,25 @@ impl RedisStore {
         let made = self
             .limit(connect)
             .await
-            .map_err(ConnectError::Unreachable)??;
+            .map_err(|e| ConnectError::Unreachable(e.to_string()))??;
         self.connection.store(Some(Arc::new(made.clone())));
         Ok(made)
     }
 
-    /// A command's error, as text. One that the connection cannot recover from by
-    /// itself drops it, so the next use connects anew.
-    pub(super) fn failed(&self, error: ::redis::RedisError) -> String {
+    /// A command's error. One that the connection cannot recover from by itself drops
+    /// it, so the next use connects anew.
+    pub(super) fn failed(&self, error: ::redis::RedisError) -> Unanswered {
         if error.is_unrecoverable_error() && !error.is_io_error() {
             self.connection.store(None);
         }
-        format!("redis: {error}")
+        Unanswered::Command(error.to_string())
     }
 
     /// Bounds one operation by the configured timeout.
-    pub(super) async fn limit<T>(&self, work: impl Future<Output = T>) -> Result<T, String> {
+    pub(super) async fn limit<T>(&self, work: impl Future<Output = T>) -> Result<T, Unanswered> {
         tokio::time::timeout(self.timeout * 2, work)
             .await
-            .map_err(|_| format!("redis did not answer within {:?}", self.timeout * 2))
+            .map_err(|_| Unanswered::TimedOut(self.timeout * 2))
     }
 
     /// The first broker to connect stores a sealed constant; every later one must open
@@ -221,7 +254,7 @@ impl RedisStore {
             .verify(&mut conn, &key, self.cipher.as_ref(), &self.prefix);
         self.limit(verified)
             .await
-            .map_err(ConnectError::Unreachable)?
+            .map_err(|e| ConnectError::Unreachable(e.to_string()))?
     }
 
     /// Resolves once this broker's encryption key is found not to fit the fleet's, at
@@ -266,8 +299,8 @@ impl RedisStore {
         let (version, data, stamp): (Option<String>, Option<Vec<u8>>, Option<String>) = self
             .limit(fields)
             .await
-            .map_err(ReadError::Unavailable)?
-            .map_err(|e| ReadError::Unavailable(self.failed(e)))?;
+            .map_err(|e| ReadError::Unavailable(e.into()))?
+            .map_err(|e| ReadError::Unavailable(self.failed(e).into()))?;
         let Some(version) = version else {
             return Ok(None);
         };
@@ -370,8 +403,8 @@ impl RedisStore {
             .arg(check);
         self.limit(call.invoke_async(&mut conn))
             .await
-            .map_err(StoreError::Unavailable)?
-            .map_err(|e| StoreError::Unavailable(self.failed(e)))
+            .map_err(|e| StoreError::Unavailable(e.into()))?
+            .map_err(|e| StoreError::Unavailable(self.failed(e).into()))
     }
 
     /// The record version and stamp of each credential, in one round trip.

@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 
 use tracing::warn;
 
+use super::Member;
 use crate::broker::credential::{Credential, Outcome};
 use crate::metrics::LeaseEvent;
-use crate::store::RedisStore;
 
 /// A pause between renewal attempts after a failed one, so a refused connection does
 /// not turn into a busy loop.
@@ -93,26 +93,26 @@ impl Credential {
     /// is sent, and the store refuses writes that the lease no longer allows.
     pub(super) async fn renewing(
         &self,
-        redis: &RedisStore,
+        member: &Member,
         held: &Held,
         work: impl Future<Output = Outcome>,
     ) -> Outcome {
         tokio::pin!(work);
         tokio::select! {
             outcome = &mut work => outcome,
-            () = self.keep_renewed(redis, held) => work.await,
+            () = self.keep_renewed(member, held) => work.await,
         }
     }
 
     /// Renews until the lease is lost.
-    async fn keep_renewed(&self, redis: &RedisStore, held: &Held) {
+    async fn keep_renewed(&self, member: &Member, held: &Held) {
         let clock = &held.clock;
         let mut failing = false;
         loop {
             let next = if failing {
                 Instant::now() + RETRY_PAUSE
             } else {
-                clock.until() - redis.lease_duration * 3 / 4
+                clock.until() - member.redis.lease_duration * 3 / 4
             };
             tokio::time::sleep_until(next.into()).await;
             let left = clock.until().saturating_duration_since(Instant::now());
@@ -120,7 +120,7 @@ impl Credential {
                 return self.lost_lease(clock, "redis confirmed no renewal before it ran out");
             }
             let sent = Instant::now();
-            match redis.renew(self.name(), &held.token, left).await {
+            match member.redis.renew(self.name(), &held.token, left).await {
                 Ok(true) => {
                     clock.renewed(sent);
                     failing = false;

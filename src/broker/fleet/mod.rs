@@ -9,10 +9,12 @@
 //! the ordinary refresh (`Credential::fetch`), whose writes are fenced
 //! (`write`). The lease is renewed while the refresh runs (`lease`) and released
 //! by compare-and-delete at the end. Notices and polling between flights live in
-//! `notices`. Here: the broker's position relative to the record (`Fleet`), taking the
-//! lease, and adopting records.
+//! `notices`; `member` is the coordinator (see `broker::coordinate`) that leads a
+//! flight here. Here: the broker's position relative to the record (`Fleet`), taking
+//! the lease, and adopting records.
 
 mod lease;
+mod member;
 mod notices;
 mod reconcile;
 mod write;
@@ -25,13 +27,14 @@ use std::time::{Duration, Instant, SystemTime};
 use tracing::{debug, info, warn};
 
 use self::lease::Held;
+pub(crate) use self::member::Member;
 use self::reconcile::Reconciled;
 use crate::broker::credential::{Credential, Inner, Outcome};
 use crate::config::OnStoreUnavailable;
 use crate::error::Error;
 use crate::metrics::LeaseEvent;
 use crate::secret::hex;
-use crate::store::{Fence, ReadError, Record, RedisStore, WriteKind};
+use crate::store::{Fence, ReadError, Record, Unanswered, WriteKind};
 use crate::token::Token;
 
 /// A flight waits at most this long (or three leases) for another broker's refresh.
@@ -51,12 +54,6 @@ pub(super) fn next_version(version: u64, new_token: bool) -> u64 {
     } else {
         version + 1
     }
-}
-
-/// The credential's fleet position, made on first use: only the shared store's flights
-/// and notices reach it, so with the file store it never exists.
-pub(in crate::broker) fn fleet_of(slot: &mut Option<Fleet>) -> &mut Fleet {
-    slot.get_or_insert_default()
 }
 
 /// Where this broker stands with a credential's shared record.
@@ -174,23 +171,23 @@ enum Took {
     Lease(Held),
     /// Another broker's result (or a reason to stop) settled this flight.
     Settled(Outcome),
-    Unreachable(String),
+    Unreachable(Unanswered),
 }
 
 impl Credential {
     /// A refresh under the fleet's lease. The credential is restored already.
-    pub(super) async fn refresh_shared(self: &Arc<Self>, redis: &Arc<RedisStore>) -> Outcome {
-        let held = match self.take_lease(redis).await {
+    pub(super) async fn refresh_shared(self: &Arc<Self>, member: &Member) -> Outcome {
+        let held = match self.take_lease(member).await {
             Took::Lease(held) => held,
-            Took::Settled(outcome) => return self.answered_by_adoption(outcome),
-            Took::Unreachable(why) => return self.without_store(redis, why).await,
+            Took::Settled(outcome) => return self.answered_by_adoption(member, outcome),
+            Took::Unreachable(why) => return self.without_store(member, why).await,
         };
-        fleet_of(&mut self.lock().fleet).lease = Some(held.clone());
+        member.position().lease = Some(held.clone());
         let outcome = self
-            .renewing(redis, &held, self.under_lease(redis, &held))
+            .renewing(member, &held, self.under_lease(member, &held))
             .await;
-        fleet_of(&mut self.lock().fleet).lease = None;
-        if let Err(e) = redis.release(self.name(), &held.token).await {
+        member.position().lease = None;
+        if let Err(e) = member.redis.release(self.name(), &held.token).await {
             // It runs out by itself within lease_duration.
             self.shared.metrics.store_error("lease");
             debug!(credential = self.name(), error = %e, "could not release the lease");
@@ -198,14 +195,16 @@ impl Credential {
         outcome
     }
 
-    async fn under_lease(self: &Arc<Self>, redis: &RedisStore, held: &Held) -> Outcome {
-        match self.reconcile(redis, held).await {
-            Some(Reconciled::Adopted(outcome)) => return self.answered_by_adoption(outcome),
+    async fn under_lease(self: &Arc<Self>, member: &Member, held: &Held) -> Outcome {
+        match self.reconcile(member, held).await {
+            Some(Reconciled::Adopted(outcome)) => {
+                return self.answered_by_adoption(member, outcome);
+            }
             Some(Reconciled::Settled(outcome)) => return outcome,
             None => {}
         }
-        if let Some((error, until)) = self.held_back(redis).await {
-            fleet_of(&mut self.lock().fleet).held_until = Some(until);
+        if let Some((error, until)) = self.held_back(member).await {
+            member.position().held_until = Some(until);
             return Err(error);
         }
         self.fetch().await
@@ -213,18 +212,18 @@ impl Credential {
 
     /// A flight's outcome taken from another broker's record: a token there is counted
     /// as adopted, not as this broker's refresh.
-    fn answered_by_adoption(&self, outcome: Outcome) -> Outcome {
+    fn answered_by_adoption(&self, member: &Member, outcome: Outcome) -> Outcome {
         if outcome.is_ok() {
-            fleet_of(&mut self.lock().fleet).adopted = true;
+            member.position().adopted = true;
         }
         outcome
     }
 
     /// Takes the lease, or waits for the broker holding it and adopts its result.
-    async fn take_lease(&self, redis: &RedisStore) -> Took {
+    async fn take_lease(&self, member: &Member) -> Took {
         let token = hex(&rand::random::<[u8; 16]>());
         let started = Instant::now();
-        let limit = MAX_LEASE_WAIT.max(redis.lease_duration * 3);
+        let limit = MAX_LEASE_WAIT.max(member.redis.lease_duration * 3);
         let mut waited = false;
         loop {
             // Registered before asking, so a notice between the two is not missed.
@@ -232,10 +231,10 @@ impl Credential {
             tokio::pin!(notified);
             notified.as_mut().enable();
             let asked = Instant::now();
-            match redis.acquire(self.name(), &token).await {
+            match member.redis.acquire(self.name(), &token).await {
                 Ok(true) => {
                     self.metrics.lease(LeaseEvent::Acquired);
-                    return Took::Lease(Held::new(token, asked, redis.lease_duration));
+                    return Took::Lease(Held::new(token, asked, member.redis.lease_duration));
                 }
                 Ok(false) => {}
                 Err(why) => return Took::Unreachable(why),
@@ -258,10 +257,10 @@ impl Credential {
             }
             tokio::select! {
                 () = &mut notified => {}
-                () = tokio::time::sleep(redis.poll_interval) => {}
+                () = tokio::time::sleep(member.redis.poll_interval) => {}
                 () = self.stop.cancelled() => return Took::Settled(Err(Error::ShuttingDown)),
             }
-            if let Some(outcome) = self.holder_done(redis).await {
+            if let Some(outcome) = self.holder_done(member).await {
                 return Took::Settled(outcome);
             }
         }
@@ -270,12 +269,12 @@ impl Credential {
     /// While waiting: whether the lease holder's record settles this flight. A failed
     /// read is no reason to stop waiting: only a failed attempt at the lease says that
     /// Redis cannot be reached (and, with `refresh_locally`, starts a refresh here).
-    async fn holder_done(&self, redis: &RedisStore) -> Option<Outcome> {
-        match redis.read(self.name()).await {
-            Ok(Some(record)) => self.adopt_record(record, "flight", Taker::Waiting),
+    async fn holder_done(&self, member: &Member) -> Option<Outcome> {
+        match member.redis.read(self.name()).await {
+            Ok(Some(record)) => self.adopt_record(member, record, "flight", Taker::Waiting),
             Ok(None) => None,
             Err(ReadError::Corrupt { version, .. }) => {
-                fleet_of(&mut self.lock().fleet).observe(version, None);
+                member.position().observe(version, None);
                 None
             }
             Err(ReadError::Unavailable(e)) => {
@@ -289,13 +288,19 @@ impl Credential {
     /// fresh token, or the chain's end.
     pub(super) fn adopt_record(
         &self,
+        member: &Member,
         record: Record,
         via: &'static str,
         by: Taker,
     ) -> Option<Outcome> {
         let before = self.current();
         let mut inner = self.lock();
-        fleet_of(&mut inner.fleet).observe(record.version, record.stamp.as_deref());
+        // The position is locked after `inner`, never the other way round.
+        let (effective, ours) = {
+            let mut fleet = member.position();
+            fleet.observe(record.version, record.stamp.as_deref());
+            (fleet.effective(), fleet.version)
+        };
         // A record with a refresh out belongs to the broker sending it, unless that
         // broker is gone.
         let marked = record.saved.in_flight_since.is_some();
@@ -304,8 +309,7 @@ impl Credential {
             Taker::Lease | Taker::Diverged | Taker::Idle { orphaned: true }
         );
         let idle = matches!(by, Taker::Idle { .. });
-        let newer = record.version > fleet_of(&mut inner.fleet).effective()
-            || (by == Taker::Diverged && record.version == fleet_of(&mut inner.fleet).version);
+        let newer = record.version > effective || (by == Taker::Diverged && record.version == ours);
         if !inner.restored
             || (idle && inner.flight.is_some())
             || !newer
@@ -313,11 +317,13 @@ impl Credential {
         {
             return None;
         }
-        let fleet = fleet_of(&mut inner.fleet);
-        fleet.version = record.version;
-        fleet.stamp = record.stamp.clone();
-        fleet.unsynced = false;
-        fleet.rotated = false;
+        {
+            let mut fleet = member.position();
+            fleet.version = record.version;
+            fleet.stamp = record.stamp.clone();
+            fleet.unsynced = false;
+            fleet.rotated = false;
+        }
         inner.unsaved = None;
         self.adopt(&mut inner, record.saved);
         let outcome = self.adopted_outcome(&mut inner, before, via, &record.writer);
@@ -360,9 +366,9 @@ impl Credential {
     }
 
     /// Redis cannot be reached when a refresh is due.
-    async fn without_store(self: &Arc<Self>, redis: &RedisStore, why: String) -> Outcome {
+    async fn without_store(self: &Arc<Self>, member: &Member, why: Unanswered) -> Outcome {
         self.shared.metrics.store_error("lease");
-        if redis.on_unavailable == OnStoreUnavailable::Wait {
+        if member.redis.on_unavailable == OnStoreUnavailable::Wait {
             return Err(Error::Store(format!(
                 "{why}; a refresh needs the shared store's lease (on_store_unavailable = \"wait\")"
             )));
@@ -372,9 +378,9 @@ impl Credential {
             error = %why,
             "redis is unreachable; refreshing without the fleet's lease (on_store_unavailable = \"refresh_locally\")"
         );
-        fleet_of(&mut self.lock().fleet).local = true;
+        member.position().local = true;
         let outcome = self.fetch().await;
-        fleet_of(&mut self.lock().fleet).local = false;
+        member.position().local = false;
         outcome
     }
 }

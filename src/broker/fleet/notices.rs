@@ -16,8 +16,8 @@ use std::time::Duration;
 use futures_util::{Stream, StreamExt};
 use tracing::{debug, info, warn};
 
+use super::Member;
 use super::Taker;
-use super::fleet_of;
 use super::lease::Held;
 use super::reconcile::Reconciled;
 use crate::broker::credential::Credential;
@@ -49,7 +49,7 @@ async fn listen(broker: Arc<Broker>, redis: Arc<RedisStore>) {
                 failures = 0;
                 // What changed while no subscription was up.
                 catch_up(&broker, &redis).await;
-                if follow(&broker, &redis, notices).await.is_none() {
+                if follow(&broker, notices).await.is_none() {
                     return;
                 }
                 broker.shared.metrics.store_error("subscribe");
@@ -80,16 +80,12 @@ async fn listen(broker: Arc<Broker>, redis: Arc<RedisStore>) {
 }
 
 /// Handles notices until the subscription drops (`Some`) or shutdown (`None`).
-async fn follow(
-    broker: &Arc<Broker>,
-    redis: &Arc<RedisStore>,
-    notices: impl Stream<Item = Notice>,
-) -> Option<()> {
+async fn follow(broker: &Arc<Broker>, notices: impl Stream<Item = Notice>) -> Option<()> {
     tokio::pin!(notices);
     loop {
         tokio::select! {
             notice = notices.next() => match notice {
-                Some(notice) => on_notice(broker, redis, notice),
+                Some(notice) => on_notice(broker, notice),
                 None => return Some(()),
             },
             () = broker.shared.shutdown.cancelled() => return None,
@@ -109,21 +105,26 @@ async fn poll(broker: Arc<Broker>, redis: Arc<RedisStore>) {
     }
 }
 
-fn on_notice(broker: &Arc<Broker>, redis: &Arc<RedisStore>, notice: Notice) {
+fn on_notice(broker: &Arc<Broker>, notice: Notice) {
     let Ok(credential) = broker.credential(&notice.name) else {
         return;
     };
     // A flight waiting for the lease tries again (its holder wrote or let go).
     credential.remote.notify_waiters();
+    let Some(member) = credential.coordinator.fleet() else {
+        return;
+    };
     let newer = {
-        let mut inner = credential.lock();
-        let fleet = fleet_of(&mut inner.fleet);
+        let mut fleet = member.position();
         fleet.observe(notice.version, None);
         notice.version > fleet.effective()
     };
     if newer {
-        let redis = redis.clone();
-        tokio::spawn(async move { credential.fetch_record(&redis, "notice").await });
+        tokio::spawn(async move {
+            if let Some(member) = credential.coordinator.fleet() {
+                credential.fetch_record(member, "notice").await;
+            }
+        });
     }
 }
 
@@ -140,14 +141,17 @@ async fn catch_up(broker: &Broker, redis: &RedisStore) {
         }
     };
     for (credential, polled) in credentials.into_iter().zip(polled) {
-        let step = credential.next_step(&polled);
+        let Some(member) = credential.coordinator.fleet() else {
+            continue;
+        };
+        let step = credential.next_step(member, &polled);
         if step != Step::None {
             credential.remote.notify_waiters();
         }
         match step {
             Step::None => {}
-            Step::Adopt => credential.fetch_record(redis, "poll").await,
-            Step::WriteBack => credential.sync_back(redis).await,
+            Step::Adopt => credential.fetch_record(member, "poll").await,
+            Step::WriteBack => credential.sync_back(member).await,
             Step::Flight => {
                 // A new token held back while Redis could not be reached: write it now,
                 // before another broker decides the refresh that got it was lost.
@@ -172,15 +176,16 @@ enum Step {
 
 impl Credential {
     /// Compares a polled version with this broker's state.
-    fn next_step(&self, polled: &Polled) -> Step {
-        let mut inner = self.lock();
+    fn next_step(&self, member: &Member, polled: &Polled) -> Step {
+        let inner = self.lock();
         if !inner.restored {
             return Step::None;
         }
         let Some(version) = polled.version else {
             return Step::WriteBack;
         };
-        fleet_of(&mut inner.fleet).observe(version, polled.stamp.as_deref());
+        let mut fleet = member.position();
+        fleet.observe(version, polled.stamp.as_deref());
         if inner.unsaved.is_some() {
             return if inner.flight.is_none() {
                 Step::Flight
@@ -188,7 +193,6 @@ impl Credential {
                 Step::None
             };
         }
-        let fleet = fleet_of(&mut inner.fleet);
         if version > fleet.effective() {
             Step::Adopt
         } else if version < fleet.version
@@ -202,7 +206,8 @@ impl Credential {
     }
 
     /// Reads the record and adopts it if it is newer and settled.
-    async fn fetch_record(&self, redis: &RedisStore, via: &'static str) {
+    async fn fetch_record(&self, member: &Member, via: &'static str) {
+        let redis = &member.redis;
         if self.lock().flight.is_some() {
             return;
         }
@@ -214,17 +219,16 @@ impl Credential {
                     // When the lease was first seen gone: the mark is settled only
                     // after its broker had time to write an answer it may hold.
                     let now = std::time::SystemTime::now();
-                    let mut inner = self.lock();
-                    let fleet = fleet_of(&mut inner.fleet);
+                    let mut fleet = member.position();
                     if fleet.orphan.is_none_or(|(v, _)| v != record.version) {
                         fleet.orphan = Some((record.version, now));
                     }
                 }
-                let _ = self.adopt_record(record, via, Taker::Idle { orphaned });
+                let _ = self.adopt_record(member, record, via, Taker::Idle { orphaned });
             }
             Ok(None) => {}
             Err(ReadError::Corrupt { version, .. }) => {
-                fleet_of(&mut self.lock().fleet).observe(version, None);
+                member.position().observe(version, None);
             }
             Err(ReadError::Unavailable(e)) => {
                 self.shared.metrics.store_error("load");
@@ -236,7 +240,8 @@ impl Credential {
     /// Outside a flight: writes this broker's state back over an older record, under
     /// a lease of its own, so a broker that starts now finds the live chain and not a
     /// spent one.
-    async fn sync_back(&self, redis: &RedisStore) {
+    async fn sync_back(&self, member: &Member) {
+        let redis = &member.redis;
         {
             let inner = self.lock();
             if inner.flight.is_some() || inner.unsaved.is_some() || self.stop.is_cancelled() {
@@ -249,7 +254,7 @@ impl Credential {
             return;
         }
         let held = Held::new(token, asked, redis.lease_duration);
-        if let Some(Reconciled::Settled(Err(e))) = self.reconcile(redis, &held).await {
+        if let Some(Reconciled::Settled(Err(e))) = self.reconcile(member, &held).await {
             debug!(credential = self.name(), error = %e, "could not write the state back");
         }
         if redis.release(self.name(), &held.token).await.is_err() {

@@ -19,27 +19,26 @@ use std::time::{Duration, SystemTime};
 
 use tracing::{info, warn};
 
-use super::fleet_of;
 use super::lease::Held;
-use super::{Taker, next_version};
+use super::{Member, Taker, next_version};
 use crate::broker::credential::{Credential, Outcome};
 use crate::error::Error;
-use crate::store::{Fence, ReadError, Record, RedisStore, WriteKind};
+use crate::store::{Fence, ReadError, Record, WriteKind};
 use crate::token::{Token, rfc3339};
 
 impl Credential {
     /// Brings this broker's state and the shared record together. `Some` when that
     /// settles the flight (another broker already refreshed, the chain has stopped, a
     /// held-back token was written); `None` to go on.
-    pub(super) async fn reconcile(&self, redis: &RedisStore, held: &Held) -> Option<Reconciled> {
-        let record = match redis.read(self.name()).await {
+    pub(super) async fn reconcile(&self, member: &Member, held: &Held) -> Option<Reconciled> {
+        let record = match member.redis.read(self.name()).await {
             Ok(record) => record,
             Err(ReadError::Corrupt { why, version }) => {
                 warn!(credential = self.name(), error = %why, "the shared record is unreadable; writing this broker's state over it");
-                fleet_of(&mut self.lock().fleet).observe(version, None);
+                member.position().observe(version, None);
                 // Whether a refresh was marked as out in it cannot be known.
-                self.hold_after_loss(redis).await;
-                return self.written_back(redis, held, version).await;
+                self.hold_after_loss(member).await;
+                return self.written_back(member, held, version).await;
             }
             Err(ReadError::Unavailable(why)) => {
                 self.shared.metrics.store_error("load");
@@ -47,28 +46,26 @@ impl Credential {
             }
         };
         let found = record.as_ref().map_or(0, |r| r.version);
-        let (lost, step) = self.compare(record.as_ref());
+        let (lost, step) = self.compare(member, record.as_ref());
         if lost {
-            self.hold_after_loss(redis).await;
+            self.hold_after_loss(member).await;
         }
         match (step, record) {
             (Step::Take(by), Some(record)) => self
-                .adopt_record(record, "flight", by)
+                .adopt_record(member, record, "flight", by)
                 .map(Reconciled::Adopted),
-            (Step::WriteBack, _) => self.written_back(redis, held, found).await,
+            (Step::WriteBack, _) => self.written_back(member, held, found).await,
             _ => None,
         }
     }
 
     /// Whether `record` shows that Redis lost writes, and what to do about it.
-    fn compare(&self, record: Option<&Record>) -> (bool, Step) {
+    fn compare(&self, member: &Member, record: Option<&Record>) -> (bool, Step) {
         let version = record.map_or(0, |r| r.version);
         let stamp = record.and_then(|r| r.stamp.as_deref());
-        let mut guard = self.lock();
-        // A plain reference, so the fleet and the other fields borrow apart.
-        let inner = &mut *guard;
-        let went_back = fleet_of(&mut inner.fleet).observe(version, stamp);
-        let fleet = fleet_of(&mut inner.fleet);
+        let inner = self.lock();
+        let mut fleet = member.position();
+        let went_back = fleet.observe(version, stamp);
         let diverged =
             record.is_some() && version == fleet.version && stamp != fleet.stamp.as_deref();
         // What only this broker knows must not be lost: a state not yet written, a
@@ -94,13 +91,8 @@ impl Credential {
     }
 
     /// `write_back` as a flight's answer: the token it wrote, its error, or nothing.
-    async fn written_back(
-        &self,
-        redis: &RedisStore,
-        held: &Held,
-        found: u64,
-    ) -> Option<Reconciled> {
-        match self.write_back(redis, held, found).await {
+    async fn written_back(&self, member: &Member, held: &Held, found: u64) -> Option<Reconciled> {
+        match self.write_back(member, held, found).await {
             Ok(Some(token)) => Some(Reconciled::Settled(Ok(token))),
             Ok(None) => None,
             Err(e) => Some(Reconciled::Settled(Err(e))),
@@ -113,13 +105,13 @@ impl Credential {
     /// it made durable, if any.
     async fn write_back(
         &self,
-        redis: &RedisStore,
+        member: &Member,
         held: &Held,
         found: u64,
     ) -> Result<Option<Arc<Token>>, Error> {
         let (saved, fence, token) = {
-            let mut inner = self.lock();
-            let fleet = fleet_of(&mut inner.fleet);
+            let inner = self.lock();
+            let fleet = member.position();
             let fence = Fence {
                 expected: found,
                 next: write_back_version(fleet.version, found, fleet.rotated),
@@ -140,21 +132,20 @@ impl Credential {
             writes = fence.next,
             "the shared record is behind this broker's state; writing it back"
         );
-        let result = redis.save(self.name(), &saved, &fence).await;
-        self.wrote(result, &fence).await?;
+        let result = member.redis.save(self.name(), &saved, &fence).await;
+        self.wrote(member, result, &fence).await?;
         let mut inner = self.lock();
-        fleet_of(&mut inner.fleet).unsynced = false;
+        member.position().unsynced = false;
         Ok(token.filter(|_| inner.unsaved.take().is_some()))
     }
 
     /// After lost writes: no refresh of this credential, from any broker, for the
     /// settle window.
-    async fn hold_after_loss(&self, redis: &RedisStore) {
-        let window = self.settle_window(redis);
+    async fn hold_after_loss(&self, member: &Member) {
+        let window = self.settle_window(member);
         let until = SystemTime::now() + window;
         {
-            let mut inner = self.lock();
-            let fleet = fleet_of(&mut inner.fleet);
+            let mut fleet = member.position();
             fleet.settle_until = fleet.settle_until.max(Some(until));
         }
         warn!(
@@ -163,7 +154,7 @@ impl Credential {
             "redis lost writes to this credential's record; no broker refreshes it until \
              then, so that a refresh out when they were lost is answered and written first"
         );
-        if let Err(e) = redis.hold(self.name(), window).await {
+        if let Err(e) = member.redis.hold(self.name(), window).await {
             self.shared.metrics.store_error("save");
             warn!(credential = self.name(), error = %e, "could not hold the other brokers back");
         }
@@ -172,23 +163,23 @@ impl Credential {
     /// `lease_duration` + `idp.timeout` + 2 x `poll_interval`: a refresh sent just
     /// before writes were lost (its broker notices the lost lease at its next renewal)
     /// has ended, and its answer been written, by then.
-    fn settle_window(&self, redis: &RedisStore) -> Duration {
-        redis.lease_duration + self.shared.idp_timeout + redis.poll_interval * 2
+    fn settle_window(&self, member: &Member) -> Duration {
+        member.redis.lease_duration + self.shared.idp_timeout + member.redis.poll_interval * 2
     }
 
     /// Whether no refresh may be sent now, and until when: lost writes, or another
     /// broker's refresh whose answer may still come. A token waiting to be written is
     /// written regardless (that sends nothing).
-    pub(super) async fn held_back(&self, redis: &RedisStore) -> Option<(Error, SystemTime)> {
+    pub(super) async fn held_back(&self, member: &Member) -> Option<(Error, SystemTime)> {
         if self.lock().unsaved.is_some() {
             return None;
         }
         let now = SystemTime::now();
-        let fleet_wide = match redis.held_until(self.name()).await {
+        let fleet_wide = match member.redis.held_until(self.name()).await {
             Ok(until) => until,
-            Err(why) => return Some((Error::Store(why), now + Duration::from_secs(1))),
+            Err(why) => return Some((Error::Store(why.into()), now + Duration::from_secs(1))),
         };
-        let until = fleet_wide.max(fleet_of(&mut self.lock().fleet).settle_until);
+        let until = fleet_wide.max(member.position().settle_until);
         if let Some(until) = until.filter(|until| *until > now) {
             let reason = format!(
                 "refreshes are held back until {}: redis lost writes to the shared record, and \
@@ -204,23 +195,24 @@ impl Credential {
                 until,
             ));
         }
-        self.orphan_wait(redis, now)
+        self.orphan_wait(member, now)
     }
 
     /// Another broker's mark with no lease holder: wait until that broker's IdP call
     /// has surely ended and it had two polls to write its answer.
-    fn orphan_wait(&self, redis: &RedisStore, now: SystemTime) -> Option<(Error, SystemTime)> {
-        let mut inner = self.lock();
+    fn orphan_wait(&self, member: &Member, now: SystemTime) -> Option<(Error, SystemTime)> {
+        let inner = self.lock();
         let sent = inner.unanswered_since?;
-        let fleet = fleet_of(&mut inner.fleet);
+        let mut fleet = member.position();
         if fleet.own_mark == Some(fleet.version) {
             return None;
         }
+        let version = fleet.version;
         let since = match fleet.orphan {
-            Some((version, since)) if version == fleet.version => since,
-            _ => fleet.orphan.insert((fleet.version, now)).1,
+            Some((orphaned, since)) if orphaned == version => since,
+            _ => fleet.orphan.insert((version, now)).1,
         };
-        let polls = redis.poll_interval * 2;
+        let polls = member.redis.poll_interval * 2;
         let ready = (since + polls).max(sent + self.shared.idp_timeout + polls);
         let wait = ready.duration_since(now).ok()?;
         let reason = format!(

@@ -11,13 +11,13 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, warn};
 
-use super::fleet_of;
+use super::Member;
 use super::{Pending, next_version};
 use crate::broker::credential::Credential;
 use crate::error::Error;
 use crate::metrics::LeaseEvent;
 use crate::secret::hex;
-use crate::store::{Fence, RedisStore, Saved, StoreError, WriteKind};
+use crate::store::{Fence, Saved, StoreError, WriteKind};
 
 /// The pause between reads of a record whose write's answer was lost.
 const READ_BACK_PAUSE: Duration = Duration::from_millis(100);
@@ -31,9 +31,8 @@ impl Credential {
     /// The fence for a write in this flight (`mark`: the refresh token is sent next);
     /// `None` when the flight runs without the store (`refresh_locally`): the state
     /// stays in memory until it can be written back.
-    fn fence(&self, mark: bool) -> Option<Fence> {
-        let mut inner = self.lock();
-        let fleet = fleet_of(&mut inner.fleet);
+    fn fence(member: &Member, mark: bool) -> Option<Fence> {
+        let mut fleet = member.position();
         let next = next_version(fleet.version, fleet.rotated);
         if fleet.local {
             // Counted as if written, so the state is newer than the record when it is
@@ -60,59 +59,56 @@ impl Credential {
     /// One fenced write of the flight's state (`mark`: the refresh token in `saved` is
     /// sent next); without the store (`refresh_locally`) the state stays in memory
     /// until it can be written back.
-    pub(in crate::broker) async fn write_shared(
+    pub(super) async fn write_shared(
         &self,
+        member: &Member,
         saved: Saved,
         mark: bool,
     ) -> Result<(), Error> {
-        let Some(fence) = self.fence(mark) else {
+        let Some(fence) = Self::fence(member, mark) else {
             return Ok(());
         };
         let started = Instant::now();
-        let result = self.shared.store.save(self.name(), saved, &fence).await;
+        let result = member.redis.save(self.name(), &saved, &fence).await;
         self.shared
             .metrics
             .observe_store(started.elapsed().as_secs_f64());
-        self.wrote(result, &fence).await
+        self.wrote(member, result, &fence).await
     }
 
     /// Takes a write's result: the new version, or the error requests see. A write
     /// that may or may not have gone through is read back first.
     pub(super) async fn wrote(
         &self,
+        member: &Member,
         result: Result<u64, StoreError>,
         fence: &Fence,
     ) -> Result<(), Error> {
-        let redis = self.shared.store.shared().cloned();
-        let result = match (result, &redis) {
-            (Err(StoreError::Unavailable(why)), Some(redis)) => {
-                self.read_back(redis, fence, why).await
-            }
-            (result, _) => result,
+        let result = match result {
+            Err(StoreError::Unavailable(why)) => self.read_back(member, fence, why).await,
+            result => result,
         };
-        let failed = |inner: &mut crate::broker::credential::Inner| {
+        let failed = || {
             // A state that could not be written is written back later; a token held
             // back has `unsaved` for that.
-            if redis.is_some() && fence.kind == WriteKind::Other {
-                fleet_of(&mut inner.fleet).unsynced = true;
+            if fence.kind == WriteKind::Other {
+                member.position().unsynced = true;
             }
         };
         match result {
             Ok(version) => {
-                fleet_of(&mut self.lock().fleet).wrote(version, fence);
+                member.position().wrote(version, fence);
                 Ok(())
             }
             Err(StoreError::Unavailable(why)) => {
-                if redis.is_some() {
-                    self.shared.metrics.store_error("save");
-                }
-                failed(&mut self.lock());
+                self.shared.metrics.store_error("save");
+                failed();
                 Err(Error::Store(why))
             }
             Err(StoreError::Fenced(why)) => {
                 self.metrics.lease(LeaseEvent::Lost);
                 warn!(credential = self.name(), reason = %why, "the shared store refused a write");
-                failed(&mut self.lock());
+                failed();
                 Err(Error::Store(why))
             }
         }
@@ -122,13 +118,13 @@ impl Credential {
     /// answers (for about a lease), and tells whether the write went through.
     async fn read_back(
         &self,
-        redis: &RedisStore,
+        member: &Member,
         fence: &Fence,
         why: String,
     ) -> Result<u64, StoreError> {
-        let give_up = Instant::now() + redis.lease_duration;
+        let give_up = Instant::now() + member.redis.lease_duration;
         loop {
-            match redis.versions(&[self.name().to_owned()]).await {
+            match member.redis.versions(&[self.name().to_owned()]).await {
                 Ok(polled) => {
                     let landed = polled.first().is_some_and(|p| {
                         p.version == Some(fence.next) && p.stamp.as_deref() == Some(&fence.stamp)
@@ -150,7 +146,7 @@ impl Credential {
         }
         // Not there (or not known): should it arrive after all (a connection that
         // dropped with the write in it), it is recognised as this broker's.
-        fleet_of(&mut self.lock().fleet).pending = Some(Pending {
+        member.position().pending = Some(Pending {
             version: fence.next,
             stamp: fence.stamp.clone(),
             kind: fence.kind,
