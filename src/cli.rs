@@ -104,6 +104,38 @@ enum Command {
         #[arg(long, default_value = "/readyz")]
         path: String,
     },
+    /// Log in as a person to give a `refresh_token` credential its first refresh token:
+    /// a browser login (PKCE on a loopback redirect) or, with --device, the device flow.
+    /// The new chain goes to the running broker, or into its store when none runs.
+    /// Exit 0 logged in; 1 refused by the broker or store; 2 usage or config; 3 broker
+    /// unreachable; 4 denied; 5 timed out or code expired; 6 IdP error; 7 wrong state.
+    Login {
+        /// The credential.
+        #[arg(value_parser = name_arg)]
+        name: String,
+        /// Config file (TOML): the credential's IdP settings, and where its broker listens.
+        #[arg(long, env = "TOKEN_BROKER_CONFIG")]
+        config: PathBuf,
+        /// The running broker to hand the new chain to (http://, https:// or unix:/path);
+        /// default: TOKEN_BROKER_URL, else where the config's broker listens.
+        #[arg(long, value_parser = crate::client::url_arg)]
+        url: Option<String>,
+        /// No broker: write the new chain straight into the configured store.
+        #[arg(long, conflicts_with = "url")]
+        offline: bool,
+        /// A file holding an admin key (server.admin_keys) to send; or set TOKEN_BROKER_KEY.
+        #[arg(long)]
+        key_file: Option<PathBuf>,
+        /// The device flow: a code to enter on any device (SSH sessions, pods).
+        #[arg(long)]
+        device: bool,
+        /// Print the URL instead of opening a browser.
+        #[arg(long, conflicts_with = "device")]
+        no_browser: bool,
+        /// How long to wait for the browser to come back (e.g. 5m).
+        #[arg(long, default_value = "5m", value_parser = crate::duration::parse)]
+        timeout: std::time::Duration,
+    },
     /// Validate a config file: exit 0, or print every problem and exit 1.
     CheckConfig {
         /// Config file (TOML).
@@ -192,6 +224,28 @@ async fn dispatch(cli: Cli) -> ExitCode {
             Err(why) => crate::client::fail(crate::client::EXIT_BROKER_ERROR, &why),
         },
         Command::Probe { url, path } => crate::client::probe(&url, &path).await,
+        Command::Login {
+            name,
+            config,
+            url,
+            offline,
+            key_file,
+            device,
+            no_browser,
+            timeout,
+        } => {
+            let args = crate::login::Args {
+                name,
+                config,
+                url,
+                offline,
+                key_file,
+                device,
+                no_browser,
+                timeout,
+            };
+            crate::login::run(args).await
+        }
         Command::CheckConfig {
             config,
             check_secrets,

@@ -1,6 +1,7 @@
 //! `token-broker dev`: the broker and a dev IdP in one process, with a `demo` credential
 //! whose access tokens live 20 seconds, so a newcomer sees proactive refresh within a
-//! minute. State goes to a fresh private temporary directory removed at exit.
+//! minute. State goes to a fresh private temporary directory removed at exit, beside
+//! the config written there for `token-broker login demo`, which the banner shows.
 
 use std::time::Duration;
 
@@ -11,12 +12,16 @@ use crate::dev_idp::{self, DevIdp, DevIdpOptions};
 
 /// Access-token lifetime of the demo credential.
 const DEMO_TTL: Duration = Duration::from_secs(20);
+/// The redirect URI the dev IdP accepts from `login` (loopback: any port, RFC 8252).
+const LOGIN_REDIRECT: &str = "http://127.0.0.1/callback";
 
 /// Runs until SIGTERM/SIGINT. The dev IdP listens on a fixed port by default (that of
 /// `dev-idp`), so the lines of the README and of the examples work as written.
 pub async fn run(listen: &str, idp_listen: &str) -> anyhow::Result<()> {
     let options = DevIdpOptions {
         access_ttl: DEMO_TTL,
+        // `token-broker login demo` in a browser: the loopback redirect, any port.
+        redirect_uri: vec![LOGIN_REDIRECT.to_owned()],
         ..DevIdpOptions::default()
     };
     let idp = DevIdp::new(options.clone());
@@ -37,20 +42,22 @@ pub async fn run(listen: &str, idp_listen: &str) -> anyhow::Result<()> {
         .prefix("token-broker-dev-")
         .tempdir()
         .context("creating a state directory")?;
-    let config = crate::config::load_str(&demo_config(
-        listen,
-        &idp_addr.to_string(),
-        &idp,
-        &options,
-        state.path(),
-    ))
-    .map_err(|p| anyhow::anyhow!("the embedded dev config is invalid:\n{p}"))?;
+    let text = demo_config(listen, &idp_addr.to_string(), &idp, &options, state.path());
+    let config = crate::config::load_str(&text)
+        .map_err(|p| anyhow::anyhow!("the embedded dev config is invalid:\n{p}"))?;
+    // `login` reads the credential's settings from a file, and finds the broker by the
+    // socket it names (the same user may log in over it).
+    let config_file = state.path().join("dev.toml");
+    std::fs::write(&config_file, &text).context("writing the dev config for `login`")?;
     let listeners = crate::daemon::bind_all(&config).await?;
     let broker_url = listeners
         .first()
         .map(|l| format!("http://{}", l.describe()))
         .unwrap_or_default();
-    println!("{}", banner(&broker_url, &format!("http://{idp_addr}")));
+    println!(
+        "{}",
+        banner(&broker_url, &format!("http://{idp_addr}"), &config_file)
+    );
     let result = crate::daemon::run(config, listeners, None, crate::signal::terminated()).await;
     stop.cancel();
     result
@@ -66,13 +73,16 @@ fn demo_config(
     format!(
         r#"
 [server]
-listen = "{listen}"
+listen = ["{listen}", "unix:{state}/broker.sock"]
+socket_mode = "0600"
 
 [state]
-dir = "{state}"
+dir = "{state}/state"
 
 [credentials.demo]
 token_url = "http://{idp_addr}/token"
+authorization_endpoint = "http://{idp_addr}/authorize"
+device_authorization_endpoint = "http://{idp_addr}/device_authorization"
 client_id = "{client_id}"
 client_secret = "{client_secret}"
 refresh_token = "{refresh_token}"
@@ -84,7 +94,7 @@ refresh_token = "{refresh_token}"
     )
 }
 
-fn banner(broker: &str, idp: &str) -> String {
+fn banner(broker: &str, idp: &str, config: &std::path::Path) -> String {
     format!(
         r#"token-broker dev: the broker on {broker}, a dev IdP on {idp}.
 The `demo` credential's access tokens live {ttl}s; watch the log refresh them before they expire.
@@ -94,7 +104,13 @@ The `demo` credential's access tokens live {ttl}s; watch the log refresh them be
   curl {broker}/v1/credentials
   curl {idp}/stats
 
+Log in as a person, giving `demo` a new refresh-token chain (approve the code at the page it
+names; without --device it opens a browser at the dev IdP's consent page):
+
+  token-broker login demo --device --config {config}
+
 Ctrl-C stops both. For development only: the dev IdP is not an identity provider."#,
-        ttl = DEMO_TTL.as_secs()
+        ttl = DEMO_TTL.as_secs(),
+        config = config.display(),
     )
 }

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 /// Top to bottom. A module on a floor may use the modules of that floor and those below.
 const FLOORS: &[&[&str]] = &[
     // The command line and its clients of a running broker (`dev`: the try-it-now mode).
-    &["cli", "client", "helpers", "dev"],
+    &["cli", "client", "helpers", "login", "dev"],
     // Wiring the daemon; checking a config on the machine that will run it.
     &["daemon", "preflight"],
     // Faces of the broker: the HTTP API, SDK protocols, proxies, file sinks.

@@ -25,6 +25,8 @@
 //! - `preflight`: `check-config`'s checks of the machine that will run the broker
 //!   (secret files and variables, keys, CA files, sink directories, `state.dir`).
 //! - `dev` and `dev_idp`: the try-it-now mode and the strict development IdP.
+//! - `login`: `token-broker login`, a person's login (PKCE on a loopback redirect, or
+//!   the device flow) whose new refresh token goes to the broker or its store.
 //! - `client`: `get` (the kubectl credential plugin's answer included) and `status`,
 //!   clients of a running broker over http(s) or a unix socket, and the hand-over of a
 //!   login (`post_login`); `helpers`: the git credential helper, on top of `client`.
@@ -34,7 +36,7 @@
 //! - `signal`, `duration`, `error`: small shared pieces.
 //!
 //! # Floors
-//! Top to bottom: `cli`, `client`, `helpers`, `dev`; `daemon`, `preflight`; `server`,
+//! Top to bottom: `cli`, `client`, `helpers`, `login`, `dev`; `daemon`, `preflight`; `server`,
 //! `emulate`, `proxy`, `sink`; `broker`; `idp`, `exec`, `store`, `dev_idp`; `config`,
 //! `token`; and the leaves, which use no other module (`secret`, `duration`, `error`,
 //! `metrics`, `signal`, `limits`, `dpop`). A module uses modules of its own floor and below,
@@ -58,6 +60,7 @@ pub mod exec;
 pub mod helpers;
 pub mod idp;
 pub mod limits;
+pub mod login;
 pub mod metrics;
 pub mod preflight;
 pub mod proxy;

@@ -141,6 +141,8 @@ pub(super) fn expected_terms(expected: &str) -> &str {
         "a sequence" => "a list",
         "a map" => "a table",
         "a string" => "text in quotes",
+        // A nested table (`exec`, `login`): serde names the Rust type.
+        other if other.starts_with("struct ") => "a table",
         other => other,
     }
 }
@@ -183,6 +185,10 @@ mod tests {
             (
                 "invalid type: sequence, expected a boolean",
                 "expected true or false, found a list",
+            ),
+            (
+                "invalid type: integer `5`, expected struct RawLogin",
+                "expected a table, found a number",
             ),
             ("unknown field `x`", "unknown field `x`"),
         ];

@@ -14,6 +14,7 @@ mod emulate;
 mod every;
 mod grant;
 mod load;
+mod login;
 mod raw;
 mod state;
 mod validate;
@@ -31,6 +32,7 @@ pub use delivery::*;
 pub use emulate::*;
 pub use grant::*;
 pub use load::{Source, lenient};
+pub use login::*;
 pub use raw::RawConfig;
 pub use validate::{checked_url, parse_listen, valid_name, validate};
 
@@ -272,6 +274,8 @@ pub struct CredentialSpec {
     pub access: Access,
     /// Files the token is written to on every new version.
     pub sinks: Vec<SinkSpec>,
+    /// How `token-broker login` obtains a first refresh token (`refresh_token` only).
+    pub login: LoginSpec,
     /// `dpop = true`: tokens bound to a key the broker holds (RFC 9449).
     pub dpop: Option<DpopSpec>,
 }

@@ -178,6 +178,20 @@ pub struct RawCredential {
     #[serde(default, with = "lenient")]
     pub dpop: Option<bool>,
     pub dpop_key: Option<SecretSource>,
+    // What `token-broker login` uses (checked in validate/login.rs).
+    pub authorization_endpoint: Option<String>,
+    pub device_authorization_endpoint: Option<String>,
+    pub login: Option<RawLogin>,
+}
+
+/// `credentials.NAME.login`: how `token-broker login` asks for the first refresh token.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLogin {
+    pub scope: Option<String>,
+    #[serde(default, with = "lenient")]
+    pub redirect_port: Option<u16>,
+    pub redirect_path: Option<String>,
 }
 
 /// `credentials.NAME.exec`: the command of `grant = "exec"`.

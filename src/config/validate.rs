@@ -15,6 +15,7 @@ mod delivery;
 mod dpop;
 mod exec;
 mod grant;
+mod login;
 
 /// Collects problems while building a value.
 #[derive(Default)]
@@ -283,6 +284,8 @@ fn credential(check: &mut Check, name: String, raw: RawCredential) -> Option<Cre
             LostAnswer::RetryWithinGrace
         }
     };
+    let is_refresh_token = matches!(raw.grant.as_deref(), None | Some("refresh_token"));
+    let login = login::login(check, &key, &raw, is_refresh_token);
     let dpop = dpop::dpop(check, &key, &raw, is_exec);
     let sinks = delivery::sinks(check, &key, raw.sinks);
     if check.problems.len() > before {
@@ -316,6 +319,7 @@ fn credential(check: &mut Check, name: String, raw: RawCredential) -> Option<Cre
             keys: raw.client_keys.unwrap_or_default(),
         },
         sinks,
+        login,
         dpop,
         name,
     })

@@ -121,6 +121,64 @@ pub(super) fn form(
     })
 }
 
+/// What a person's login sends (RFC 6749 4.1.3, RFC 8628 3.1 and 3.4); the broker never
+/// sends these on its own. Client authentication is that of the credential's refreshes.
+pub enum LoginRequest<'a> {
+    /// Redeems the code the loopback redirect brought, with the PKCE verifier.
+    AuthorizationCode {
+        code: &'a SecretString,
+        redirect_uri: &'a str,
+        code_verifier: &'a SecretString,
+    },
+    /// Asks the device authorization endpoint for a user code.
+    DeviceAuthorization { scope: Option<&'a str> },
+    /// One poll of the token endpoint for an approved device code.
+    DeviceCode { device_code: &'a SecretString },
+}
+
+/// RFC 8628 section 3.4.
+pub const DEVICE_CODE: &str = "urn:ietf:params:oauth:grant-type:device_code";
+
+/// Builds the form of a login request. The scope travels with the authorization (and
+/// device authorization) request, not with the redemption (RFC 6749 4.1.3).
+pub(super) fn login_form(
+    spec: &CredentialSpec,
+    inputs: &Inputs,
+    request: &LoginRequest<'_>,
+    token_url: &str,
+) -> Result<Form, String> {
+    let mut form = url::form_urlencoded::Serializer::new(String::new());
+    match request {
+        LoginRequest::AuthorizationCode {
+            code,
+            redirect_uri,
+            code_verifier,
+        } => {
+            form.append_pair("grant_type", "authorization_code");
+            form.append_pair("code", code.expose_secret());
+            form.append_pair("redirect_uri", redirect_uri);
+            form.append_pair("code_verifier", code_verifier.expose_secret());
+        }
+        LoginRequest::DeviceAuthorization { scope } => {
+            if let Some(scope) = scope {
+                form.append_pair("scope", scope);
+            }
+            if let Some(audience) = &spec.audience {
+                form.append_pair("audience", audience);
+            }
+        }
+        LoginRequest::DeviceCode { device_code } => {
+            form.append_pair("grant_type", DEVICE_CODE);
+            form.append_pair("device_code", device_code.expose_secret());
+        }
+    }
+    let authorization = client_params(&mut form, spec, inputs, token_url)?;
+    Ok(Form {
+        body: form.finish(),
+        authorization,
+    })
+}
+
 /// The client's authentication: added to the form, or returned as a Basic header.
 fn client_params(
     form: &mut url::form_urlencoded::Serializer<'_, String>,

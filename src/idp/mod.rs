@@ -10,12 +10,14 @@
 //!
 //! Layout: `grant` builds the form of each grant and client authentication method,
 //! `assertion` signs the JWTs some of them need, `response` reads the answer,
-//! `fingerprint` recognises the inputs of a refused request again.
+//! `fingerprint` recognises the inputs of a refused request again, `login` sends the
+//! requests of a person's login (for `token-broker login`).
 
 mod assertion;
 pub mod dpop;
 pub mod fingerprint;
 mod grant;
+mod login;
 mod response;
 
 use std::collections::HashMap;
@@ -32,7 +34,8 @@ use crate::config::{CredentialSpec, Endpoint, EndpointUrl, IdpConfig, PrivateKey
 use crate::secret::ExposeSecret;
 
 pub use assertion::{CLIENT_ASSERTION_TYPE, SigningKey, claims as assertion_claims};
-pub use grant::{InputError, Inputs, JWT_BEARER, TOKEN_EXCHANGE};
+pub use grant::{DEVICE_CODE, InputError, Inputs, JWT_BEARER, LoginRequest, TOKEN_EXCHANGE};
+pub use login::{DEFAULT_DEVICE_INTERVAL, DeviceAuthorization, Discovery, LoginTokens};
 pub use response::{TokenResponse, jwt_exp, parse_retry_after, success as parse_token_response};
 
 /// Largest answer read from an IdP; a token response is a few KiB at most.

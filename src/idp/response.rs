@@ -94,6 +94,24 @@ impl Answer {
         let body = self.body.unwrap_or_default();
         Err(failure(self.status, &body, self.retry_after))
     }
+
+    /// The body of a 2xx answer, wiped when dropped (it holds tokens), or the classified
+    /// failure: for a login, whose body the broker adopts as received.
+    pub fn success_body(self) -> Result<zeroize::Zeroizing<Vec<u8>>, IdpError> {
+        if self.status.is_success() {
+            return self
+                .body
+                .map(zeroize::Zeroizing::new)
+                .map_err(|reason| IdpError::LostAnswer { reason });
+        }
+        let body = self.body.unwrap_or_default();
+        Err(failure(self.status, &body, self.retry_after))
+    }
+}
+
+/// Parses a 2xx token response body (from `Answer::success_body`).
+pub(super) fn parse_success(body: &[u8]) -> Result<TokenResponse, IdpError> {
+    success(body).map_err(|reason| IdpError::LostAnswer { reason })
 }
 
 fn failure(status: StatusCode, body: &[u8], retry_after: Option<Duration>) -> IdpError {
@@ -187,7 +205,7 @@ pub fn parse_retry_after(value: &str) -> Option<Duration> {
 }
 
 /// Reads at most `MAX_RESPONSE_BYTES`; a larger answer is an error, not a truncation.
-async fn read_capped(mut response: reqwest::Response) -> Result<Vec<u8>, String> {
+pub(super) async fn read_capped(mut response: reqwest::Response) -> Result<Vec<u8>, String> {
     let mut body = Vec::new();
     loop {
         match response.chunk().await {
