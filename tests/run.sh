@@ -26,6 +26,10 @@ bash tests/sdk/install.sh
 if ! command -v git >/dev/null; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq git >/dev/null
 fi
+# The login test clicks the dev IdP's consent page in a real headless browser.
+if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+fi
 if ! command -v kubectl >/dev/null; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kubernetes-client >/dev/null
 fi
