@@ -5,8 +5,11 @@
 //! (`Credential::versions`); the broker does not know sinks exist. `start` attaches
 //! the tasks to every credential, and to those a reload starts. A task always takes the
 //! newest version, so versions published while a write runs are skipped, never written
-//! after a newer one; a version is published only once it is stored durably, so a
-//! sink never holds a token the broker could lose. A write goes to a temporary file in
+//! after a newer one. A token with a refresh-token chain is published only once its
+//! chain is stored durably, so a sink never holds a token the broker could lose; the
+//! two exceptions are the broker's own choices to serve anyway: a fleet member running
+//! on without its shared store (`on_store_unavailable = "refresh_locally"`), and a
+//! grant without a chain whose state could not be written (nothing to lose there). A write goes to a temporary file in
 //! the same directory, is fsynced and renamed over the target (and the directory
 //! fsynced), so a reader sees the old file or the new one, never a part. A failed write
 //! is logged and counted, and retried with backoff while that version is the newest and

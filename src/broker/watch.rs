@@ -22,7 +22,8 @@ pub enum Published {
     /// Nothing yet in this process.
     #[default]
     Nothing,
-    /// A token version, published only once it is stored durably.
+    /// A token version, published once it is stored durably (see `sink` for the two
+    /// cases the broker serves without: `refresh_locally`, and chainless grants).
     Token(Arc<Token>),
     /// The published token was withdrawn (the IdP refused its chain), or a stopped
     /// chain was restored: whatever holds a copy of it must let it go.
