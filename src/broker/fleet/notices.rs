@@ -40,15 +40,19 @@ impl Broker {
 async fn listen(broker: Arc<Broker>, redis: Arc<RedisStore>) {
     let shutdown = broker.shared.shutdown.clone();
     let mut failures = 0u32;
+    let mut first = true;
     loop {
         match redis.subscribe().await {
             Ok(notices) => {
-                if failures > 0 {
+                // What changed while no subscription was up.
+                catch_up(&broker, &redis).await;
+                // Said once the catch-up is done: from here on, news comes by notice.
+                if std::mem::replace(&mut first, false) {
+                    info!("subscribed to change notices");
+                } else if failures > 0 {
                     info!("subscribed to change notices again");
                 }
                 failures = 0;
-                // What changed while no subscription was up.
-                catch_up(&broker, &redis).await;
                 if follow(&broker, notices).await.is_none() {
                     return;
                 }
