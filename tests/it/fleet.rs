@@ -74,6 +74,20 @@ impl Fleet {
         self.dirs.push(dir);
     }
 
+    /// Waits until every broker follows change notices: subscribed, and caught up with
+    /// what was written before, so news written after this reaches each by notice.
+    pub async fn subscribed(&self) {
+        for broker in &self.brokers {
+            crate::failures::eventually("the subscription to change notices", || async {
+                broker.proc.logs().lines().any(|line| {
+                    serde_json::from_str::<Value>(line)
+                        .is_ok_and(|event| event["message"] == "subscribed to change notices")
+                })
+            })
+            .await;
+        }
+    }
+
     /// Waits until every live broker serves the same token, and returns it.
     pub async fn converged(&self) -> String {
         converged(&self.brokers.iter().collect::<Vec<_>>()).await
@@ -198,6 +212,9 @@ async fn a_refresh_reaches_the_other_brokers_by_notice() {
     // No polling within the test's time: only a pub/sub notice can carry the news.
     let fleet = Fleet::start(&idp, &redis, 3, "poll_interval = \"1h\"", "");
     let old = fleet.converged().await;
+    // A broker still subscribing would catch up with the refresh by reading the
+    // record (via="poll") instead of taking the notice.
+    fleet.subscribed().await;
 
     let response = fleet.brokers[0].refresh("x", Some(&old)).await;
     assert_eq!(response.status(), 200);

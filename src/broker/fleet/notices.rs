@@ -23,7 +23,7 @@ use super::reconcile::Reconciled;
 use crate::broker::credential::Credential;
 use crate::broker::{Broker, schedule};
 use crate::secret::hex;
-use crate::store::{Notice, Polled, ReadError, RedisStore};
+use crate::store::{Notice, Polled, ReadError, Record, RedisStore};
 
 impl Broker {
     /// With the shared store: listens for change notices and polls; a no-op otherwise.
@@ -40,15 +40,19 @@ impl Broker {
 async fn listen(broker: Arc<Broker>, redis: Arc<RedisStore>) {
     let shutdown = broker.shared.shutdown.clone();
     let mut failures = 0u32;
+    let mut first = true;
     loop {
         match redis.subscribe().await {
             Ok(notices) => {
-                if failures > 0 {
+                // What changed while no subscription was up.
+                catch_up(&broker, &redis).await;
+                // Said once the catch-up is done: from here on, news comes by notice.
+                if std::mem::replace(&mut first, false) {
+                    info!("subscribed to change notices");
+                } else if failures > 0 {
                     info!("subscribed to change notices again");
                 }
                 failures = 0;
-                // What changed while no subscription was up.
-                catch_up(&broker, &redis).await;
                 if follow(&broker, notices).await.is_none() {
                     return;
                 }
@@ -214,7 +218,7 @@ impl Credential {
         match redis.read(self.name()).await {
             Ok(Some(record)) => {
                 let orphaned = record.saved.in_flight_since.is_some()
-                    && matches!(redis.lease_held(self.name()).await, Ok(false));
+                    && self.left_behind(redis, &record).await;
                 if orphaned {
                     // When the lease was first seen gone: the mark is settled only
                     // after its broker had time to write an answer it may hold.
@@ -235,6 +239,23 @@ impl Credential {
                 debug!(credential = self.name(), error = %e, "cannot read the shared record");
             }
         }
+    }
+
+    /// Whether the broker that marked `record` is gone: nobody holds the lease, and the
+    /// record is still the same after that look. A holder writes its answer and then
+    /// lets go, so a free lease alone may follow an answer already written.
+    async fn left_behind(&self, redis: &RedisStore, record: &Record) -> bool {
+        let read = Polled {
+            version: Some(record.version),
+            stamp: record.stamp.clone(),
+        };
+        let lease_held = redis.lease_held(self.name()).await.ok();
+        let again = match lease_held {
+            Some(false) => redis.versions(&[self.name().to_owned()]).await.ok(),
+            _ => None,
+        };
+        let again = again.and_then(|mut polled| polled.pop());
+        unchanged_without_lease(&read, lease_held, again.as_ref())
     }
 
     /// Outside a flight: writes this broker's state back over an older record, under
@@ -262,5 +283,50 @@ impl Credential {
         }
         // The record taken may carry a mark to settle, or a new schedule.
         self.schedule_changed();
+    }
+}
+
+/// The decision of `left_behind` from its three looks: the record read, the lease
+/// (`None`: unknown), and the record read again. Only a free lease seen between two
+/// reads of one record (same version and stamp) shows a refresh nobody is finishing.
+fn unchanged_without_lease(
+    read: &Polled,
+    lease_held: Option<bool>,
+    again: Option<&Polled>,
+) -> bool {
+    lease_held == Some(false) && again == Some(read)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn polled(version: u64, stamp: &str) -> Polled {
+        Polled {
+            version: Some(version),
+            stamp: Some(stamp.into()),
+        }
+    }
+
+    #[test]
+    fn a_mark_is_orphaned_only_if_the_record_stayed_the_same_while_the_lease_was_free() {
+        let marked = polled(5, "mark");
+        let lease_free_then =
+            |again: Option<&Polled>| unchanged_without_lease(&marked, Some(false), again);
+        assert!(lease_free_then(Some(&marked)));
+        // Its holder is still refreshing, or the lease could not be asked about.
+        assert!(!unchanged_without_lease(&marked, Some(true), Some(&marked)));
+        assert!(!unchanged_without_lease(&marked, None, Some(&marked)));
+        // The race: the holder wrote its token and let go between the read and the
+        // look at the lease. The record read again is the new one: nothing was lost.
+        assert!(!lease_free_then(Some(&polled(1 << 20, "token"))));
+        // Another history at the same version, a damaged record, no second answer.
+        assert!(!lease_free_then(Some(&polled(5, "other"))));
+        let damaged = Polled {
+            version: None,
+            stamp: Some("mark".into()),
+        };
+        assert!(!lease_free_then(Some(&damaged)));
+        assert!(!lease_free_then(None));
     }
 }
