@@ -1,6 +1,7 @@
 //! The proxy of a DPoP credential against an upstream whose nonce challenge no retry
 //! satisfies: the challenge is passed on as it is, with no refresh (the token was not
-//! refused) and no quiet spell, so a later real refusal still gets its refresh.
+//! refused) and no quiet spell, so a later real refusal still gets its refresh; also
+//! when the challenge answers the retry with a refreshed token.
 
 use crate::fleet::metric;
 use crate::harness::*;
@@ -75,5 +76,56 @@ async fn a_nonce_challenge_that_never_takes_is_passed_on_without_a_refresh_or_a_
         ),
         0.0,
         "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nonce_challenge_of_the_retry_with_a_refreshed_token_starts_no_quiet_spell() {
+    let idp = Idp::start(&["--access-ttl", "300s"]);
+    let upstream = upstream::start(idp.url.clone()).await;
+    let dir = tempdir();
+    let mut broker = start_with(
+        &idp,
+        dir.path(),
+        "dpop = true\nmin_refresh_interval = \"0s\"",
+        &proxy("api", &format!("{upstream}/base"), ""),
+        &[],
+    );
+    let addr = proxy_addr(&mut broker, "api");
+    let token = broker.access_token("x").await;
+    let grants = idp.stat("refresh_grants").await;
+
+    // The token is refused: one refresh; the fresh one is challenged, twice: passed on.
+    let url = format!(
+        "http://{addr}/refuses-then-challenges/{}",
+        token_digest(&token)
+    );
+    let response = client().get(&url).send().await.unwrap();
+    assert_eq!(response.status(), 401);
+    assert_eq!(response.text().await.unwrap(), "nonce please");
+    assert_eq!(idp.stat("refresh_grants").await, grants + 1);
+    let fresh = broker.access_token("x").await;
+    assert_ne!(fresh, token);
+    let metrics = broker.metrics_text().await;
+    let retries = |result: &str| {
+        metric(
+            &metrics,
+            &format!("token_broker_proxy_retries_total{{proxy=\"api\",result=\"{result}\"}}"),
+        )
+    };
+    assert_eq!(retries("dpop_nonce_again"), 1.0, "{metrics}");
+    assert_eq!(retries("rejected"), 0.0, "{metrics}");
+
+    // No quiet spell: the fresh token refused next gets its own refresh.
+    let refuses = format!("http://{addr}/refuses-token/{}", token_digest(&fresh));
+    let response = client().get(&refuses).send().await.unwrap();
+    assert_eq!(response.status(), 200, "{}", broker.proc.logs());
+    assert_eq!(idp.stat("refresh_grants").await, grants + 2);
+    assert!(
+        !broker
+            .proc
+            .logs()
+            .contains("refused a freshly refreshed token"),
+        "a quiet spell began"
     );
 }

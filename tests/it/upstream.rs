@@ -1,7 +1,7 @@
 //! A small real HTTP server the proxy tests forward to, under `/base`: it reports the
 //! headers it received, echoes and digests bodies as they stream, streams large
 //! downloads, answers slowly or always 401 (also with a DPoP nonce challenge that never
-//! takes), refuses one given token, and guards a route with the dev IdP's `/api/whoami`. Plus a raw HTTP/1.1 client, for requests no library would send.
+//! takes), refuses one given token (then challenges others), and guards a route with the dev IdP's `/api/whoami`. Plus a raw HTTP/1.1 client, for requests no library would send.
 
 #![allow(clippy::unwrap_used)]
 
@@ -86,6 +86,10 @@ pub async fn start(idp_url: String) -> String {
         .route("/base/refuses", get(refuses))
         .route("/base/nonce-always", get(nonce_always))
         .route("/base/refuses-token/{digest}", get(refuses_token))
+        .route(
+            "/base/refuses-then-challenges/{digest}",
+            get(refuses_then_challenges),
+        )
         .with_state(idp_url);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -193,6 +197,16 @@ async fn refuses_token(Path(digest): Path<String>, headers: HeaderMap) -> Respon
         HeaderValue::from_static(r#"DPoP error="invalid_token""#),
     );
     response
+}
+
+/// Refuses the token whose `token_digest` is `digest`, and challenges every other one
+/// for a nonce, as `nonce_always` does.
+async fn refuses_then_challenges(Path(digest): Path<String>, headers: HeaderMap) -> Response {
+    let refused = refuses_token(Path(digest), headers).await;
+    if refused.status() == StatusCode::UNAUTHORIZED {
+        return refused;
+    }
+    nonce_always().await
 }
 
 /// A token's name in a URL: the first 16 hex digits of its SHA-256, not the token.
