@@ -23,6 +23,10 @@ use crate::secret::ExposeSecret;
 /// How many resource-server origins keep a nonce; past it the oldest is forgotten.
 pub const MAX_ORIGINS: usize = 1024;
 
+/// The longest origin that keeps a nonce (a DNS name is at most 253 bytes): with
+/// `MAX_ORIGINS` it bounds the memory nonces take, whatever hosts apps name.
+pub const MAX_ORIGIN_LEN: usize = 512;
+
 /// What a DPoP credential keeps besides its token.
 #[derive(Debug)]
 pub(crate) struct Dpop {
@@ -187,7 +191,8 @@ fn origin(htu: &str) -> String {
     }
 }
 
-/// The latest nonce per origin, at most `MAX_ORIGINS` of them.
+/// The latest nonce per origin, at most `MAX_ORIGINS` of them, each origin at most
+/// `MAX_ORIGIN_LEN` bytes.
 #[derive(Debug, Default)]
 struct Nonces {
     by_origin: HashMap<String, (String, u64)>,
@@ -197,6 +202,9 @@ struct Nonces {
 
 impl Nonces {
     fn insert(&mut self, origin: String, nonce: String) {
+        if origin.len() > MAX_ORIGIN_LEN {
+            return;
+        }
         self.clock += 1;
         if self.by_origin.len() >= MAX_ORIGINS && !self.by_origin.contains_key(&origin) {
             let oldest = self
@@ -256,5 +264,16 @@ mod tests {
         nonces.insert(newest.clone(), "again".into());
         assert_eq!(nonces.by_origin.len(), MAX_ORIGINS);
         assert!(nonces.get("https://h10.test").is_some());
+    }
+
+    #[test]
+    fn an_overlong_origin_keeps_no_nonce() {
+        let mut nonces = Nonces::default();
+        let long = |n: usize| format!("https://{}.test", "a".repeat(n - "https://.test".len()));
+        nonces.insert(long(MAX_ORIGIN_LEN), "kept".into());
+        nonces.insert(long(MAX_ORIGIN_LEN + 1), "dropped".into());
+        assert_eq!(nonces.get(&long(MAX_ORIGIN_LEN)), Some("kept".into()));
+        assert_eq!(nonces.get(&long(MAX_ORIGIN_LEN + 1)), None);
+        assert_eq!(nonces.by_origin.len(), 1);
     }
 }

@@ -2,7 +2,8 @@
 //! the token, and after a 401 report the token, wait for the single refresh and send
 //! it once more, if its body was kept. For a DPoP credential each attempt carries a
 //! fresh proof, and a `use_dpop_nonce` challenge gets one more attempt with the same
-//! token and the nonce (no refresh: the token was not refused).
+//! token and the nonce; a challenge left after that is passed on (no refresh, no quiet
+//! spell: the token was not refused).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -96,6 +97,9 @@ impl Inner {
             )
             .await;
         match first {
+            Ok(first) if asks_for_nonce(&credential, &first) => {
+                self.nonce_unmet(&nonce_retry, first)
+            }
             Ok(first) if first.status() == StatusCode::UNAUTHORIZED => {
                 let replay = (&prepared.replay, &mut nonce_retry);
                 self.after_401(&credential, &target, &token, replay, first)
@@ -307,15 +311,35 @@ impl Inner {
         let second = self
             .after_nonce(credential, target, &fresh, replay, second, nonce_retry)
             .await;
-        self.retried(second)
+        self.retried(credential, nonce_retry, second)
+    }
+
+    /// A `use_dpop_nonce` 401 the nonce retry did not settle (the body was not kept, or
+    /// the retry was challenged again): passed on as it is. The token was not refused,
+    /// so it is neither reported nor a reason for a quiet spell.
+    fn nonce_unmet(
+        &self,
+        nonce_retry: &NonceRetry,
+        response: hyper::Response<Incoming>,
+    ) -> (&'static str, Response) {
+        if nonce_retry.0 {
+            self.metrics.retry("dpop_nonce_again");
+            debug!(proxy = %self.spec.name, "the upstream challenged the nonce retry too; passing its 401 on");
+        }
+        ("unauthorized", relay(response))
     }
 
     /// What the one retry with a token fresh from the refresh got.
     fn retried(
         &self,
+        credential: &Credential,
+        nonce_retry: &NonceRetry,
         second: Result<hyper::Response<Incoming>, Failure>,
     ) -> (&'static str, Response) {
         match second {
+            Ok(second) if asks_for_nonce(credential, &second) => {
+                self.nonce_unmet(nonce_retry, second)
+            }
             Ok(second) if second.status() == StatusCode::UNAUTHORIZED => {
                 self.metrics.retry("rejected");
                 let until = now_ms() + QUIET.as_millis() as u64;
@@ -361,6 +385,12 @@ impl Inner {
             failure,
         }
     }
+}
+
+/// A DPoP credential's answer that asks for a nonce: a 401 about the proof, not a
+/// refusal of the token, so a refresh cannot help.
+fn asks_for_nonce(credential: &Credential, response: &hyper::Response<Incoming>) -> bool {
+    credential.uses_dpop() && headers::asks_for_nonce(response.status(), response.headers())
 }
 
 /// The upstream's answer as the client gets it: hop-by-hop headers dropped, the body

@@ -60,11 +60,20 @@ pub fn authorization(scheme: &str, token: &str) -> Option<HeaderValue> {
     Some(value)
 }
 
-/// A resource server's DPoP nonce challenge (RFC 9449 section 9): 401 with
-/// `WWW-Authenticate: DPoP error="use_dpop_nonce"` and a `DPoP-Nonce`.
+/// A resource server's DPoP nonce challenge (RFC 9449 section 9) that can be answered:
+/// a 401 that `asks_for_nonce`, with a `DPoP-Nonce` a proof can carry.
 pub fn nonce_challenge(status: axum::http::StatusCode, headers: &HeaderMap) -> bool {
+    asks_for_nonce(status, headers)
+        && headers
+            .get("dpop-nonce")
+            .and_then(|v| crate::idp::dpop::valid_nonce(v.as_bytes()))
+            .is_some()
+}
+
+/// 401 with `WWW-Authenticate: DPoP error="use_dpop_nonce"`: the proof lacked a nonce,
+/// the token itself was not refused (whether or not a usable nonce came with it).
+pub fn asks_for_nonce(status: axum::http::StatusCode, headers: &HeaderMap) -> bool {
     status == axum::http::StatusCode::UNAUTHORIZED
-        && headers.contains_key("dpop-nonce")
         && headers
             .get_all(header::WWW_AUTHENTICATE)
             .iter()
@@ -132,13 +141,16 @@ mod tests {
     #[test]
     fn only_a_dpop_use_dpop_nonce_401_with_a_nonce_is_a_nonce_challenge() {
         use axum::http::StatusCode;
-        let with = |status: StatusCode, auth: &'static str, nonce: bool| {
+        let headers = |auth: &'static str, nonce: Option<&'static str>| {
             let mut h = HeaderMap::new();
             h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(auth));
-            if nonce {
-                h.insert("dpop-nonce", HeaderValue::from_static("n1"));
+            if let Some(nonce) = nonce {
+                h.insert("dpop-nonce", HeaderValue::from_static(nonce));
             }
-            nonce_challenge(status, &h)
+            h
+        };
+        let with = |status: StatusCode, auth: &'static str, nonce: bool| {
+            nonce_challenge(status, &headers(auth, nonce.then_some("n1")))
         };
         let challenge = r#"DPoP error="use_dpop_nonce", error_description="fresh""#;
         assert!(with(StatusCode::UNAUTHORIZED, challenge, true));
@@ -148,6 +160,18 @@ mod tests {
             true
         ));
         assert!(!with(StatusCode::UNAUTHORIZED, challenge, false));
+        // A nonce no proof may carry cannot be answered, yet the token was not refused.
+        let unusable = headers(challenge, Some("a b"));
+        assert!(!nonce_challenge(StatusCode::UNAUTHORIZED, &unusable));
+        assert!(asks_for_nonce(StatusCode::UNAUTHORIZED, &unusable));
+        assert!(asks_for_nonce(
+            StatusCode::UNAUTHORIZED,
+            &headers(challenge, None)
+        ));
+        assert!(!asks_for_nonce(
+            StatusCode::UNAUTHORIZED,
+            &headers(r#"DPoP error="invalid_token""#, Some("n1"))
+        ));
         assert!(!with(StatusCode::BAD_REQUEST, challenge, true));
         assert!(!with(
             StatusCode::UNAUTHORIZED,

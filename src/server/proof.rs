@@ -158,7 +158,7 @@ fn parse(query: Option<&str>, body: &[u8]) -> Result<Asked, ApiError> {
         ));
     }
     Ok(Asked {
-        htm: body.htm,
+        htm: standard_case(body.htm),
         htu,
         nonce: body.nonce,
         min_ttl,
@@ -171,6 +171,24 @@ fn is_method(text: &str) -> bool {
         && text
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// The methods of RFC 9110 and PATCH, which HTTP clients send uppercase.
+const STANDARD_METHODS: [&str; 9] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+];
+
+/// `htm` as the request will carry it: methods are case-sensitive (RFC 9110 section
+/// 9.1) and a resource server compares `htm` exactly, so a standard method in another
+/// case (`get`) is uppercased, as clients send it; any other method is kept as given.
+fn standard_case(htm: String) -> String {
+    match STANDARD_METHODS
+        .iter()
+        .find(|m| m.eq_ignore_ascii_case(&htm))
+    {
+        Some(method) => (*method).to_owned(),
+        None => htm,
+    }
 }
 
 #[cfg(test)]
@@ -189,6 +207,10 @@ mod tests {
         assert_eq!(asked.htu, "https://api.example.com/v1/x");
         assert_eq!(asked.htm, "GET");
         assert_eq!(asked.nonce, None);
+        for (given, sent) in [("get", "GET"), ("Patch", "PATCH"), ("x-Custom", "x-Custom")] {
+            let body = format!(r#"{{"htm":"{given}","htu":"https://a.test/"}}"#);
+            assert_eq!(parse_body(&body).unwrap().htm, sent, "{given}");
+        }
         let asked = parse(
             Some("min_ttl=30s"),
             br#"{"htm":"PATCH","htu":"http://127.0.0.1:9/a","nonce":"n-1"}"#,

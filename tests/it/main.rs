@@ -23,6 +23,7 @@ mod descriptors;
 mod dpop;
 mod dpop_idp;
 mod dpop_keys;
+mod dpop_proxy;
 mod dpop_unbound;
 mod emulate_azure;
 mod emulate_gce;

@@ -1,11 +1,12 @@
 //! A small real HTTP server the proxy tests forward to, under `/base`: it reports the
 //! headers it received, echoes and digests bodies as they stream, streams large
-//! downloads, answers slowly or always 401, and guards a route with the dev IdP's
-//! `/api/whoami`. Plus a raw HTTP/1.1 client, for requests no library would send.
+//! downloads, answers slowly or always 401 (also with a DPoP nonce challenge that never
+//! takes), refuses one given token (then challenges others), and guards a route with the dev IdP's `/api/whoami`. Plus a raw HTTP/1.1 client, for requests no library would send.
 
 #![allow(clippy::unwrap_used)]
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -83,6 +84,12 @@ pub async fn start(idp_url: String) -> String {
         .route("/base/slow", get(slow))
         .route("/base/guarded", post(guarded))
         .route("/base/refuses", get(refuses))
+        .route("/base/nonce-always", get(nonce_always))
+        .route("/base/refuses-token/{digest}", get(refuses_token))
+        .route(
+            "/base/refuses-then-challenges/{digest}",
+            get(refuses_then_challenges),
+        )
         .with_state(idp_url);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -151,6 +158,60 @@ async fn slow() -> &'static str {
 /// Refuses every token, fresh or not: what an API does with a wrong audience.
 async fn refuses() -> Response {
     (StatusCode::UNAUTHORIZED, "wrong audience").into_response()
+}
+
+/// Challenges every request for a DPoP nonce, with a new nonce each time: an API whose
+/// nonces never take, so no retry can satisfy it.
+async fn nonce_always() -> Response {
+    static SENT: AtomicU64 = AtomicU64::new(0);
+    let n = SENT.fetch_add(1, Ordering::Relaxed);
+    let mut response = (StatusCode::UNAUTHORIZED, "nonce please").into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        "www-authenticate",
+        HeaderValue::from_static(
+            r#"DPoP error="use_dpop_nonce", error_description="send a nonce""#,
+        ),
+    );
+    headers.insert(
+        "dpop-nonce",
+        HeaderValue::from_str(&format!("n-{n}")).unwrap(),
+    );
+    response
+}
+
+/// Refuses the one token whose `token_digest` is `digest` (as an API that no longer
+/// takes it: `DPoP error="invalid_token"`) and takes any other.
+async fn refuses_token(Path(digest): Path<String>, headers: HeaderMap) -> Response {
+    let token = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .map_or("", |(_, token)| token);
+    if token_digest(token) != digest {
+        return "taken".into_response();
+    }
+    let mut response = (StatusCode::UNAUTHORIZED, "token refused").into_response();
+    response.headers_mut().insert(
+        "www-authenticate",
+        HeaderValue::from_static(r#"DPoP error="invalid_token""#),
+    );
+    response
+}
+
+/// Refuses the token whose `token_digest` is `digest`, and challenges every other one
+/// for a nonce, as `nonce_always` does.
+async fn refuses_then_challenges(Path(digest): Path<String>, headers: HeaderMap) -> Response {
+    let refused = refuses_token(Path(digest), headers).await;
+    if refused.status() == StatusCode::UNAUTHORIZED {
+        return refused;
+    }
+    nonce_always().await
+}
+
+/// A token's name in a URL: the first 16 hex digits of its SHA-256, not the token.
+pub fn token_digest(token: &str) -> String {
+    hex(&Sha256::digest(token.as_bytes()))[..16].to_owned()
 }
 
 /// Reads the body, then lets the dev IdP judge the bearer token: 401 unless it is live.
