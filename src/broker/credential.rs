@@ -141,6 +141,9 @@ pub(super) struct Inner {
     /// The stop in `reauth` could not be written (file store): the timer writes it
     /// again, so a restart neither repeats the refused call nor serves a withdrawn token.
     pub stop_unsaved: bool,
+    /// A rotated chain (an unbound token's answer) could not be written: the next
+    /// refresh writes it before anything is sent.
+    pub chain_unsaved: bool,
     pub last_refresh_at: Option<SystemTime>,
     /// When the last refresh a client asked for (`min_ttl`, report, forced) ended: the
     /// next such refresh waits `min_refresh_interval` (see `state`).
@@ -157,7 +160,7 @@ pub(super) struct Inner {
     /// token is fetched.
     pub discard_stored_token: bool,
     /// A login's token response, waiting for its flight to adopt it (see `login`).
-    pub login: Option<crate::idp::TokenResponse>,
+    pub login: Option<super::login::Pending>,
 }
 
 /// What `decide` concluded under the lock.

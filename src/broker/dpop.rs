@@ -176,10 +176,27 @@ impl Credential {
     pub(super) async fn unbound(&self, error: Error) -> Error {
         let saved = self.saved(&self.lock(), None);
         if let Err(e) = self.write(saved).await {
-            warn!(credential = self.name(), error = %e, "could not store the rotated refresh token");
+            // Held for write-back: the store still has the spent token, marked as out.
+            self.lock().chain_unsaved = true;
+            warn!(credential = self.name(), error = %e, "could not store the rotated refresh token; writing it before the next refresh");
         }
         warn!(credential = self.name(), error = %error, "token not served");
         error
+    }
+
+    /// Writes a chain `unbound` could not, before the next refresh sends anything.
+    pub(super) async fn save_chain(&self) -> Result<(), Error> {
+        let saved = {
+            let inner = self.lock();
+            if !inner.chain_unsaved {
+                return Ok(());
+            }
+            self.saved(&inner, None)
+        };
+        self.write(saved).await?;
+        self.lock().chain_unsaved = false;
+        info!(credential = self.name(), "stored the rotated refresh token");
+        Ok(())
     }
 }
 

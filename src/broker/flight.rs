@@ -76,6 +76,7 @@ impl Credential {
         };
         let demanded = want.demands_refresh();
         let want = want.clone();
+        let login = inner.login.as_ref().map(|l| l.adopted.clone());
         tokio::spawn(async move {
             let started = std::time::Instant::now();
             // A panic must still end the flight, or the credential would stay "in
@@ -89,10 +90,13 @@ impl Credential {
                         retry_after: Duration::from_secs(1),
                     })
                 });
+            // Once stored, a login's chain is the credential's: a failure after that
+            // (a DPoP credential's first refresh with a proof) is a refresh failure.
+            let adopted = login.is_some_and(|a| a.load(Ordering::Acquire));
             match outcome {
                 // A login that could not be adopted left the chain as it was: it is
                 // no refresh failure, and starts no backoff.
-                Err(error) if want == Want::Login => me.login_failed(error, tx),
+                Err(error) if want == Want::Login && !adopted => me.login_failed(error, tx),
                 outcome => me.finish(outcome, tx, trigger, demanded, started.elapsed()),
             }
             drop(slot);

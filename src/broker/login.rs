@@ -10,6 +10,7 @@
 //! at once. What may call the endpoint (the admin rule) is the server's business.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 use tracing::{info, warn};
@@ -33,6 +34,25 @@ pub struct Adopted {
     pub credential: String,
     /// Seconds the adopted access token has left.
     pub expires_in: u64,
+}
+
+/// A login handed to its flight, and whether the flight adopted it (stored its chain):
+/// the login's caller and the flight's end both read it.
+pub(crate) struct Pending {
+    pub response: TokenResponse,
+    pub adopted: Arc<AtomicBool>,
+}
+
+/// What a running broker did with a login.
+#[derive(Debug)]
+pub enum Login {
+    /// The chain is stored and its access token served.
+    Served(Arc<Token>),
+    /// The chain is stored and is the credential's, but the refresh that was to make
+    /// its first servable token failed (a DPoP credential's, whose login token is not
+    /// bound): the credential goes on as after any failed refresh. The login must not
+    /// be handed in again: its refresh token may be spent.
+    Adopted(Error),
 }
 
 /// Why a login was not adopted. Messages never carry a token.
@@ -105,13 +125,14 @@ fn record(response: &TokenResponse, spec: &CredentialSpec, now: SystemTime) -> S
 impl Credential {
     /// Adopts a login's token response (see `parse`): waits for a flight in progress
     /// to end, then runs one that stores the new chain and serves its access token.
-    pub async fn login(self: &Arc<Self>, response: TokenResponse) -> Outcome {
+    pub async fn login(self: &Arc<Self>, response: TokenResponse) -> Result<Login, Error> {
         if self.spec.grant != Grant::RefreshToken {
             return Err(Error::NotRefreshGrant {
                 credential: self.name().to_owned(),
                 grant: self.spec.grant.as_str(),
             });
         }
+        let adopted = Arc::new(AtomicBool::new(false));
         let mut response = Some(response);
         loop {
             // (mine, flight): the flight to wait for, and whether it is the login's own.
@@ -123,14 +144,21 @@ impl Credential {
                 match inner.flight.clone() {
                     Some(running) => (false, running),
                     None => {
-                        inner.login = response.take();
+                        inner.login = response.take().map(|response| Pending {
+                            response,
+                            adopted: adopted.clone(),
+                        });
                         (true, self.start_flight(&mut inner, &Want::Login, None))
                     }
                 }
             };
             let outcome = super::flight::wait(flight).await;
             if mine {
-                return outcome;
+                return match outcome {
+                    Ok(token) => Ok(Login::Served(token)),
+                    Err(error) if adopted.load(Ordering::Acquire) => Ok(Login::Adopted(error)),
+                    Err(error) => Err(error),
+                };
             }
             // Whatever that flight did, the login replaces it afterwards.
         }

@@ -9,6 +9,7 @@
 //! the credential's lease.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
 use secrecy::SecretString;
@@ -56,8 +57,10 @@ impl Credential {
         // A login waiting in this flight replaces the chain; nothing of the old one
         // (a held-back token included) matters any more.
         let login = self.lock().login.take();
-        if let Some(response) = login {
-            let token = self.accept_login(response).await?;
+        if let Some(login) = login {
+            let token = self.accept_login(login.response).await?;
+            // From here the login is adopted, whatever its first refresh does.
+            login.adopted.store(true, Ordering::Release);
             if self.stored_type_fits(&token.token_type) {
                 return Ok(token);
             }
@@ -76,6 +79,7 @@ impl Credential {
         if self.spec.grant == Grant::RefreshToken && refresh_token.is_none() {
             return Err(self.login_required());
         }
+        self.save_chain().await?;
         let answer = match &self.spec.grant {
             // Not an IdP: its failures are all retryable (`Unavailable`), never a
             // refusal; the backoff paces them whatever the cause.

@@ -222,7 +222,12 @@ async fn send_unix(path: &Path, call: Call<'_>) -> Result<(u16, String), String>
 pub struct LoginAnswer {
     pub credential: String,
     pub state: String,
+    /// 0 with `refresh_error`.
+    #[serde(default)]
     pub expires_in: u64,
+    /// Set (answer 202) when the chain was adopted but its first refresh failed.
+    #[serde(default)]
+    pub refresh_error: Option<String>,
 }
 
 /// Hands a login's token response (`body`, exactly as the IdP sent it) to the broker
@@ -241,7 +246,8 @@ pub async fn post_login(
         body: Some(body.to_vec()),
     };
     let (status, text) = send(url, call).await?;
-    if status != 200 {
+    // 202: adopted, its first refresh failed (`LoginAnswer::refresh_error`).
+    if status != 200 && status != 202 {
         return Err(ClientError::from_answer(status, &text));
     }
     serde_json::from_str(&text).map_err(|_| {

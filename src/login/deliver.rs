@@ -34,6 +34,8 @@ pub struct Delivered {
     pub expires_in: u64,
     /// Where the chain went, for the final message.
     pub into: String,
+    /// The broker adopted the chain but its first refresh failed (it retries).
+    pub refresh_error: Option<String>,
 }
 
 impl Target {
@@ -107,6 +109,7 @@ impl Target {
                     Ok(answer) => Ok(Delivered {
                         expires_in: answer.expires_in,
                         into: format!("the broker at {url}"),
+                        refresh_error: answer.refresh_error,
                     }),
                     // It stopped since the check: the store takes the chain instead.
                     Err(ClientError::Unreachable(_)) if *derived => {
@@ -125,6 +128,7 @@ async fn offline(config: &Config, name: &str, body: &[u8]) -> Result<Delivered, 
         Ok(adopted) => Ok(Delivered {
             expires_in: adopted.expires_in,
             into: "the store".to_owned(),
+            refresh_error: None,
         }),
         Err(e @ (Adopt::UnknownCredential(_) | Adopt::NotRefreshGrant { .. })) => {
             Err(LoginError::Usage(e.to_string()))

@@ -154,6 +154,12 @@ async fn hand_over(
         ));
     }
     let delivered = target.deliver(config, name, &tokens.body).await?;
+    if let Some(why) = delivered.refresh_error {
+        return Ok(format!(
+            "logged in: {} holds the new chain of credential {name}; {why}",
+            delivered.into
+        ));
+    }
     Ok(format!(
         "logged in, credential {name} now valid, expires in {} (held by {})",
         human(Duration::from_secs(delivered.expires_in)),

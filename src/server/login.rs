@@ -8,7 +8,7 @@
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use tracing::warn;
@@ -17,6 +17,7 @@ use super::error::ApiError;
 use super::listen::Peer;
 use super::token::{NamePath, PeerInfo};
 use super::{App, guard};
+use crate::broker::login::Login;
 use crate::secret::KeyRing;
 
 /// Who may use the admin endpoints.
@@ -73,19 +74,34 @@ pub async fn login(
             return ApiError::about(crate::error::Error::BadRequest(why), &name).into_response();
         }
     };
-    match credential.login(response).await {
-        Ok(token) => {
-            let answer = json!({
+    let (status, answer) = match credential.login(response).await {
+        Ok(Login::Served(token)) => (
+            StatusCode::OK,
+            json!({
                 "credential": name,
                 "state": credential.state(),
                 "expires_in": token.ttl(std::time::SystemTime::now()).as_secs(),
-            });
-            let mut response = Json(answer).into_response();
-            response
-                .headers_mut()
-                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-            response
-        }
-        Err(error) => ApiError::about(error, &name).into_response(),
-    }
+            }),
+        ),
+        // Not an error answer: the chain was taken, and handing the same login in again
+        // would send a refresh token that may be spent.
+        Ok(Login::Adopted(error)) => (
+            StatusCode::ACCEPTED,
+            json!({
+                "credential": name,
+                "state": credential.state(),
+                "refresh_error": format!(
+                    "the new chain is stored and is the credential's, but its first refresh \
+                     failed ({error}); the broker retries it like any failed refresh, so do \
+                     not hand this login in again"
+                ),
+            }),
+        ),
+        Err(error) => return ApiError::about(error, &name).into_response(),
+    };
+    let mut response = (status, Json(answer)).into_response();
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
 }

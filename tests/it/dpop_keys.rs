@@ -8,7 +8,7 @@ use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use futures_util::future::join_all;
 use secrecy::SecretString;
-use serde_json::json;
+use serde_json::{Value, json};
 use token_broker::store::Cipher;
 
 use crate::dpop::{jkt, proof};
@@ -181,4 +181,55 @@ async fn a_logins_unbound_token_is_not_served_its_chain_is_refreshed_with_a_proo
     assert_ne!(access, crate::admin_login::field(&response, "access_token"));
     jkt(access);
     assert_eq!(idp.stat("reuse_detected").await, 0);
+}
+
+/// A login is adopted once its chain is stored: a DPoP credential's first refresh with a
+/// proof failing after that is a refresh failure (counted, backed off, retried), and the
+/// caller hears that the chain was taken, so nobody hands the spent login in again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dpop_login_is_adopted_even_when_its_first_refresh_fails() {
+    let idp = Idp::start(&["--access-ttl", "300s"]);
+    let dir = tempdir();
+    let socket = dir.path().join("broker.sock");
+    let config = crate::admin_login::config(dir.path(), &idp, &socket, "", None).replace(
+        "min_refresh_interval",
+        "dpop = true\nbackoff_initial = \"200ms\"\nbackoff_max = \"400ms\"\nmin_refresh_interval",
+    );
+    let broker = Broker::start(dir.path(), &config);
+    let response = crate::admin_login::token_response(&idp).await;
+    let grants = idp.stat("refresh_grants").await;
+    let failed = |status: Value| status["credentials"][0]["refreshes"]["failed"].as_u64();
+    let failed_before = failed(broker.status().await).unwrap();
+    idp.admin("faults", json!({"status": 503, "count": 1}))
+        .await;
+    let url = format!("unix:{}", socket.display());
+    let answer = token_broker::client::post_login(&url, None, "x", response.as_bytes())
+        .await
+        .unwrap();
+    let why = answer
+        .refresh_error
+        .expect("a 202 naming the failed refresh");
+    assert!(why.contains("the new chain is stored"), "{why}");
+    assert!(why.contains("do not hand this login in again"), "{why}");
+    assert!(!why.contains(&crate::admin_login::field(&response, "refresh_token")));
+    let logs = broker.proc.logs();
+    assert!(!logs.contains("nothing changed"), "{logs}");
+    // Ended like any failed refresh: counted, with its error shown.
+    let status = broker.status().await["credentials"][0].clone();
+    assert_eq!(status["refreshes"]["failed"], failed_before + 1, "{status}");
+    assert!(status["last_error"]["message"].is_string(), "{status}");
+
+    // The backoff retries with the login's chain (the only one there is): no second
+    // login is needed, and nothing is reused.
+    crate::failures::eventually("a bound token from the login's chain", || async {
+        broker.get("/token/x").await.status() == 200
+    })
+    .await;
+    let served = broker.token("x").await;
+    assert_eq!(served["token_type"], "DPoP");
+    jkt(served["access_token"].as_str().unwrap());
+    assert!(idp.stat("refresh_grants").await > grants);
+    assert_eq!(idp.stat("reuse_detected").await, 0);
+    let status = broker.status().await["credentials"][0].clone();
+    assert_eq!(status["state"], "valid", "{status}");
 }
