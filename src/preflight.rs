@@ -51,7 +51,9 @@ fn state_secrets(config: &Config) -> Vec<Problem> {
     for (field, source) in config.state.secret_sources() {
         let read = source.read().map_err(|e| e.to_string()).and_then(|value| {
             if field.contains("encryption_key") {
-                crate::store::Cipher::from_secret(&value).map(|_| ())
+                crate::store::Cipher::from_secret(&value)
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
             } else {
                 Ok(())
             }

@@ -175,7 +175,7 @@ impl Credential {
     pub(super) fn build(
         shared: &Arc<Shared>,
         spec: &CredentialSpec,
-    ) -> Result<Arc<Credential>, String> {
+    ) -> Result<Arc<Credential>, crate::secret::KeyRingError> {
         let client_keys = crate::secret::KeyRing::load(&spec.name, &spec.access.keys)?;
         let stop = shared.shutdown.child_token();
         Ok(Arc::new_cyclic(|me| Credential {

@@ -55,7 +55,19 @@ use crate::config::Config;
 use crate::error::Error;
 use crate::idp::IdpClient;
 use crate::metrics::Metrics;
+use crate::secret::KeyRingError;
 use crate::store::Store;
+
+/// Why the broker could not be built at start-up.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The IdP client cannot be made (its CA, client certificate or key).
+    #[error("{0}")]
+    Idp(String),
+    /// A credential's client key cannot be read.
+    #[error(transparent)]
+    ClientKeys(#[from] KeyRingError),
+}
 
 /// What every credential shares.
 pub(crate) struct Shared {
@@ -122,9 +134,9 @@ impl Broker {
         store: Store,
         metrics: Metrics,
         shutdown: CancellationToken,
-    ) -> Result<Broker, String> {
+    ) -> Result<Broker, BuildError> {
         let shared = Arc::new(Shared {
-            idp: IdpClient::new(&config.idp)?,
+            idp: IdpClient::new(&config.idp).map_err(BuildError::Idp)?,
             store,
             metrics,
             request_timeout: config.server.request_timeout,
@@ -139,7 +151,7 @@ impl Broker {
             .credentials
             .iter()
             .map(|spec| Ok((spec.name.clone(), Credential::build(&shared, spec)?)))
-            .collect::<Result<_, String>>()?;
+            .collect::<Result<_, KeyRingError>>()?;
         Ok(Broker {
             set: ArcSwap::from_pointee(Set::new(map)),
             sets: tokio::sync::watch::Sender::new(0),

@@ -16,6 +16,7 @@ use tracing::{info, warn};
 use super::credential::Credential;
 use super::{Broker, Set};
 use crate::config::Config;
+use crate::secret::KeyRingError;
 
 /// What a reload changed.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -34,7 +35,7 @@ const RETIRE_WAIT: Duration = Duration::from_secs(30);
 impl Broker {
     /// Applies `config`'s credentials. Settings outside `[credentials]` need a restart;
     /// the caller warns about those.
-    pub async fn reload(&self, config: &Config) -> Result<Reloaded, String> {
+    pub async fn reload(&self, config: &Config) -> Result<Reloaded, KeyRingError> {
         let old = self.set.load_full();
         let mut report = Reloaded::default();
         let mut map = HashMap::new();

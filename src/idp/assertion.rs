@@ -48,6 +48,28 @@ impl fmt::Debug for SigningKey {
     }
 }
 
+/// Why a configured private key cannot sign. Says what the key is not, never the key.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// Not a PEM private key block at all.
+    #[error("not a PEM private key (PKCS#8, PKCS#1 or SEC1)")]
+    NotPem,
+    /// `signing_alg = "RS256"`, and the key is no RSA key of 2048 bits or more.
+    #[error("signing_alg = \"RS256\" needs an RSA key of 2048 bits or more ({why})")]
+    NotRs256 { why: String },
+    /// `signing_alg = "ES256"`, and the key is no EC P-256 key.
+    #[error("signing_alg = \"ES256\" needs an EC P-256 key ({why})")]
+    NotEs256 { why: String },
+    /// No algorithm named, and the key fits neither.
+    #[error("neither an RSA key of 2048 bits or more ({rsa}) nor an EC P-256 key ({ec})")]
+    Unsupported { rsa: String, ec: String },
+}
+
+/// The signature could not be made (the system gave no randomness).
+#[derive(Debug, thiserror::Error)]
+#[error("signing failed")]
+pub struct SignError;
+
 impl SigningKey {
     /// Parses a PEM private key: PKCS#8 (`BEGIN PRIVATE KEY`), PKCS#1 (`BEGIN RSA
     /// PRIVATE KEY`) or SEC1 (`BEGIN EC PRIVATE KEY`). The algorithm follows from the
@@ -56,27 +78,22 @@ impl SigningKey {
         pem: &SecretString,
         alg: Option<SigningAlg>,
         key_id: Option<String>,
-    ) -> Result<SigningKey, String> {
+    ) -> Result<SigningKey, KeyError> {
         let der = PrivateKeyDer::from_pem_slice(pem.expose_secret().as_bytes())
-            .map_err(|_| "not a PEM private key (PKCS#8, PKCS#1 or SEC1)".to_owned())?;
+            .map_err(|_| KeyError::NotPem)?;
         // The DER copy is wiped when this function returns, whatever it returns.
         let der = Zeroizing::new(der);
         let pair = match alg {
-            Some(SigningAlg::Rs256) => Pair::Rsa(rsa_pair(&der).map_err(|e| {
-                format!("signing_alg = \"RS256\" needs an RSA key of 2048 bits or more ({e})")
-            })?),
-            Some(SigningAlg::Es256) => Pair::Ec(
-                ec_pair(&der)
-                    .map_err(|e| format!("signing_alg = \"ES256\" needs an EC P-256 key ({e})"))?,
-            ),
+            Some(SigningAlg::Rs256) => {
+                Pair::Rsa(rsa_pair(&der).map_err(|why| KeyError::NotRs256 { why })?)
+            }
+            Some(SigningAlg::Es256) => {
+                Pair::Ec(ec_pair(&der).map_err(|why| KeyError::NotEs256 { why })?)
+            }
             None => match (rsa_pair(&der), ec_pair(&der)) {
                 (Ok(pair), _) => Pair::Rsa(pair),
                 (_, Ok(pair)) => Pair::Ec(pair),
-                (Err(rsa), Err(ec)) => {
-                    return Err(format!(
-                        "neither an RSA key of 2048 bits or more ({rsa}) nor an EC P-256 key ({ec})"
-                    ));
-                }
+                (Err(rsa), Err(ec)) => return Err(KeyError::Unsupported { rsa, ec }),
             },
         };
         Ok(SigningKey { key_id, pair })
@@ -91,7 +108,7 @@ impl SigningKey {
     }
 
     /// Signs `claims` as a compact JWS: `header.payload.signature`.
-    pub fn sign(&self, claims: &Map<String, Value>) -> Result<SecretString, String> {
+    pub fn sign(&self, claims: &Map<String, Value>) -> Result<SecretString, SignError> {
         let mut header = json!({"alg": self.alg().as_str(), "typ": "JWT"});
         if let Some(kid) = &self.key_id {
             header["kid"] = json!(kid);
@@ -102,7 +119,7 @@ impl SigningKey {
             URL_SAFE_NO_PAD.encode(Value::Object(claims.clone()).to_string())
         );
         let rng = SystemRandom::new();
-        let failed = |_| "signing failed".to_owned();
+        let failed = |_| SignError;
         let signature = match &self.pair {
             Pair::Rsa(pair) => {
                 let mut sig = vec![0u8; pair.public().modulus_len()];

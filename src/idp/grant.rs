@@ -28,7 +28,7 @@ pub enum InputError {
     },
     /// The private key does not parse.
     #[error("private_key: {0}")]
-    Key(String),
+    Key(super::assertion::KeyError),
 }
 
 /// `grant_type` of RFC 8693.
@@ -279,7 +279,7 @@ fn sign(
     claims: &serde_json::Map<String, serde_json::Value>,
 ) -> Result<SecretString, String> {
     let key = inputs.private_key.as_ref().ok_or("no private_key")?;
-    key.sign(claims)
+    key.sign(claims).map_err(|e| e.to_string())
 }
 
 /// The lifetime of JWTs signed for `spec`.

@@ -33,10 +33,14 @@ use tracing::debug;
 use crate::config::{CredentialSpec, Endpoint, EndpointUrl, IdpConfig, PrivateKey};
 use crate::secret::ExposeSecret;
 
-pub use assertion::{CLIENT_ASSERTION_TYPE, SigningKey, claims as assertion_claims};
+pub use assertion::{
+    CLIENT_ASSERTION_TYPE, KeyError, SignError, SigningKey, claims as assertion_claims,
+};
 pub use grant::{DEVICE_CODE, InputError, Inputs, JWT_BEARER, LoginRequest, TOKEN_EXCHANGE};
 pub use login::{DEFAULT_DEVICE_INTERVAL, DeviceAuthorization, Discovery, LoginTokens};
-pub use response::{TokenResponse, jwt_exp, parse_retry_after, success as parse_token_response};
+pub use response::{
+    NotTokenResponse, TokenResponse, jwt_exp, parse_retry_after, success as parse_token_response,
+};
 
 /// Largest answer read from an IdP; a token response is a few KiB at most.
 pub const MAX_RESPONSE_BYTES: usize = 1 << 20;
@@ -266,9 +270,21 @@ fn read(path: &std::path::Path, key: &str) -> Result<Vec<u8>, String> {
 }
 
 /// Reads and parses a configured private key (for `check-config --check-secrets`).
-pub fn check_key(key: &PrivateKey) -> Result<(), String> {
-    let pem = key.source.read().map_err(|e| e.to_string())?;
-    SigningKey::from_pem(&pem, key.alg, key.key_id.clone()).map(|_| ())
+pub fn check_key(key: &PrivateKey) -> Result<(), CheckKeyError> {
+    let pem = key.source.read()?;
+    SigningKey::from_pem(&pem, key.alg, key.key_id.clone())?;
+    Ok(())
+}
+
+/// Why a configured private key did not check out: unreadable, or not a key.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckKeyError {
+    /// Its source cannot be read.
+    #[error(transparent)]
+    Read(#[from] crate::secret::SecretError),
+    /// It does not parse as a key that can sign.
+    #[error(transparent)]
+    Key(#[from] assertion::KeyError),
 }
 
 /// RFC 6749 2.3.1: id and secret are form-encoded before they are joined and base64'd.

@@ -89,7 +89,9 @@ impl Answer {
             let body = self
                 .body
                 .map_err(|reason| IdpError::LostAnswer { reason })?;
-            return success(&body).map_err(|reason| IdpError::LostAnswer { reason });
+            return success(&body).map_err(|why| IdpError::LostAnswer {
+                reason: why.to_string(),
+            });
         }
         let body = self.body.unwrap_or_default();
         Err(failure(self.status, &body, self.retry_after))
@@ -111,7 +113,9 @@ impl Answer {
 
 /// Parses a 2xx token response body (from `Answer::success_body`).
 pub(super) fn parse_success(body: &[u8]) -> Result<TokenResponse, IdpError> {
-    success(body).map_err(|reason| IdpError::LostAnswer { reason })
+    success(body).map_err(|why| IdpError::LostAnswer {
+        reason: why.to_string(),
+    })
 }
 
 fn failure(status: StatusCode, body: &[u8], retry_after: Option<Duration>) -> IdpError {
@@ -146,15 +150,25 @@ fn failure(status: StatusCode, body: &[u8], retry_after: Option<Duration>) -> Id
     }
 }
 
+/// Why a 2xx body is no token response. Never quotes the body: it may hold a token.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotTokenResponse {
+    /// Not JSON of the RFC 6749 section 5.1 shape.
+    #[error("the identity provider's 2xx answer is not a JSON token response")]
+    NotJson,
+    /// JSON, but without an access token.
+    #[error("the identity provider's answer has no access_token")]
+    NoAccessToken,
+}
+
 /// Parses a successful token response's body (RFC 6749 section 5.1).
-pub fn success(body: &[u8]) -> Result<TokenResponse, String> {
-    let parsed: SuccessBody = serde_json::from_slice(body).map_err(|_| {
-        "the identity provider's 2xx answer is not a JSON token response".to_owned()
-    })?;
+pub fn success(body: &[u8]) -> Result<TokenResponse, NotTokenResponse> {
+    let parsed: SuccessBody =
+        serde_json::from_slice(body).map_err(|_| NotTokenResponse::NotJson)?;
     let access_token = parsed
         .access_token
         .filter(|t| !t.is_empty())
-        .ok_or("the identity provider's answer has no access_token")?;
+        .ok_or(NotTokenResponse::NoAccessToken)?;
     let expires_in = match parsed.expires_in {
         None | Some(serde_json::Value::Null) => None,
         Some(serde_json::Value::Number(n)) => n.as_f64(),

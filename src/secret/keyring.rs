@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use secrecy::SecretString;
 
-use super::{ExposeSecret, SecretSource, constant_time_eq};
+use super::{ExposeSecret, SecretError, SecretSource, constant_time_eq};
 
 /// Longest a rewritten key file goes unnoticed.
 pub const RECHECK: Duration = Duration::from_secs(1);
@@ -64,15 +64,24 @@ pub struct KeyRing {
     epoch: Instant,
 }
 
+/// Which key of a ring could not be read at start-up (`name`: e.g.
+/// `server.admin_keys[0]`), and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{name}: {source}")]
+pub struct LoadError {
+    pub name: String,
+    pub source: SecretError,
+}
+
 impl KeyRing {
     /// Reads every key once. An unreadable or empty key is an error here, as it is for
     /// every secret when the config is loaded; later it only disables that key.
-    pub fn load(credential: &str, sources: &[SecretSource]) -> Result<KeyRing, String> {
+    pub fn load(credential: &str, sources: &[SecretSource]) -> Result<KeyRing, LoadError> {
         Self::load_as(&format!("credentials.{credential}.client_keys"), sources)
     }
 
     /// `load`, the keys named `{field}[i]` in messages (e.g. `server.admin_keys`).
-    pub fn load_as(field: &str, sources: &[SecretSource]) -> Result<KeyRing, String> {
+    pub fn load_as(field: &str, sources: &[SecretSource]) -> Result<KeyRing, LoadError> {
         let mut keys = Vec::new();
         let mut stamps = Vec::new();
         let mut named = Vec::new();
@@ -80,7 +89,10 @@ impl KeyRing {
             let name = format!("{field}[{i}]");
             // The stamp before the read: a change in between is seen at the next look.
             stamps.push(source.path().and_then(|p| stamp(p)));
-            keys.push(Some(source.read().map_err(|e| format!("{name}: {e}"))?));
+            match source.read() {
+                Ok(key) => keys.push(Some(key)),
+                Err(source) => return Err(LoadError { name, source }),
+            }
             named.push((source.clone(), name));
         }
         Ok(KeyRing {
@@ -200,7 +212,9 @@ mod tests {
 
     #[test]
     fn a_key_that_cannot_be_read_at_start_is_an_error_naming_it() {
-        let err = KeyRing::load("x", &[SecretSource::File("/nonexistent/k".into())]).unwrap_err();
+        let err = KeyRing::load("x", &[SecretSource::File("/nonexistent/k".into())])
+            .unwrap_err()
+            .to_string();
         assert!(
             err.starts_with("credentials.x.client_keys[0]: cannot read file"),
             "{err}"

@@ -15,7 +15,7 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use sha2::{Digest, Sha256};
 
-pub use keyring::KeyRing;
+pub use keyring::{KeyRing, LoadError as KeyRingError};
 pub use secrecy::ExposeSecret;
 
 /// Why a secret could not be read. Names the source, never a value.

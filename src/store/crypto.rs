@@ -20,6 +20,17 @@ use crate::secret::ExposeSecret;
 /// Marks a sealed record; a record without it is plain JSON.
 pub const MAGIC: &[u8] = b"tb-sealed-1:";
 
+/// Why a configured value is not a key. Says what a key looks like, never the value.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// Neither base64 nor 64 hex digits.
+    #[error("{}", KEY_SHAPE)]
+    Shape,
+    /// Decodes, but not to 32 bytes.
+    #[error("{} (it decodes to {len} bytes)", KEY_SHAPE)]
+    Length { len: usize },
+}
+
 /// A record key, ready to seal and open.
 pub struct Cipher {
     key: LessSafeKey,
@@ -29,7 +40,7 @@ pub struct Cipher {
 impl Cipher {
     /// Parses a key given as 32 bytes in base64 (`openssl rand -base64 32`) or as 64
     /// hex digits. The error never repeats the value.
-    pub fn from_secret(value: &SecretString) -> Result<Cipher, String> {
+    pub fn from_secret(value: &SecretString) -> Result<Cipher, KeyError> {
         let text = value.expose_secret().trim();
         let bytes = Zeroizing::new(
             if text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -39,13 +50,13 @@ impl Cipher {
             } else {
                 base64::engine::general_purpose::STANDARD
                     .decode(text)
-                    .map_err(|_| KEY_SHAPE.to_owned())?
+                    .map_err(|_| KeyError::Shape)?
             },
         );
         if bytes.len() != 32 {
-            return Err(format!("{KEY_SHAPE} (it decodes to {} bytes)", bytes.len()));
+            return Err(KeyError::Length { len: bytes.len() });
         }
-        let key = UnboundKey::new(&CHACHA20_POLY1305, &bytes).map_err(|_| KEY_SHAPE.to_owned())?;
+        let key = UnboundKey::new(&CHACHA20_POLY1305, &bytes).map_err(|_| KeyError::Shape)?;
         Ok(Cipher {
             key: LessSafeKey::new(key),
             random: SystemRandom::new(),
@@ -158,7 +169,10 @@ mod tests {
         let from_b64 = Cipher::from_secret(&SecretString::from(b64)).unwrap();
         assert_eq!(from_b64.open("c", &sealed).unwrap().as_slice(), b"x");
         for bad in ["short", "c2hvcnQ=", &"zz".repeat(32)] {
-            let err = Cipher::from_secret(&SecretString::from(bad.to_owned())).unwrap_err();
+            let err = Cipher::from_secret(&SecretString::from(bad.to_owned()))
+                .err()
+                .unwrap()
+                .to_string();
             assert!(err.contains("32 random bytes"), "{err}");
             assert!(!err.contains(bad), "the value is not echoed: {err}");
         }

@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use ::redis::AsyncCommands;
 use zeroize::Zeroizing;
 
-use super::{FileStore, RedisStore, Store, StoreError};
+use super::{FileStore, OpenError, RedisStore, Store, StoreError};
 
 const MAGIC: &[u8] = b"token-broker-dpop-key 1\n";
 const SUFFIX: &str = ".dpop-key";
@@ -115,8 +115,8 @@ impl FileStore {
 }
 
 /// Seals every DPoP key file again with the current key (part of `FileStore::reseal`).
-pub(super) fn reseal(store: &FileStore) -> Result<(), String> {
-    let entries = fs::read_dir(&store.dir).map_err(|e| format!("state.dir: {e}"))?;
+pub(super) fn reseal(store: &FileStore) -> Result<(), OpenError> {
+    let entries = fs::read_dir(&store.dir).map_err(OpenError::ListDir)?;
     for entry in entries.flatten() {
         let file_name = entry.file_name();
         let Some(name) = file_name.to_str().and_then(|f| f.strip_suffix(SUFFIX)) else {
@@ -129,9 +129,9 @@ pub(super) fn reseal(store: &FileStore) -> Result<(), String> {
         let Ok((plain, false)) = store.open_key(name, &bytes, true) else {
             continue;
         };
-        let sealed = store.seal_key(name, &plain)?;
+        let sealed = store.seal_key(name, &plain).map_err(OpenError::Encode)?;
         super::write_atomically(&path, 0o600, &sealed)
-            .map_err(|e| format!("sealing {} again: {e}", path.display()))?;
+            .map_err(|source| OpenError::Reseal { path, source })?;
     }
     Ok(())
 }

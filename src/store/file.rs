@@ -21,7 +21,7 @@ use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use super::file_keys::{self, Keys};
-use super::{Loaded, Saved};
+use super::{Loaded, OpenError, Saved};
 use crate::secret::{ExposeSecret, hex};
 
 const MAGIC: &str = "token-broker-state 1";
@@ -73,38 +73,37 @@ pub enum SaveError {
 
 /// Refuses an existing `state.dir` that is not a directory or that every user may write
 /// to. `open` and `check-config` both ask this, so they decide alike.
-pub fn check_dir(dir: &Path) -> Result<(), String> {
-    let shown = dir.display();
-    let meta = fs::metadata(dir).map_err(|e| format!("state.dir {shown}: {e}"))?;
+pub fn check_dir(dir: &Path) -> Result<(), OpenError> {
+    let at = || dir.to_owned();
+    let meta = fs::metadata(dir).map_err(|source| OpenError::Inaccessible { dir: at(), source })?;
     if !meta.is_dir() {
-        return Err(format!("state.dir {shown}: not a directory"));
+        return Err(OpenError::NotADirectory { dir: at() });
     }
-    if meta.permissions().mode() & 0o002 != 0 {
-        return Err(format!(
-            "state.dir {shown}: writable by every user (mode {:o}); use a private \
-             directory (0700), e.g. a subdirectory the broker creates",
-            meta.permissions().mode() & 0o777
-        ));
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o002 != 0 {
+        return Err(OpenError::WorldWritable { dir: at(), mode });
     }
     Ok(())
 }
 
 impl FileStore {
     /// Opens (creating with mode 0700 if missing) and locks the directory, in clear.
-    pub fn open(dir: &Path) -> Result<FileStore, String> {
+    pub fn open(dir: &Path) -> Result<FileStore, OpenError> {
         FileStore::open_sealed(dir, None)
     }
 
     /// Opens and locks the directory; with `keys`, checks that they fit the files and
     /// seals again with the current key what another key (or none) wrote.
-    pub fn open_sealed(dir: &Path, keys: Option<Keys>) -> Result<FileStore, String> {
-        let shown = dir.display();
+    pub fn open_sealed(dir: &Path, keys: Option<Keys>) -> Result<FileStore, OpenError> {
         if !dir.exists() {
             fs::DirBuilder::new()
                 .recursive(true)
                 .mode(0o700)
                 .create(dir)
-                .map_err(|e| format!("state.dir {shown}: cannot create: {e}"))?;
+                .map_err(|source| OpenError::CreateDir {
+                    dir: dir.to_owned(),
+                    source,
+                })?;
         }
         check_dir(dir)?;
         let lock = lock_dir(dir)?;
@@ -125,7 +124,7 @@ impl FileStore {
 
     /// Seals every readable file again with the current key, in place (same
     /// generation). A file that does not open is left for `load` to report.
-    fn reseal(&self) -> Result<(), String> {
+    fn reseal(&self) -> Result<(), OpenError> {
         let on_disk = self
             .on_disk
             .lock()
@@ -142,9 +141,10 @@ impl FileStore {
                 if current {
                     continue;
                 }
-                let bytes = encode(name, *generation, &saved, self.keys.as_ref())?;
+                let bytes = encode(name, *generation, &saved, self.keys.as_ref())
+                    .map_err(OpenError::Encode)?;
                 write_atomically(&path, 0o600, &bytes)
-                    .map_err(|e| format!("sealing {} again: {e}", path.display()))?;
+                    .map_err(|source| OpenError::Reseal { path, source })?;
             }
         }
         super::dpop_key::reseal(self)
@@ -250,7 +250,7 @@ fn scan(dir: &Path) -> HashMap<String, Vec<u64>> {
     found
 }
 
-fn lock_dir(dir: &Path) -> Result<File, String> {
+fn lock_dir(dir: &Path) -> Result<File, OpenError> {
     let path = dir.join(".lock");
     let mut file = OpenOptions::new()
         .read(true)
@@ -259,22 +259,27 @@ fn lock_dir(dir: &Path) -> Result<File, String> {
         .truncate(false)
         .mode(0o600)
         .open(&path)
-        .map_err(|e| format!("state.dir {}: cannot open lock file: {e}", dir.display()))?;
+        .map_err(|source| OpenError::OpenLock {
+            dir: dir.to_owned(),
+            source,
+        })?;
     if file.try_lock().is_err() {
         let mut holder = String::new();
         let _ = file.read_to_string(&mut holder);
         let holder = holder.trim();
         let holder = if holder.is_empty() { "unknown" } else { holder };
-        return Err(format!(
-            "state.dir {} is in use by another token-broker (pid {holder}); \
-             each broker needs its own state directory",
-            dir.display()
-        ));
+        return Err(OpenError::InUse {
+            dir: dir.to_owned(),
+            holder: holder.to_owned(),
+        });
     }
     file.set_len(0)
         .and_then(|_| file.write_all(std::process::id().to_string().as_bytes()))
         .and_then(|_| file.sync_all())
-        .map_err(|e| format!("state.dir {}: cannot write lock file: {e}", dir.display()))?;
+        .map_err(|source| OpenError::WriteLock {
+            dir: dir.to_owned(),
+            source,
+        })?;
     Ok(file)
 }
 
@@ -520,7 +525,7 @@ mod tests {
     fn a_second_store_on_the_same_dir_is_refused_naming_the_pid() {
         let dir = tempfile::tempdir().unwrap();
         let _first = FileStore::open(dir.path()).unwrap();
-        let err = FileStore::open(dir.path()).err().unwrap();
+        let err = FileStore::open(dir.path()).err().unwrap().to_string();
         assert!(
             err.contains(&format!("pid {}", std::process::id())),
             "{err}"
@@ -531,7 +536,7 @@ mod tests {
     fn a_world_writable_dir_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o777)).unwrap();
-        let err = FileStore::open(dir.path()).err().unwrap();
+        let err = FileStore::open(dir.path()).err().unwrap().to_string();
         assert!(err.contains("writable by every user"), "{err}");
     }
 

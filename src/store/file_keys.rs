@@ -17,10 +17,11 @@ use std::path::Path;
 
 use zeroize::Zeroizing;
 
+use super::OpenError;
 use super::crypto::Cipher;
 use crate::config::StateKeys;
 
-const CHECK_FILE: &str = ".key-check";
+pub(super) const CHECK_FILE: &str = ".key-check";
 const CHECK_CONTEXT: &str = "key-check";
 const CHECK: &[u8] = b"token-broker key check";
 
@@ -32,13 +33,13 @@ pub struct Keys {
 
 impl Keys {
     /// Reads and parses the configured keys; errors name the key, never its value.
-    pub fn read(config: &StateKeys) -> Result<Keys, String> {
+    pub fn read(config: &StateKeys) -> Result<Keys, OpenError> {
         let cipher = |field: String, source: &crate::secret::SecretSource| {
-            source
-                .read()
-                .map_err(|e| e.to_string())
-                .and_then(|value| Cipher::from_secret(&value))
-                .map_err(|e| format!("state.{field}: {e}"))
+            let value = match source.read() {
+                Ok(value) => value,
+                Err(source) => return Err(OpenError::Secret { field, source }),
+            };
+            Cipher::from_secret(&value).map_err(|source| OpenError::Key { field, source })
         };
         let current = cipher("encryption_key".to_owned(), &config.key)?;
         let previous = config
@@ -73,37 +74,30 @@ impl Keys {
 /// What the key check says about `dir`: whether files must be sealed again with the
 /// current key (none was set before, or a previous key sealed them), or why this
 /// broker's keys do not fit the files.
-pub fn check(dir: &Path, keys: Option<&Keys>) -> Result<bool, String> {
+pub fn check(dir: &Path, keys: Option<&Keys>) -> Result<bool, OpenError> {
     let path = dir.join(CHECK_FILE);
     let stored = match fs::read(&path) {
         Ok(bytes) => Some(bytes),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(format!("state.dir: cannot read {}: {e}", path.display())),
+        Err(source) => return Err(OpenError::ReadKeyCheck { path, source }),
     };
+    let dir = dir.to_owned();
     match (keys, stored) {
         (None, None) => Ok(false),
-        (None, Some(_)) => Err(format!(
-            "the state in {} is sealed; set state.encryption_key to the key it was sealed with",
-            dir.display()
-        )),
+        (None, Some(_)) => Err(OpenError::Sealed { dir }),
         (Some(_), None) => Ok(true),
         (Some(keys), Some(sealed)) => match keys.open(CHECK_CONTEXT, &sealed) {
             Ok((plain, current)) if plain.as_slice() == CHECK => Ok(!current),
-            _ => Err(format!(
-                "state.encryption_key is not the key the state in {} was sealed with, nor is \
-                 any of state.previous_encryption_keys; set the old key in \
-                 state.previous_encryption_keys to change keys",
-                dir.display()
-            )),
+            _ => Err(OpenError::WrongKey { dir }),
         },
     }
 }
 
 /// Records that every file in `dir` is sealed with the current key.
-pub fn write_check(dir: &Path, keys: &Keys) -> Result<(), String> {
-    let sealed = keys.seal(CHECK_CONTEXT, CHECK)?;
+pub fn write_check(dir: &Path, keys: &Keys) -> Result<(), OpenError> {
+    let sealed = keys.seal(CHECK_CONTEXT, CHECK).map_err(OpenError::Encode)?;
     super::file::write_atomically(&dir.join(CHECK_FILE), 0o600, &sealed)
-        .map_err(|e| format!("state.dir: cannot write {CHECK_FILE}: {e}"))
+        .map_err(|source| OpenError::WriteKeyCheck { source })
 }
 
 #[cfg(test)]
@@ -167,11 +161,12 @@ mod tests {
         drop(store);
         assert!(!files_hold(dir.path(), "rt-in-clear"), "sealed at start-up");
 
-        let err = FileStore::open(dir.path()).err().unwrap();
+        let err = FileStore::open(dir.path()).err().unwrap().to_string();
         assert!(err.contains("is sealed; set state.encryption_key"), "{err}");
         let err = FileStore::open_sealed(dir.path(), keys(2, &[]))
             .err()
-            .unwrap();
+            .unwrap()
+            .to_string();
         assert!(err.contains("is not the key"), "{err}");
         // The old key as a previous one: opened, sealed again with the new key.
         let store = FileStore::open_sealed(dir.path(), keys(2, &[1])).unwrap();

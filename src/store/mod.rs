@@ -15,6 +15,7 @@ mod file;
 mod file_keys;
 mod keycheck;
 mod lease;
+mod open_error;
 mod record;
 mod redis;
 
@@ -28,6 +29,7 @@ pub use changes::Notice;
 pub use crypto::Cipher;
 pub use file::{FileStore, SaveError};
 pub(crate) use file::{temp_prefix, write_atomically};
+pub use open_error::OpenError;
 pub use redis::{ConnectError, Polled, ReadError, Record, RedisStore, Unanswered};
 
 use crate::config::StateConfig;
@@ -154,9 +156,9 @@ pub fn check_state_dir(config: &StateConfig) -> Option<crate::config::Problem> {
     }
     file::check_dir(&config.dir)
         .err()
-        .map(|message| crate::config::Problem {
+        .map(|why| crate::config::Problem {
             key: "state.dir".to_owned(),
-            message,
+            message: why.to_string(),
         })
 }
 
@@ -164,7 +166,7 @@ impl Store {
     /// Opens the configured backend. The file store locks its directory; the redis
     /// store reads its secrets and, if Redis answers, checks the encryption key (a
     /// Redis that is down is not an error here: the broker waits for it).
-    pub async fn open(config: &StateConfig) -> Result<Store, String> {
+    pub async fn open(config: &StateConfig) -> Result<Store, OpenError> {
         match &config.redis {
             None => {
                 let keys = config
@@ -178,7 +180,7 @@ impl Store {
                 let store = RedisStore::new(redis)?;
                 match store.check().await {
                     Ok(()) => {}
-                    Err(ConnectError::WrongKey(why)) => return Err(why),
+                    Err(ConnectError::WrongKey(why)) => return Err(OpenError::SharedKey(why)),
                     Err(ConnectError::Unreachable(why)) => {
                         tracing::warn!(error = %why, "redis is not reachable yet; waiting for it");
                     }

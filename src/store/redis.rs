@@ -22,7 +22,7 @@ use arc_swap::ArcSwapOption;
 use super::crypto::Cipher;
 use super::keycheck::KeyCheck;
 use super::record::{self, Unreadable};
-use super::{Fence, Saved, StoreError, WriteKind};
+use super::{Fence, OpenError, Saved, StoreError, WriteKind};
 use crate::config::{OnStoreUnavailable, RedisConfig};
 use crate::secret::ExposeSecret;
 
@@ -166,15 +166,20 @@ return tonumber(ARGV[3])
 
 impl RedisStore {
     /// Reads the secrets and prepares the client; does not connect yet.
-    pub fn new(config: &RedisConfig) -> Result<RedisStore, String> {
+    pub fn new(config: &RedisConfig) -> Result<RedisStore, OpenError> {
+        let field = || "encryption_key".to_owned();
         let cipher = match &config.encryption_key {
-            Some(source) => Some(
-                source
-                    .read()
-                    .map_err(|e| e.to_string())
-                    .and_then(|key| Cipher::from_secret(&key))
-                    .map_err(|e| format!("state.encryption_key: {e}"))?,
-            ),
+            Some(source) => {
+                let key = source.read().map_err(|source| OpenError::Secret {
+                    field: field(),
+                    source,
+                })?;
+                let cipher = Cipher::from_secret(&key).map_err(|source| OpenError::Key {
+                    field: field(),
+                    source,
+                })?;
+                Some(cipher)
+            }
             None => None,
         };
         Ok(RedisStore {
@@ -430,24 +435,30 @@ impl RedisStore {
 
 /// The client: the URL, the ACL user and password from their sources, and for
 /// `rediss://` with `ca_file`, that CA instead of the built-in roots.
-fn client(config: &RedisConfig) -> Result<Client, String> {
+fn client(config: &RedisConfig) -> Result<Client, OpenError> {
     let mut info = config
         .url
         .as_str()
         .into_connection_info()
-        .map_err(|e| format!("state.url: {e}"))?;
+        .map_err(OpenError::Url)?;
+    let secret = |field: &str| {
+        let field = field.to_owned();
+        move |source| OpenError::Secret { field, source }
+    };
     if let Some(source) = &config.username {
-        let user = source.read().map_err(|e| format!("state.username: {e}"))?;
+        let user = source.read().map_err(secret("username"))?;
         info.redis.username = Some(user.expose_secret().to_owned());
     }
     if let Some(source) = &config.password {
-        let password = source.read().map_err(|e| format!("state.password: {e}"))?;
+        let password = source.read().map_err(secret("password"))?;
         info.redis.password = Some(password.expose_secret().to_owned());
     }
     match &config.ca_file {
         Some(path) => {
-            let pem = std::fs::read(path)
-                .map_err(|e| format!("state.ca_file {}: {e}", path.display()))?;
+            let pem = std::fs::read(path).map_err(|source| OpenError::CaFile {
+                path: path.clone(),
+                source,
+            })?;
             let certificates = ::redis::TlsCertificates {
                 client_tls: None,
                 root_cert: Some(pem),
@@ -456,7 +467,7 @@ fn client(config: &RedisConfig) -> Result<Client, String> {
         }
         None => Client::open(info),
     }
-    .map_err(|e| format!("state.url: {e}"))
+    .map_err(OpenError::Url)
 }
 
 /// What the SAVE script's answer means.
