@@ -31,8 +31,8 @@ pub fn check(config: &Config, check_secrets: bool) -> Vec<Problem> {
         }
         problems.extend(delivery(config));
         // The client `run` builds reads the CA and client certificate files.
-        if let Err(message) = crate::idp::IdpClient::new(&config.idp) {
-            problems.push(problem("idp", message));
+        if let Err(error) = crate::idp::IdpClient::new(&config.idp) {
+            problems.push(problem("idp", error.to_string()));
         }
     }
     problems

@@ -62,8 +62,8 @@ use crate::store::Store;
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
     /// The IdP client cannot be made (its CA, client certificate or key).
-    #[error("{0}")]
-    Idp(String),
+    #[error(transparent)]
+    Idp(#[from] crate::idp::ClientError),
     /// A credential's client key cannot be read.
     #[error(transparent)]
     ClientKeys(#[from] KeyRingError),
@@ -136,7 +136,7 @@ impl Broker {
         shutdown: CancellationToken,
     ) -> Result<Broker, BuildError> {
         let shared = Arc::new(Shared {
-            idp: IdpClient::new(&config.idp).map_err(BuildError::Idp)?,
+            idp: IdpClient::new(&config.idp)?,
             store,
             metrics,
             request_timeout: config.server.request_timeout,

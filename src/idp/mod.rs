@@ -95,7 +95,7 @@ pub struct IdpClient {
 
 impl IdpClient {
     /// Builds the client. Redirects are not followed: a token request carries secrets.
-    pub fn new(config: &IdpConfig) -> Result<IdpClient, String> {
+    pub fn new(config: &IdpConfig) -> Result<IdpClient, ClientError> {
         let mut builder = reqwest::Client::builder()
             .connect_timeout(config.connect_timeout)
             .timeout(config.timeout)
@@ -103,8 +103,11 @@ impl IdpClient {
             .user_agent(concat!("token-broker/", env!("CARGO_PKG_VERSION")));
         if let Some(path) = &config.ca_file {
             let pem = read(path, "idp.ca_file")?;
-            for cert in reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|e| format!("idp.ca_file {}: {e}", path.display()))?
+            for cert in
+                reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| ClientError::CaFile {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                })?
             {
                 builder = builder.add_root_certificate(cert);
             }
@@ -113,14 +116,13 @@ impl IdpClient {
             let mut pem = zeroize::Zeroizing::new(read(cert, "idp.client_cert")?);
             pem.extend_from_slice(b"\n");
             pem.extend_from_slice(&zeroize::Zeroizing::new(read(key, "idp.client_key")?));
-            let identity = reqwest::Identity::from_pem(&pem).map_err(|e| {
-                format!("idp.client_cert / idp.client_key: not a PEM certificate and key ({e})")
-            })?;
+            let identity = reqwest::Identity::from_pem(&pem)
+                .map_err(|e| ClientError::Identity(e.to_string()))?;
             builder = builder.identity(identity);
         }
         let http = builder
             .build()
-            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+            .map_err(|e| ClientError::Build(e.to_string()))?;
         Ok(IdpClient {
             http,
             permits: Arc::new(Semaphore::new(config.max_concurrent)),
@@ -265,8 +267,36 @@ impl Sent {
     }
 }
 
-fn read(path: &std::path::Path, key: &str) -> Result<Vec<u8>, String> {
-    std::fs::read(path).map_err(|e| format!("{key} {}: {e}", path.display()))
+fn read(path: &std::path::Path, key: &'static str) -> Result<Vec<u8>, ClientError> {
+    std::fs::read(path).map_err(|source| ClientError::Read {
+        key,
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Why the IdP client could not be made: its CA or client certificate files.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// A configured file cannot be read.
+    #[error("{key} {}: {source}", path.display())]
+    Read {
+        key: &'static str,
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    /// The CA file holds no usable certificates.
+    #[error("idp.ca_file {}: {reason}", path.display())]
+    CaFile {
+        path: std::path::PathBuf,
+        reason: String,
+    },
+    /// The client certificate and key do not make an identity.
+    #[error("idp.client_cert / idp.client_key: not a PEM certificate and key ({0})")]
+    Identity(String),
+    /// The HTTP client itself cannot be built.
+    #[error("cannot build the HTTP client: {0}")]
+    Build(String),
 }
 
 /// Reads and parses a configured private key (for `check-config --check-secrets`).

@@ -115,7 +115,7 @@ async fn login(args: &Args) -> Result<String, LoginError> {
     .check(&spec.name, &args.config)
     .await?;
     let inputs = Inputs::read(spec).map_err(|e| LoginError::Usage(e.to_string()))?;
-    let idp = IdpClient::new(&config.idp).map_err(LoginError::Usage)?;
+    let idp = IdpClient::new(&config.idp).map_err(|e| LoginError::Usage(e.to_string()))?;
     let endpoints = discovery::endpoints(&idp, spec).await?;
     let deliver =
         async |tokens: &LoginTokens| hand_over(&target, &config, &spec.name, tokens).await;
