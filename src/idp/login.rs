@@ -212,18 +212,8 @@ impl IdpClient {
             .await
             .map_err(|_| unavailable("shutting down".into()))?;
         let form = login_form(spec, inputs, request, &token_url.text).map_err(unavailable)?;
-        let mut builder = self
-            .http
-            .post(url.url.clone())
-            .header(reqwest::header::ACCEPT, "application/json")
-            .header(
-                reqwest::header::CONTENT_TYPE,
-                "application/x-www-form-urlencoded",
-            );
-        if let Some(authorization) = form.authorization {
-            builder = builder.header(reqwest::header::AUTHORIZATION, authorization);
-        }
-        let response = builder
+        let response = self
+            .form_post(&url.url, form.authorization)
             .body(form.body)
             .send()
             .await

@@ -95,6 +95,23 @@ pub struct IdpClient {
 
 impl IdpClient {
     /// Builds the client. Redirects are not followed: a token request carries secrets.
+    /// A form POST to one of the IdP's endpoints, with the client authentication header
+    /// the form carries (if any); the caller adds the body and what else it needs.
+    fn form_post(&self, url: &Url, authorization: Option<String>) -> reqwest::RequestBuilder {
+        let builder = self
+            .http
+            .post(url.clone())
+            .header(reqwest::header::ACCEPT, "application/json")
+            .header(
+                reqwest::header::CONTENT_TYPE,
+                "application/x-www-form-urlencoded",
+            );
+        match authorization {
+            Some(authorization) => builder.header(reqwest::header::AUTHORIZATION, authorization),
+            None => builder,
+        }
+    }
+
     pub fn new(config: &IdpConfig) -> Result<IdpClient, ClientError> {
         let mut builder = reqwest::Client::builder()
             .connect_timeout(config.connect_timeout)
@@ -191,17 +208,7 @@ impl IdpClient {
                 retry_after: None,
             },
         )?;
-        let mut builder = self
-            .http
-            .post(token_url.url.clone())
-            .header(reqwest::header::ACCEPT, "application/json")
-            .header(
-                reqwest::header::CONTENT_TYPE,
-                "application/x-www-form-urlencoded",
-            );
-        if let Some(authorization) = form.authorization {
-            builder = builder.header(reqwest::header::AUTHORIZATION, authorization);
-        }
+        let mut builder = self.form_post(&token_url.url, form.authorization);
         if let (Some(dpop), Some(htu)) = (&req.dpop, htu) {
             builder = builder.header("DPoP", dpop.proof(htu)?);
         }
