@@ -56,7 +56,7 @@ enum Command {
     /// (exit 1: the broker answered an error; 3: the broker cannot be reached).
     Get {
         /// The credential (default: the broker's default credential).
-        #[arg(value_parser = name_arg)]
+        #[arg(value_parser = crate::client::name_arg)]
         name: Option<String>,
         /// The broker's URL: http(s)://HOST:PORT or unix:/path/to.sock.
         #[arg(long, env = "TOKEN_BROKER_URL", default_value = DEFAULT_URL, value_parser = crate::client::url_arg)]
@@ -109,33 +109,7 @@ enum Command {
     /// The new chain goes to the running broker, or into its store when none runs.
     /// Exit 0 logged in; 1 refused by the broker or store; 2 usage or config; 3 broker
     /// unreachable; 4 denied; 5 timed out or code expired; 6 IdP error; 7 wrong state.
-    Login {
-        /// The credential.
-        #[arg(value_parser = name_arg)]
-        name: String,
-        /// Config file (TOML): the credential's IdP settings, and where its broker listens.
-        #[arg(long, env = "TOKEN_BROKER_CONFIG")]
-        config: PathBuf,
-        /// The running broker to hand the new chain to (http://, https:// or unix:/path);
-        /// default: TOKEN_BROKER_URL, else where the config's broker listens.
-        #[arg(long, value_parser = crate::client::url_arg)]
-        url: Option<String>,
-        /// No broker: write the new chain straight into the configured store.
-        #[arg(long, conflicts_with = "url")]
-        offline: bool,
-        /// A file holding an admin key (server.admin_keys) to send; or set TOKEN_BROKER_KEY.
-        #[arg(long)]
-        key_file: Option<PathBuf>,
-        /// The device flow: a code to enter on any device (SSH sessions, pods).
-        #[arg(long)]
-        device: bool,
-        /// Print the URL instead of opening a browser.
-        #[arg(long, conflicts_with = "device")]
-        no_browser: bool,
-        /// How long to wait for the browser to come back (e.g. 5m).
-        #[arg(long, default_value = "5m", value_parser = crate::duration::parse)]
-        timeout: std::time::Duration,
-    },
+    Login(crate::login::Args),
     /// Validate a config file: exit 0, or print every problem and exit 1.
     CheckConfig {
         /// Config file (TOML).
@@ -150,26 +124,15 @@ enum Command {
 // Usage errors are found here, before any request, so they exit 2 (clap's code) rather
 // than 1 after the broker refused them.
 
-/// A credential name as the config allows it.
-fn name_arg(text: &str) -> Result<String, String> {
-    if config::valid_name(text) {
-        Ok(text.to_owned())
-    } else {
-        Err("a credential name is 1-64 letters, digits, `-`, `_` or `.`".to_owned())
-    }
-}
-
 /// A duration the broker will read the same way; passed on as written.
 fn duration_arg(text: &str) -> Result<String, String> {
     crate::duration::parse(text).map(|_| text.trim().to_owned())
 }
 
-/// The broker's base URL: http or https.
+/// The broker's base URL: http or https (the probe speaks TCP only).
 fn url_arg(text: &str) -> Result<String, String> {
-    match url::Url::parse(text) {
-        Ok(url) if matches!(url.scheme(), "http" | "https") && url.has_host() => {
-            Ok(text.to_owned())
-        }
+    match crate::client::Target::parse(text) {
+        Ok(crate::client::Target::Http(_)) => Ok(text.to_owned()),
         _ => Err(format!(
             "`{text}` is not an http:// or https:// URL such as {DEFAULT_URL}"
         )),
@@ -224,28 +187,7 @@ async fn dispatch(cli: Cli) -> ExitCode {
             Err(why) => crate::client::fail(crate::client::EXIT_BROKER_ERROR, &why),
         },
         Command::Probe { url, path } => crate::client::probe(&url, &path).await,
-        Command::Login {
-            name,
-            config,
-            url,
-            offline,
-            key_file,
-            device,
-            no_browser,
-            timeout,
-        } => {
-            let args = crate::login::Args {
-                name,
-                config,
-                url,
-                offline,
-                key_file,
-                device,
-                no_browser,
-                timeout,
-            };
-            crate::login::run(args).await
-        }
+        Command::Login(args) => crate::login::run(args).await,
         Command::CheckConfig {
             config,
             check_secrets,

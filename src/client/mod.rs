@@ -8,6 +8,15 @@ mod transport;
 
 pub use transport::{Call, ClientError, LoginAnswer, Target, post_login, read_key, send, url_arg};
 
+/// The value parser of a credential name argument: a name as the config allows it.
+pub fn name_arg(text: &str) -> Result<String, String> {
+    if crate::config::valid_name(text) {
+        Ok(text.to_owned())
+    } else {
+        Err("a credential name is 1-64 letters, digits, `-`, `_` or `.`".to_owned())
+    }
+}
+
 use std::process::ExitCode;
 use std::time::Duration;
 

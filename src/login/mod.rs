@@ -29,18 +29,33 @@ use crate::idp::{IdpClient, Inputs, LoginTokens};
 
 pub use deliver::derived_url;
 
-/// What `token-broker login` was asked.
+/// What `token-broker login` was asked (its command-line arguments).
+#[derive(clap::Args)]
 pub struct Args {
+    /// The credential.
+    #[arg(value_parser = crate::client::name_arg)]
     pub name: String,
+    /// Config file (TOML): the credential's IdP settings, and where its broker listens.
+    #[arg(long, env = "TOKEN_BROKER_CONFIG")]
     pub config: PathBuf,
-    /// `--url`: the broker to deliver to.
+    /// The running broker to hand the new chain to (http://, https:// or unix:/path);
+    /// default: TOKEN_BROKER_URL, else where the config's broker listens.
+    #[arg(long, value_parser = crate::client::url_arg)]
     pub url: Option<String>,
-    /// `--offline`: write into the store; no broker.
+    /// No broker: write the new chain straight into the configured store.
+    #[arg(long, conflicts_with = "url")]
     pub offline: bool,
+    /// A file holding an admin key (server.admin_keys) to send; or set TOKEN_BROKER_KEY.
+    #[arg(long)]
     pub key_file: Option<PathBuf>,
+    /// The device flow: a code to enter on any device (SSH sessions, pods).
+    #[arg(long)]
     pub device: bool,
+    /// Print the URL instead of opening a browser.
+    #[arg(long, conflicts_with = "device")]
     pub no_browser: bool,
-    /// The whole wait for the browser's redirect.
+    /// How long to wait for the browser to come back (e.g. 5m).
+    #[arg(long, default_value = "5m", value_parser = crate::duration::parse)]
     pub timeout: Duration,
 }
 

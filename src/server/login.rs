@@ -5,10 +5,9 @@
 //! forwarded request, and (like every private route) never for a foreign `Host`.
 //! Parsing and answering only: adopting the chain is the broker's.
 
-use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use tracing::warn;
@@ -99,9 +98,5 @@ pub async fn login(
         ),
         Err(error) => return ApiError::about(error, &name).into_response(),
     };
-    let mut response = (status, Json(answer)).into_response();
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
+    super::json_no_store(status, answer)
 }

@@ -164,3 +164,16 @@ pub async fn serve(
     }
     result
 }
+
+/// A JSON answer that no cache may keep (it names tokens or credential states).
+pub(crate) fn json_no_store(
+    status: axum::http::StatusCode,
+    body: serde_json::Value,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let no_store = [(
+        axum::http::header::CACHE_CONTROL,
+        axum::http::HeaderValue::from_static("no-store"),
+    )];
+    (status, no_store, axum::Json(body)).into_response()
+}

@@ -119,11 +119,7 @@ pub async fn credentials(State(app): State<App>) -> Response {
         .iter()
         .map(|c| c.status())
         .collect();
-    let mut response = Json(json!({ "credentials": all })).into_response();
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
+    super::json_no_store(StatusCode::OK, json!({ "credentials": all }))
 }
 
 /// `GET /metrics`: Prometheus text exposition.

@@ -10,10 +10,10 @@
 use std::time::SystemTime;
 
 use axum::Extension;
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use tracing::debug;
@@ -115,15 +115,7 @@ fn answer(token: &str, proof: &str, expires_in: u64) -> Response {
         "dpop": proof,
         "expires_in": expires_in,
     });
-    let mut response = Response::new(Body::from(body.to_string()));
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    *response.status_mut() = StatusCode::OK;
-    response
+    super::json_no_store(StatusCode::OK, body)
 }
 
 fn parse(query: Option<&str>, body: &[u8]) -> Result<Asked, ApiError> {
