@@ -346,16 +346,8 @@ async fn without_a_bootstrap_the_credential_waits_for_a_login_and_keeps_it() {
 async fn a_login_into_one_broker_of_a_fleet_is_served_by_the_other() {
     let idp = Idp::start(&[]);
     let redis = crate::redis_server::RedisServer::start();
-    let mut brokers = Vec::new();
-    let mut dirs = Vec::new();
-    for _ in 0..2 {
-        let dir = tempdir();
-        let zero = "min_refresh_interval = \"0s\"";
-        let config = crate::fleet::fleet_config(dir.path(), &redis.url(), "", &idp, zero)
-            .replace("[server]\n", "[server]\nadmin_keys = [\"adm1n\"]\n");
-        brokers.push(Broker::start(dir.path(), &config));
-        dirs.push(dir);
-    }
+    let zero = "min_refresh_interval = \"0s\"";
+    let (brokers, _dirs) = admin_fleet(&idp, &redis, zero, |config| config);
     let before = crate::fleet::converged(&brokers.iter().collect::<Vec<_>>()).await;
     let response = token_response(&idp).await;
     let access = field(&response, "access_token");
@@ -473,19 +465,14 @@ async fn a_login_the_shared_store_cannot_take_changes_nothing() {
 async fn a_fleet_waiting_for_a_login_takes_it_from_either_broker() {
     let idp = Idp::start(&[]);
     let redis = crate::redis_server::RedisServer::start();
-    let mut brokers = Vec::new();
-    let mut dirs = Vec::new();
-    for _ in 0..2 {
-        let dir = tempdir();
-        let config: String = crate::fleet::fleet_config(dir.path(), &redis.url(), "", &idp, "")
-            .replace("[server]\n", "[server]\nadmin_keys = [\"adm1n\"]\n")
+    // No bootstrap: the fleet waits for a login.
+    let (brokers, _dirs) = admin_fleet(&idp, &redis, "", |config| {
+        config
             .lines()
             .filter(|line| !line.starts_with("refresh_token = {"))
             .map(|line| format!("{line}\n"))
-            .collect();
-        brokers.push(Broker::start(dir.path(), &config));
-        dirs.push(dir);
-    }
+            .collect()
+    });
     for broker in &brokers {
         let (status, body) = read(broker).await;
         assert_eq!(
@@ -509,4 +496,24 @@ async fn a_fleet_waiting_for_a_login_takes_it_from_either_broker() {
         brokers[1].status().await["credentials"][0]["state"],
         "valid"
     );
+}
+
+/// Two brokers of a fleet on `redis` that take the admin key `adm1n`; `edit` changes
+/// each one's config before it starts.
+fn admin_fleet(
+    idp: &Idp,
+    redis: &crate::redis_server::RedisServer,
+    credential: &str,
+    edit: impl Fn(String) -> String,
+) -> (Vec<Broker>, Vec<tempfile::TempDir>) {
+    let mut brokers = Vec::new();
+    let mut dirs = Vec::new();
+    for _ in 0..2 {
+        let dir = tempdir();
+        let config = crate::fleet::fleet_config(dir.path(), &redis.url(), "", idp, credential)
+            .replace("[server]\n", "[server]\nadmin_keys = [\"adm1n\"]\n");
+        brokers.push(Broker::start(dir.path(), &edit(config)));
+        dirs.push(dir);
+    }
+    (brokers, dirs)
 }

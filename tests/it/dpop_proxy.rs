@@ -13,14 +13,7 @@ async fn a_nonce_challenge_that_never_takes_is_passed_on_without_a_refresh_or_a_
     let idp = Idp::start(&["--access-ttl", "300s"]);
     let upstream = upstream::start(idp.url.clone()).await;
     let dir = tempdir();
-    let mut broker = start_with(
-        &idp,
-        dir.path(),
-        "dpop = true\nmin_refresh_interval = \"0s\"",
-        &proxy("api", &format!("{upstream}/base"), ""),
-        &[],
-    );
-    let addr = proxy_addr(&mut broker, "api");
+    let (broker, addr) = dpop_proxy(&idp, dir.path(), &upstream);
     let token = broker.access_token("x").await;
     let grants = idp.stat("refresh_grants").await;
 
@@ -84,14 +77,7 @@ async fn a_nonce_challenge_of_the_retry_with_a_refreshed_token_starts_no_quiet_s
     let idp = Idp::start(&["--access-ttl", "300s"]);
     let upstream = upstream::start(idp.url.clone()).await;
     let dir = tempdir();
-    let mut broker = start_with(
-        &idp,
-        dir.path(),
-        "dpop = true\nmin_refresh_interval = \"0s\"",
-        &proxy("api", &format!("{upstream}/base"), ""),
-        &[],
-    );
-    let addr = proxy_addr(&mut broker, "api");
+    let (broker, addr) = dpop_proxy(&idp, dir.path(), &upstream);
     let token = broker.access_token("x").await;
     let grants = idp.stat("refresh_grants").await;
 
@@ -128,4 +114,17 @@ async fn a_nonce_challenge_of_the_retry_with_a_refreshed_token_starts_no_quiet_s
             .contains("refused a freshly refreshed token"),
         "a quiet spell began"
     );
+}
+
+/// A broker whose DPoP credential `x` has a proxy `api` to `upstream`'s `/base`.
+fn dpop_proxy(idp: &Idp, dir: &std::path::Path, upstream: &str) -> (Broker, String) {
+    let mut broker = start_with(
+        idp,
+        dir,
+        "dpop = true\nmin_refresh_interval = \"0s\"",
+        &proxy("api", &format!("{upstream}/base"), ""),
+        &[],
+    );
+    let addr = proxy_addr(&mut broker, "api");
+    (broker, addr)
 }

@@ -35,14 +35,7 @@ async fn an_offline_login_is_what_a_broker_started_afterwards_serves() {
     assert!(adopted.expires_in > 0);
 
     let mut broker = Broker::start(dir.path(), &text);
-    let access = field(&response, "access_token");
-    assert_eq!(broker.access_token("x").await, access);
-    let refreshed: Value = broker.refresh("x", None).await.json().await.unwrap();
-    assert_ne!(
-        refreshed["access_token"].as_str().unwrap(),
-        access,
-        "{refreshed}"
-    );
+    serves_the_login_then_its_chain(&broker, &response).await;
     // While the broker runs, its store is locked: an offline login says so.
     let locked =
         token_broker::broker::login::adopt_offline(&parsed, "x", response.as_bytes()).await;
@@ -54,12 +47,7 @@ async fn an_offline_login_is_what_a_broker_started_afterwards_serves() {
         "{locked:?}"
     );
     broker.proc.terminate();
-    assert!(
-        !broker
-            .proc
-            .logs()
-            .contains(&field(&response, "refresh_token"))
-    );
+    assert_logs_hold_no_refresh_token(&broker, &response);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -77,18 +65,8 @@ async fn an_offline_login_into_redis_is_what_a_broker_started_afterwards_serves(
     assert_eq!(adopted.credential, "x");
     // The configured bootstrap is older than the login: the login's chain wins.
     let broker = Broker::start(dir.path(), &text);
-    let access = field(&response, "access_token");
-    assert_eq!(broker.access_token("x").await, access);
-    let refreshed = broker.refresh("x", None).await;
-    assert_eq!(refreshed.status(), 200, "{}", broker.proc.logs());
-    let new: Value = refreshed.json().await.unwrap();
-    assert_ne!(new["access_token"].as_str().unwrap(), access);
-    assert!(
-        !broker
-            .proc
-            .logs()
-            .contains(&field(&response, "refresh_token"))
-    );
+    serves_the_login_then_its_chain(&broker, &response).await;
+    assert_logs_hold_no_refresh_token(&broker, &response);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -120,4 +98,24 @@ async fn an_offline_login_into_a_sealed_file_store_is_sealed_and_served() {
     }
     let broker = Broker::start(dir.path(), &text);
     assert_eq!(broker.access_token("x").await, access);
+}
+
+/// A broker started after an offline login serves the login's access token, and its
+/// chain refreshes to a new one.
+async fn serves_the_login_then_its_chain(broker: &Broker, response: &str) {
+    let access = field(response, "access_token");
+    assert_eq!(broker.access_token("x").await, access);
+    let refreshed = broker.refresh("x", None).await;
+    assert_eq!(refreshed.status(), 200, "{}", broker.proc.logs());
+    let new: Value = refreshed.json().await.unwrap();
+    assert_ne!(new["access_token"].as_str().unwrap(), access, "{new}");
+}
+
+fn assert_logs_hold_no_refresh_token(broker: &Broker, response: &str) {
+    assert!(
+        !broker
+            .proc
+            .logs()
+            .contains(&field(response, "refresh_token"))
+    );
 }
